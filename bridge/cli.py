@@ -1,0 +1,127 @@
+"""Command line: `serve` (production), `dev` (with a local Kafka), `send-test`."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import os
+import secrets
+import sys
+import urllib.error
+from collections.abc import Sequence
+
+from bridge import __version__
+from bridge.config import Settings
+from bridge.errors import ConfigError
+
+EXIT_CONFIG = 2
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="scalekit-bridge", description=__doc__)
+    parser.add_argument("--version", action="version", version=__version__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser("serve", help="run the bridge; configuration comes from the environment")
+    commands.add_parser("dev", help="run a local Kafka (unless KAFKA_BOOTSTRAP_SERVERS is set) and the bridge")
+    send = commands.add_parser("send-test", help="sign a sample delivery with SCALEKIT_WEBHOOK_SECRET and POST it")
+    send.add_argument("--type", required=True, dest="event_type", help="a documented Scalekit event type")
+    send.add_argument("--url", help="webhook URL (default: this machine's BRIDGE_PORT and BRIDGE_WEBHOOK_PATH)")
+    args = parser.parse_args(argv)
+
+    if args.command == "serve":
+        sys.exit(_serve(os.environ))
+    if args.command == "dev":
+        sys.exit(_dev())
+    sys.exit(_send_test(args.event_type, args.url))
+
+
+def _settings(env: os._Environ[str] | dict[str, str]) -> Settings | None:
+    try:
+        return Settings.from_env(env)
+    except ConfigError as exc:
+        print(f"scalekit-bridge: configuration error: {exc}", file=sys.stderr)
+        return None
+
+
+def _serve(env: os._Environ[str] | dict[str, str]) -> int:
+    settings = _settings(env)
+    if settings is None:
+        return EXIT_CONFIG
+    from bridge import logs
+    from bridge.app import serve
+
+    logs.configure(settings.log_level, settings.log_format)
+    asyncio.run(serve(settings))
+    return 0
+
+
+def _dev() -> int:
+    from bridge.devkafka import KAFKA_VERSION, LocalKafka, LocalKafkaError
+
+    env = dict(os.environ)
+    env.setdefault("BRIDGE_LOG_FORMAT", "text")
+    env.setdefault("BRIDGE_HOST", "127.0.0.1")
+    if not env.get("SCALEKIT_WEBHOOK_SECRET"):
+        env["SCALEKIT_WEBHOOK_SECRET"] = "whsec_" + base64.b64encode(secrets.token_bytes(24)).decode()
+    kafka = None
+    try:
+        if not env.get("KAFKA_BOOTSTRAP_SERVERS"):
+            print(f"Starting a local Apache Kafka {KAFKA_VERSION} (KRaft, one node)...", flush=True)
+            kafka = LocalKafka()
+            env["KAFKA_BOOTSTRAP_SERVERS"] = kafka.start()
+        settings = _settings(env)
+        if settings is None:
+            return EXIT_CONFIG
+        url = f"http://127.0.0.1:{settings.port}{settings.webhook_path}"
+        print(
+            "\n".join(
+                [
+                    "",
+                    f"  Kafka:           {env['KAFKA_BOOTSTRAP_SERVERS']}",
+                    f"  Webhook URL:     {url}",
+                    f"  Admin:           http://127.0.0.1:{settings.admin_port}/readyz  /metrics",
+                    f"  Signing secret:  {env['SCALEKIT_WEBHOOK_SECRET']}   (development only)",
+                    "",
+                    "  Send a test event from another terminal:",
+                    f"    SCALEKIT_WEBHOOK_SECRET={env['SCALEKIT_WEBHOOK_SECRET']} "
+                    f"scalekit-bridge send-test --type organization.directory.user_created --url {url}",
+                    "",
+                    "  Ctrl-C stops the bridge, then Kafka.",
+                    "",
+                ]
+            ),
+            flush=True,
+        )
+        return _serve(env)
+    except LocalKafkaError as exc:
+        print(f"scalekit-bridge: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    finally:
+        if kafka is not None:
+            print("Stopping the local Kafka...", flush=True)
+            kafka.stop()
+
+
+def _send_test(event_type: str, url: str | None) -> int:
+    from bridge.sendtest import sample_types, send
+
+    if event_type not in sample_types():
+        print(
+            f"scalekit-bridge: unknown event type {event_type!r}; one of:\n  " + "\n  ".join(sample_types()),
+            file=sys.stderr,
+        )
+        return EXIT_CONFIG
+    settings = _settings(os.environ)
+    if settings is None:
+        return EXIT_CONFIG
+    target = url or f"http://127.0.0.1:{settings.port}{settings.webhook_path}"
+    try:
+        status, text = send(target, settings.signing_keys[0], event_type)
+    except (urllib.error.URLError, OSError) as exc:
+        print(f"scalekit-bridge: could not reach {target}: {exc}", file=sys.stderr)
+        return 1
+    print(f"{status} {text}")
+    return 0 if 200 <= status < 300 else 1

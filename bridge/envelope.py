@@ -1,0 +1,217 @@
+"""Scalekit delivery → CloudEvent → a neutral Kafka message (topic, key, value, headers).
+
+Nothing here knows a Kafka client. The mapping is lossless: `rebuild_delivery`
+turns a record back into the envelope Scalekit sent (see the README's
+"Consuming the topics" for the header table).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import quote
+
+from bridge.errors import MalformedDelivery
+from bridge.verify import VerifiedDelivery
+
+# Scalekit event types are dotted lower-case words; they become topic names.
+_EVENT_TYPE = re.compile(r"^[a-z0-9._]+$")
+_MAX_TOPIC_LENGTH = 249
+# RFC 3339 as CloudEvents requires for `time`; fractions of any length are kept as sent.
+_RFC3339 = re.compile(
+    r"^\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\d{2}:\d{2})$"
+)
+
+JSON_CONTENT_TYPE = "application/json"
+STRUCTURED_CONTENT_TYPE = "application/cloudevents+json"
+
+# Envelope string fields and the CloudEvents extension that carries each one.
+_EXTENSIONS = {
+    "organization_id": "organizationid",
+    "environment_id": "environmentid",
+    "object": "scalekitobject",
+    "spec_version": "scalekitspecversion",
+}
+# Everything else at the top level of the envelope (other than the fields that
+# become core attributes) travels as a JSON object in this one extension.
+EXTRA_EXTENSION = "scalekitextra"
+WEBHOOK_ID_EXTENSION = "webhookid"
+PARTITION_KEY_EXTENSION = "partitionkey"
+
+# Where each event keeps its organization; environment-wide events fall back to
+# the environment (see the README's key rules).
+_KEY_PATHS: tuple[tuple[str, ...], ...] = (
+    ("organization_id",),
+    ("data", "organization_id"),
+    ("data", "organization", "id"),
+    ("data", "user", "membership", "organization_id"),
+    ("environment_id",),
+)
+
+Headers = tuple[tuple[str, bytes], ...]
+
+
+@dataclass(frozen=True)
+class KafkaMessage:
+    """A record ready to be written; independent of any Kafka client library."""
+
+    topic: str
+    key: bytes | None
+    value: bytes | None
+    headers: Headers
+
+
+@dataclass(frozen=True)
+class Route:
+    """Where a delivery goes: what the app needs to know besides the bytes."""
+
+    event_id: str
+    event_type: str
+    message: KafkaMessage
+
+
+def parse_envelope(body: bytes) -> dict[str, Any]:
+    """Decode a verified body into an envelope, or raise MalformedDelivery."""
+    try:
+        envelope = json.loads(body)
+    except ValueError:
+        raise MalformedDelivery("body is not JSON") from None
+    if not isinstance(envelope, dict):
+        raise MalformedDelivery("body is not a JSON object")
+    for name in ("id", "type"):
+        if not isinstance(envelope.get(name), str) or not envelope[name]:
+            raise MalformedDelivery(f"envelope has no string '{name}'")
+    return envelope
+
+
+def topic_for(prefix: str, event_type: str) -> str:
+    """The topic an event type is published to; raises MalformedDelivery for unroutable types."""
+    topic = prefix + event_type
+    if not _EVENT_TYPE.match(event_type) or len(topic) > _MAX_TOPIC_LENGTH:
+        raise MalformedDelivery("event type is not a valid topic name")
+    return topic
+
+
+def partition_key(envelope: Mapping[str, Any]) -> str | None:
+    """The first organization (or, failing that, environment) id found in the envelope."""
+    for path in _KEY_PATHS:
+        node: Any = envelope
+        for step in path:
+            node = node.get(step) if isinstance(node, dict) else None
+        if isinstance(node, str) and node:
+            return node
+    return None
+
+
+def build_route(
+    delivery: VerifiedDelivery, *, topic_prefix: str, mode: str
+) -> Route:
+    """Map a verified delivery to its CloudEvent record; raises MalformedDelivery."""
+    envelope = parse_envelope(delivery.body)
+    topic = topic_for(topic_prefix, envelope["type"])
+    key = partition_key(envelope)
+    attributes = _attributes(envelope, delivery.webhook_id, key)
+    has_data = "data" in envelope
+    if mode == "structured":
+        event: dict[str, Any] = dict(attributes)
+        if has_data:
+            event["datacontenttype"] = JSON_CONTENT_TYPE
+            event["data"] = envelope["data"]
+        value: bytes | None = _dumps(event)
+        headers: Headers = (("content-type", STRUCTURED_CONTENT_TYPE.encode()),)
+    else:
+        value = _dumps(envelope["data"]) if has_data else None
+        headers = tuple((f"ce_{name}", text.encode("utf-8")) for name, text in attributes.items())
+        if has_data:
+            headers += (("content-type", JSON_CONTENT_TYPE.encode()),)
+    return Route(
+        event_id=envelope["id"],
+        event_type=envelope["type"],
+        message=KafkaMessage(
+            topic=topic,
+            key=key.encode("utf-8") if key is not None else None,
+            value=value,
+            headers=headers,
+        ),
+    )
+
+
+def deadletter_message(
+    delivery: VerifiedDelivery, *, topic: str, reason: str
+) -> KafkaMessage:
+    """The raw delivery, untouched, with why it could not be routed."""
+    return KafkaMessage(
+        topic=topic,
+        key=delivery.webhook_id.encode("utf-8"),
+        value=delivery.body,
+        headers=(
+            ("webhook-id", delivery.webhook_id.encode("utf-8")),
+            ("webhook-timestamp", delivery.timestamp.encode("ascii")),
+            ("deadletter-reason", reason.encode("utf-8")),
+        ),
+    )
+
+
+def rebuild_delivery(headers: Iterable[tuple[str, bytes]], value: bytes | None) -> dict[str, Any]:
+    """Turn a binary- or structured-mode record back into the envelope Scalekit sent."""
+    header_map = {name.lower(): raw.decode("utf-8") for name, raw in headers}
+    if header_map.get("content-type") == STRUCTURED_CONTENT_TYPE:
+        if value is None:
+            raise ValueError("a structured-mode record must have a value")
+        attributes = json.loads(value)
+        data_present = "data" in attributes
+        data = attributes.pop("data", None)
+    else:
+        attributes = {
+            name[3:]: text for name, text in header_map.items() if name.startswith("ce_")
+        }
+        data_present = value is not None
+        data = json.loads(value) if value is not None else None
+
+    envelope: dict[str, Any] = {"id": attributes["id"], "type": attributes["type"]}
+    if "time" in attributes:
+        envelope["occurred_at"] = attributes["time"]
+    for field_name, extension in _EXTENSIONS.items():
+        if extension in attributes:
+            envelope[field_name] = attributes[extension]
+    if EXTRA_EXTENSION in attributes:
+        envelope.update(json.loads(attributes[EXTRA_EXTENSION]))
+    if data_present:
+        envelope["data"] = data
+    return envelope
+
+
+def _attributes(envelope: Mapping[str, Any], webhook_id: str, key: str | None) -> dict[str, str]:
+    environment = envelope.get("environment_id")
+    source = "/scalekit"
+    if isinstance(environment, str) and environment:
+        source += "/environments/" + quote(environment, safe="")
+    attributes = {
+        "specversion": "1.0",
+        "id": envelope["id"],
+        "source": source,
+        "type": envelope["type"],
+    }
+    extra: dict[str, Any] = {}
+    for name, value in envelope.items():
+        if name in ("id", "type", "data"):
+            continue
+        if name == "occurred_at" and isinstance(value, str) and _RFC3339.match(value):
+            attributes["time"] = value
+        elif name in _EXTENSIONS and isinstance(value, str):
+            attributes[_EXTENSIONS[name]] = value
+        else:
+            extra[name] = value
+    if extra:
+        attributes[EXTRA_EXTENSION] = json.dumps(extra, ensure_ascii=False, separators=(",", ":"))
+    attributes[WEBHOOK_ID_EXTENSION] = webhook_id
+    if key is not None:
+        attributes[PARTITION_KEY_EXTENSION] = key
+    return attributes
+
+
+def _dumps(value: Any) -> bytes:
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode("utf-8")

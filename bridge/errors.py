@@ -1,0 +1,53 @@
+"""The bridge's few exceptions.
+
+Each maps to one HTTP answer, and that mapping lives in exactly one place
+(`bridge.app`'s error middleware). Library errors (aiokafka's, json's) are
+translated into these where they are raised, never passed up raw.
+"""
+
+from __future__ import annotations
+
+
+class BridgeError(Exception):
+    """Base class for everything the bridge raises on purpose."""
+
+
+class ConfigError(BridgeError):
+    """The environment does not describe a runnable bridge; names the variable."""
+
+    def __init__(self, variable: str, problem: str) -> None:
+        super().__init__(f"{variable}: {problem}")
+        self.variable = variable
+
+
+class VerificationFailed(BridgeError):
+    """The delivery's signature, timestamp or headers do not check out (401)."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+class PayloadTooLarge(BridgeError):
+    """The body is over `BRIDGE_MAX_BODY_BYTES` (413)."""
+
+
+class MalformedDelivery(BridgeError):
+    """Verified, but not a Scalekit envelope we can route; goes to the dead-letter topic."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class PublishFailed(BridgeError):
+    """Kafka did not confirm the write in time, or refused it (503, Scalekit retries)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class ShuttingDown(BridgeError):
+    """The process is draining after SIGTERM and takes no new deliveries (503)."""

@@ -1,0 +1,101 @@
+"""Prometheus metrics on an injected registry (no module-level collectors).
+
+Every label takes values from a closed set: outcomes and reasons are the
+constants below, event types come only from verified deliveries whose type
+already passed the topic-name check, and statuses are HTTP codes we send.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    Info,
+    generate_latest,
+)
+from prometheus_client import (
+    GC_COLLECTOR,
+    PLATFORM_COLLECTOR,
+    PROCESS_COLLECTOR,
+)
+
+from bridge import __version__
+from bridge.verify import REASONS
+
+PUBLISHED = "published"
+DUPLICATE = "duplicate"
+DEADLETTERED = "deadlettered"
+REJECTED = "rejected"
+FAILED = "failed"
+TOO_LARGE = "too_large"
+OUTCOMES = (PUBLISHED, DUPLICATE, DEADLETTERED, REJECTED, FAILED, TOO_LARGE)
+
+# Event type label for deliveries whose type we do not know (yet) or cannot trust.
+UNKNOWN_TYPE = "unknown"
+
+_PUBLISH_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+class Metrics:
+    def __init__(self, registry: CollectorRegistry | None = None, *, process_metrics: bool = True) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry()
+        if process_metrics:
+            # The default collectors are singletons; register them on our registry.
+            for collector in (PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR):
+                self.registry.register(collector)
+        self.deliveries = Counter(
+            "scalekit_bridge_deliveries",
+            "Webhook deliveries by how they ended.",
+            ("outcome", "event_type"),
+            registry=self.registry,
+        )
+        self.verification_failures = Counter(
+            "scalekit_bridge_verification_failures",
+            "Deliveries refused with 401, by reason.",
+            ("reason",),
+            registry=self.registry,
+        )
+        self.publish_duration = Histogram(
+            "scalekit_bridge_publish_duration_seconds",
+            "Time from handing a record to the producer until the broker acknowledged it.",
+            buckets=_PUBLISH_BUCKETS,
+            registry=self.registry,
+        )
+        self.request_duration = Histogram(
+            "scalekit_bridge_request_duration_seconds",
+            "Whole webhook request time, by response status.",
+            ("status",),
+            buckets=_PUBLISH_BUCKETS,
+            registry=self.registry,
+        )
+        self.inflight = Gauge(
+            "scalekit_bridge_inflight_requests",
+            "Webhook requests being handled right now.",
+            registry=self.registry,
+        )
+        self.ready = Gauge(
+            "scalekit_bridge_ready",
+            "1 while the bridge can reach Kafka and takes deliveries, else 0.",
+            registry=self.registry,
+        )
+        self.redelivery_cache_entries = Gauge(
+            "scalekit_bridge_redelivery_cache_entries",
+            "Acknowledged webhook ids remembered for answering redeliveries.",
+            registry=self.registry,
+        )
+        self.build_info = Info(
+            "scalekit_bridge_build",
+            "Version of the running bridge.",
+            registry=self.registry,
+        )
+        self.build_info.info({"version": __version__})
+        # Pre-create the fixed series so dashboards and alerts see zeros, not gaps.
+        for reason in REASONS:
+            self.verification_failures.labels(reason=reason)
+        for outcome in (REJECTED, TOO_LARGE):
+            self.deliveries.labels(outcome=outcome, event_type=UNKNOWN_TYPE)
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,123 @@
+"""One delivery's way through the bridge: verify → envelope → route → publish.
+
+HTTP-free: the app hands in headers and the raw body and turns the returned
+`Receipt` (or a raised `BridgeError`) into a response. Every path that ends in
+a Receipt other than DUPLICATE has awaited the broker's acknowledgement; a
+DUPLICATE is only returned once an earlier attempt's acknowledgement exists.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from bridge import metrics as m
+from bridge.dedupe import RedeliveryCache
+from bridge.envelope import KafkaMessage, build_route, deadletter_message
+from bridge.errors import MalformedDelivery, PublishFailed, VerificationFailed
+from bridge.publish import Ack, Publisher
+from bridge.verify import Verifier
+
+log = logging.getLogger("bridge.delivery")
+
+
+@dataclass(frozen=True)
+class Receipt:
+    outcome: str
+    webhook_id: str
+    event_id: str | None = None
+    event_type: str | None = None
+    ack: Ack | None = None
+
+
+class Pipeline:
+    def __init__(
+        self,
+        *,
+        verifier: Verifier,
+        publisher: Publisher,
+        cache: RedeliveryCache,
+        metrics: m.Metrics,
+        topic_prefix: str,
+        deadletter_topic: str,
+        cloudevents_mode: str,
+    ) -> None:
+        self._verifier = verifier
+        self._publisher = publisher
+        self._cache = cache
+        self._metrics = metrics
+        self._topic_prefix = topic_prefix
+        self._deadletter_topic = deadletter_topic
+        self._mode = cloudevents_mode
+
+    async def handle(self, headers: Mapping[str, str], body: bytes) -> Receipt:
+        """Deliver one webhook; raises VerificationFailed (401) or PublishFailed (503)."""
+        started = time.perf_counter()
+        try:
+            delivery = self._verifier.verify(headers, body)
+        except VerificationFailed as exc:
+            self._metrics.verification_failures.labels(reason=exc.reason).inc()
+            self._record(m.REJECTED, started, reason=exc.reason)
+            raise
+
+        if not await self._cache.claim(delivery.webhook_id):
+            return self._record(m.DUPLICATE, started, Receipt(m.DUPLICATE, delivery.webhook_id))
+
+        acknowledged = False
+        try:
+            try:
+                route = build_route(delivery, topic_prefix=self._topic_prefix, mode=self._mode)
+                message, outcome, reason = route.message, m.PUBLISHED, None
+                event_id, event_type = route.event_id, route.event_type
+            except MalformedDelivery as exc:
+                message = deadletter_message(delivery, topic=self._deadletter_topic, reason=exc.reason)
+                outcome, reason, event_id, event_type = m.DEADLETTERED, exc.reason, None, None
+            try:
+                ack = await self._publish(message)
+            except PublishFailed as exc:
+                self._record(m.FAILED, started, webhook_id=delivery.webhook_id, event_type=event_type, reason=exc.reason)
+                raise
+            acknowledged = True
+        finally:
+            self._cache.release(delivery.webhook_id, acknowledged=acknowledged)
+
+        receipt = Receipt(outcome, delivery.webhook_id, event_id, event_type, ack)
+        return self._record(outcome, started, receipt, reason=reason)
+
+    async def _publish(self, message: KafkaMessage) -> Ack:
+        sent = time.perf_counter()
+        ack = await self._publisher.publish(message)
+        self._metrics.publish_duration.observe(time.perf_counter() - sent)
+        return ack
+
+    def _record(
+        self,
+        outcome: str,
+        started: float,
+        receipt: Receipt | None = None,
+        *,
+        webhook_id: str | None = None,
+        event_type: str | None = None,
+        reason: str | None = None,
+    ) -> Receipt:
+        if receipt is not None:
+            webhook_id, event_type = receipt.webhook_id, receipt.event_type
+        self._metrics.deliveries.labels(outcome=outcome, event_type=event_type or m.UNKNOWN_TYPE).inc()
+        fields: dict[str, object] = {
+            "outcome": outcome,
+            "webhook_id": webhook_id,
+            "event_type": event_type,
+            "latency_ms": round((time.perf_counter() - started) * 1000, 3),
+        }
+        if reason is not None:
+            fields["reason"] = reason
+        if receipt is not None:
+            fields["event_id"] = receipt.event_id
+            if receipt.ack is not None:
+                fields.update(
+                    topic=receipt.ack.topic, partition=receipt.ack.partition, offset=receipt.ack.offset
+                )
+        log.info("delivery %s", outcome, extra={"delivery": fields})
+        return receipt if receipt is not None else Receipt(outcome, webhook_id or "")

@@ -1,0 +1,139 @@
+"""Shared fixtures: a real Kafka for the session, and helpers to look inside it.
+
+Where the broker comes from, in order: `KAFKA_BOOTSTRAP_SERVERS` if set;
+testcontainers' Kafka container if a Docker engine answers; otherwise a local
+single-node Apache Kafka started from Maven Central's jars (`bridge.devkafka`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import os
+import secrets
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import pytest
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+from bridge.devkafka import LocalKafka
+
+
+def _docker_engine_answers() -> bool:
+    try:
+        import docker
+
+        client = docker.from_env(timeout=3)
+        client.ping()
+        return True
+    except Exception:  # noqa: BLE001 - any failure means "no usable engine"
+        return False
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap() -> Iterator[str]:
+    """Bootstrap address of a real Kafka broker, up for the whole session."""
+    given = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
+    if given:
+        yield given
+        return
+    if _docker_engine_answers():
+        from testcontainers.kafka import KafkaContainer
+
+        with KafkaContainer().with_kraft() as container:
+            yield container.get_bootstrap_server()
+        return
+    with LocalKafka() as kafka:
+        yield kafka.bootstrap_servers
+
+
+@dataclass(frozen=True)
+class Record:
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    headers: tuple[tuple[str, bytes], ...]
+
+    def header(self, name: str) -> bytes | None:
+        return dict(self.headers).get(name)
+
+
+class KafkaTool:
+    """Creates topics and reads back everything in them."""
+
+    def __init__(self, bootstrap: str) -> None:
+        self.bootstrap = bootstrap
+
+    async def create_topic(self, name: str, partitions: int = 1) -> str:
+        admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap)
+        await admin.start()
+        try:
+            await admin.create_topics([NewTopic(name, num_partitions=partitions, replication_factor=1)])
+        finally:
+            await admin.close()
+        return name
+
+    async def topics(self) -> set[str]:
+        admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap)
+        await admin.start()
+        try:
+            return set(await admin.list_topics())
+        finally:
+            await admin.close()
+
+    async def partitions(self, topic: str) -> list[int]:
+        """Partition numbers of `topic`; [] when it does not exist."""
+        admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap)
+        await admin.start()
+        try:
+            if topic not in await admin.list_topics():
+                return []
+            (described,) = await admin.describe_topics([topic])
+            return sorted(p["partition"] for p in described["partitions"])
+        finally:
+            await admin.close()
+
+    async def read_all(self, topic: str, timeout: float = 10.0) -> list[Record]:
+        """Every record in `topic` at this moment, in offset order per partition ([] if no topic)."""
+        partitions = [TopicPartition(topic, p) for p in await self.partitions(topic)]
+        if not partitions:
+            return []
+        consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, enable_auto_commit=False)
+        await consumer.start()
+        try:
+            consumer.assign(partitions)
+            await consumer.seek_to_beginning(*partitions)
+            ends = await consumer.end_offsets(partitions)
+            records: list[Record] = []
+            async with asyncio.timeout(timeout):
+                while [tp for tp in partitions if await consumer.position(tp) < ends[tp]]:
+                    batch = await consumer.getmany(timeout_ms=500)
+                    for tp_records in batch.values():
+                        records.extend(
+                            Record(r.topic, r.partition, r.offset, r.key, r.value, tuple(r.headers))
+                            for r in tp_records
+                        )
+            return sorted(records, key=lambda r: (r.partition, r.offset))
+        finally:
+            await consumer.stop()
+
+
+@pytest.fixture
+def kafka(kafka_bootstrap: str) -> KafkaTool:
+    return KafkaTool(kafka_bootstrap)
+
+
+@pytest.fixture
+def unique() -> str:
+    """A short random token; tests put it in topic prefixes so they never share a topic."""
+    return uuid.uuid4().hex[:10]
+
+
+@pytest.fixture(scope="session")
+def signing_secret() -> str:
+    return "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()
