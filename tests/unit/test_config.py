@@ -1,0 +1,100 @@
+"""Configuration comes from the environment once; anything wrong stops start-up and names the variable."""
+
+from __future__ import annotations
+
+import base64
+import subprocess
+import sys
+
+import pytest
+
+from bridge.config import Settings
+from bridge.errors import ConfigError
+
+SECRET = "whsec_" + base64.b64encode(b"s" * 32).decode()
+OLD_SECRET = "whsec_" + base64.b64encode(b"t" * 32).decode()
+
+
+def settings(**env: str) -> Settings:
+    return Settings.from_env({"SCALEKIT_WEBHOOK_SECRET": SECRET, **env})
+
+
+def refused(**env: str) -> ConfigError:
+    with pytest.raises(ConfigError) as caught:
+        Settings.from_env(env if "SCALEKIT_WEBHOOK_SECRET" in env else {"SCALEKIT_WEBHOOK_SECRET": SECRET, **env})
+    return caught.value
+
+
+def test_defaults_are_the_documented_ones():
+    s = settings()
+    assert (s.host, s.port, s.admin_port, s.webhook_path) == ("0.0.0.0", 8080, 8081, "/webhooks/scalekit")
+    assert (s.topic_prefix, s.deadletter_topic, s.cloudevents_mode) == ("scalekit.", "scalekit.deadletter", "binary")
+    assert (s.publish_timeout, s.max_body_bytes, s.timestamp_tolerance) == (8.0, 1_048_576, 300)
+    assert (s.kafka.bootstrap_servers, s.kafka.security_protocol) == ("localhost:9092", "PLAINTEXT")
+    assert (s.kafka.create_topics, s.kafka.topic_partitions, s.kafka.topic_replication) == (True, 3, 1)
+
+
+def test_several_secrets_separated_by_spaces_or_commas_are_all_kept():
+    assert len(settings(SCALEKIT_WEBHOOK_SECRET=f"{SECRET}, {OLD_SECRET}").signing_keys) == 2
+    assert len(settings(SCALEKIT_WEBHOOK_SECRET=f"{SECRET} {OLD_SECRET}").signing_keys) == 2
+
+
+@pytest.mark.parametrize(
+    ("env", "variable"),
+    [
+        ({"SCALEKIT_WEBHOOK_SECRET": ""}, "SCALEKIT_WEBHOOK_SECRET"),
+        ({"SCALEKIT_WEBHOOK_SECRET": "not-a-secret"}, "SCALEKIT_WEBHOOK_SECRET"),
+        ({"BRIDGE_PORT": "http"}, "BRIDGE_PORT"),
+        ({"BRIDGE_PORT": "70000"}, "BRIDGE_PORT"),
+        ({"BRIDGE_ADMIN_PORT": "8080"}, "BRIDGE_ADMIN_PORT"),
+        ({"BRIDGE_WEBHOOK_PATH": "webhooks"}, "BRIDGE_WEBHOOK_PATH"),
+        ({"BRIDGE_TOPIC_PREFIX": "scale kit"}, "BRIDGE_TOPIC_PREFIX"),
+        ({"BRIDGE_DEADLETTER_TOPIC": "dead/letter"}, "BRIDGE_DEADLETTER_TOPIC"),
+        ({"BRIDGE_PUBLISH_TIMEOUT": "0"}, "BRIDGE_PUBLISH_TIMEOUT"),
+        ({"BRIDGE_MAX_BODY_BYTES": "-1"}, "BRIDGE_MAX_BODY_BYTES"),
+        ({"BRIDGE_TIMESTAMP_TOLERANCE": "five"}, "BRIDGE_TIMESTAMP_TOLERANCE"),
+        ({"BRIDGE_CLOUDEVENTS_MODE": "batch"}, "BRIDGE_CLOUDEVENTS_MODE"),
+        ({"BRIDGE_CREATE_TOPICS": "maybe"}, "BRIDGE_CREATE_TOPICS"),
+        ({"BRIDGE_TOPIC_PARTITIONS": "0"}, "BRIDGE_TOPIC_PARTITIONS"),
+        ({"BRIDGE_LOG_LEVEL": "LOUD"}, "BRIDGE_LOG_LEVEL"),
+        ({"KAFKA_SECURITY_PROTOCOL": "TLS"}, "KAFKA_SECURITY_PROTOCOL"),
+        ({"KAFKA_SECURITY_PROTOCOL": "SASL_SSL"}, "KAFKA_SASL_MECHANISM"),
+        ({"KAFKA_SECURITY_PROTOCOL": "SASL_SSL", "KAFKA_SASL_MECHANISM": "GSSAPI"}, "KAFKA_SASL_MECHANISM"),
+        ({"KAFKA_SECURITY_PROTOCOL": "SASL_PLAINTEXT", "KAFKA_SASL_MECHANISM": "PLAIN"}, "KAFKA_SASL_USERNAME"),
+        ({"KAFKA_SECURITY_PROTOCOL": "SASL_SSL", "KAFKA_SASL_MECHANISM": "SCRAM-SHA-512",
+          "KAFKA_SASL_USERNAME": "u"}, "KAFKA_SASL_PASSWORD"),
+        ({"KAFKA_SSL_CAFILE": "/nonexistent/ca.pem"}, "KAFKA_SSL_CAFILE"),
+    ],
+)
+def test_bad_configuration_names_the_variable(env, variable):
+    error = refused(**env)
+    assert error.variable == variable
+    assert str(error).startswith(variable)
+
+
+def test_sasl_settings_are_accepted_for_each_mechanism():
+    for mechanism in ("PLAIN", "SCRAM-SHA-256", "scram-sha-512"):
+        kafka = settings(KAFKA_SECURITY_PROTOCOL="sasl_ssl", KAFKA_SASL_MECHANISM=mechanism,
+                         KAFKA_SASL_USERNAME="bridge", KAFKA_SASL_PASSWORD="hunter2").kafka
+        assert (kafka.security_protocol, kafka.sasl_mechanism) == ("SASL_SSL", mechanism.upper())
+
+
+def test_secrets_never_show_in_repr_or_errors():
+    s = settings(SCALEKIT_WEBHOOK_SECRET=f"{SECRET},{OLD_SECRET}", KAFKA_SECURITY_PROTOCOL="SASL_SSL",
+                 KAFKA_SASL_MECHANISM="PLAIN", KAFKA_SASL_USERNAME="bridge", KAFKA_SASL_PASSWORD="hunter2")
+    text = repr(s) + str(s)
+    for secret in (SECRET, SECRET[6:], OLD_SECRET[6:], "hunter2"):
+        assert secret not in text
+    bad = "whsec_c2VjcmV0!"
+    assert bad not in str(refused(SCALEKIT_WEBHOOK_SECRET=f"{SECRET} {bad}"))
+
+
+def test_serve_refuses_to_start_naming_the_variable():
+    """The real command exits non-zero before listening, and says which variable is wrong."""
+    result = subprocess.run(
+        [sys.executable, "-m", "bridge", "serve"],
+        env={"SCALEKIT_WEBHOOK_SECRET": SECRET, "BRIDGE_PORT": "eighty", "PATH": ""},
+        capture_output=True, text=True, timeout=60,
+    )
+    assert result.returncode == 2
+    assert "BRIDGE_PORT" in result.stderr and SECRET not in result.stderr

@@ -1,0 +1,162 @@
+"""A verified delivery becomes a CloudEvent record that the official SDK reads and that rebuilds the original."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from cloudevents.core.bindings import kafka as ce_kafka
+from cloudevents.core.formats.json import JSONFormat
+
+from bridge.envelope import (
+    build_route,
+    deadletter_message,
+    partition_key,
+    rebuild_delivery,
+)
+from bridge.errors import MalformedDelivery
+from bridge.sendtest import sample, sample_types
+from bridge.verify import VerifiedDelivery
+
+# Where CATALOG.md says each family keeps its organization id.
+EXPECTED_KEY_SOURCE = {
+    "organization.directory": ("organization_id",),
+    "organization.sso": ("organization_id",),
+    "organization.created": ("organization_id",),
+    "organization.updated": ("organization_id",),
+    "organization.deleted": ("organization_id",),
+    "user.signup": ("data", "organization", "id"),
+    "user.login": ("data", "user", "membership", "organization_id"),
+    "user.logout": ("data", "user", "membership", "organization_id"),
+    "user.organization": ("data", "organization", "id"),
+    "role.": ("environment_id",),
+    "permission.": ("environment_id",),
+}
+
+
+def delivery(envelope: object, webhook_id: str = "msg_1") -> VerifiedDelivery:
+    return VerifiedDelivery(webhook_id=webhook_id, timestamp="1760000000", body=json.dumps(envelope).encode())
+
+
+def as_ce_message(route):
+    message = route.message
+    return ce_kafka.KafkaMessage(headers=dict(message.headers), key=message.key, value=message.value)
+
+
+def lookup(envelope, path):
+    for step in path:
+        envelope = envelope[step]
+    return envelope
+
+
+def test_there_is_a_sample_for_each_of_the_28_documented_types():
+    assert len(sample_types()) == 28
+
+
+@pytest.mark.parametrize("event_type", sample_types())
+def test_every_sample_is_keyed_by_its_organization_or_environment(event_type):
+    envelope = sample(event_type)
+    (path,) = [p for prefix, p in EXPECTED_KEY_SOURCE.items() if event_type.startswith(prefix)]
+    assert partition_key(envelope) == lookup(envelope, path)
+    assert partition_key(envelope).startswith("env_" if path == ("environment_id",) else "org_")
+
+
+@pytest.mark.parametrize("event_type", sample_types())
+def test_every_sample_maps_to_a_binary_cloudevent_the_sdk_reads(event_type):
+    envelope = sample(event_type)
+    route = build_route(delivery(envelope), topic_prefix="scalekit.", mode="binary")
+    event = ce_kafka.from_binary(as_ce_message(route), JSONFormat())
+
+    assert route.message.topic == f"scalekit.{event_type}"
+    assert route.message.key == partition_key(envelope).encode()
+    assert event.get_id() == envelope["id"]
+    assert event.get_type() == event_type
+    assert event.get_specversion() == "1.0"
+    assert envelope["environment_id"] in event.get_source()
+    assert event.get_datacontenttype() == "application/json"
+    assert event.get_data() == envelope["data"]
+    assert event.get_extension("partitionkey") == partition_key(envelope)
+    assert event.get_extension("webhookid") == "msg_1"
+    assert event.get_extension("environmentid") == envelope["environment_id"]
+    assert event.get_extension("scalekitobject") == envelope["object"]
+    assert event.get_extension("scalekitspecversion") == envelope["spec_version"]
+
+
+@pytest.mark.parametrize("mode", ["binary", "structured"])
+@pytest.mark.parametrize("event_type", sample_types())
+def test_the_original_envelope_is_rebuilt_exactly_from_the_record(event_type, mode):
+    envelope = sample(event_type)
+    message = build_route(delivery(envelope), topic_prefix="scalekit.", mode=mode).message
+    assert rebuild_delivery(message.headers, message.value) == envelope
+
+
+def test_time_keeps_its_nanoseconds():
+    """The SDK parses ce_time to microseconds; the header itself keeps what Scalekit sent."""
+    envelope = sample("role.created") | {"occurred_at": "2025-01-15T08:55:22.802860294Z"}
+    message = build_route(delivery(envelope), topic_prefix="scalekit.", mode="binary").message
+    assert dict(message.headers)["ce_time"] == b"2025-01-15T08:55:22.802860294Z"
+
+
+def test_structured_mode_is_one_json_cloudevent_the_sdk_reads():
+    envelope = sample("organization.directory.user_created")
+    route = build_route(delivery(envelope), topic_prefix="scalekit.", mode="structured")
+    event = ce_kafka.from_structured(as_ce_message(route), JSONFormat())
+    assert dict(route.message.headers) == {"content-type": b"application/cloudevents+json"}
+    assert (event.get_id(), event.get_type(), event.get_data()) == (envelope["id"], envelope["type"], envelope["data"])
+    assert event.get_extension("organizationid") == envelope["organization_id"]
+
+
+def test_unusual_envelope_fields_survive_the_round_trip():
+    """Non-string spec_version, a bad timestamp, unknown fields and no data: nothing is lost."""
+    envelope = {
+        "id": "evt_9", "type": "organization.created", "spec_version": 1, "occurred_at": "yesterday",
+        "display_name": "Org created", "future_field": {"nested": [1, 2.5, None]},
+    }
+    for mode in ("binary", "structured"):
+        message = build_route(delivery(envelope), topic_prefix="scalekit.", mode=mode).message
+        assert rebuild_delivery(message.headers, message.value) == envelope
+    binary = build_route(delivery(envelope), topic_prefix="scalekit.", mode="binary").message
+    assert binary.value is None and binary.key is None
+    assert "ce_time" not in dict(binary.headers)
+
+
+def test_the_topic_prefix_is_configurable():
+    route = build_route(delivery(sample("role.created")), topic_prefix="acme-prod.", mode="binary")
+    assert route.message.topic == "acme-prod.role.created"
+
+
+@pytest.mark.parametrize(
+    ("body", "reason"),
+    [
+        (b"not json", "body is not JSON"),
+        (b"[1, 2]", "body is not a JSON object"),
+        (b'{"type": "role.created"}', "envelope has no string 'id'"),
+        (b'{"id": "evt_1"}', "envelope has no string 'type'"),
+        (b'{"id": "", "type": "role.created"}', "envelope has no string 'id'"),
+        (b'{"id": "evt_1", "type": 7}', "envelope has no string 'type'"),
+        (b'{"id": "evt_1", "type": "Role Created"}', "event type is not a valid topic name"),
+        (b'{"id": "evt_1", "type": "role/created"}', "event type is not a valid topic name"),
+        (json.dumps({"id": "e", "type": "a" * 250}).encode(), "event type is not a valid topic name"),
+    ],
+)
+def test_unroutable_bodies_are_malformed_with_a_reason(body, reason):
+    with pytest.raises(MalformedDelivery) as caught:
+        build_route(VerifiedDelivery("msg_1", "1760000000", body), topic_prefix="scalekit.", mode="binary")
+    assert caught.value.reason == reason
+
+
+def test_the_dead_letter_record_keeps_the_raw_body_and_says_why():
+    raw = VerifiedDelivery("msg_7", "1760000000", b"\x7bnot json")
+    message = deadletter_message(raw, topic="scalekit.deadletter", reason="body is not JSON")
+    assert (message.topic, message.key, message.value) == ("scalekit.deadletter", b"msg_7", b"\x7bnot json")
+    assert dict(message.headers) == {
+        "webhook-id": b"msg_7",
+        "webhook-timestamp": b"1760000000",
+        "deadletter-reason": b"body is not JSON",
+    }
+
+
+def test_key_lookup_falls_through_to_the_environment():
+    assert partition_key({"environment_id": "env_1", "data": {"organization": "Acme Corp"}}) == "env_1"
+    assert partition_key({"organization_id": "", "data": {"organization_id": "org_2"}}) == "org_2"
+    assert partition_key({"data": None}) is None
