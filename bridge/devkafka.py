@@ -214,6 +214,7 @@ class LocalKafka:
         """Stop Kafka (SIGTERM, then SIGKILL after `timeout`) and remove its data."""
         process, self._process = self._process, None
         if process is not None and process.poll() is None:
+            process.send_signal(signal.SIGCONT)  # a paused broker cannot act on SIGTERM
             process.terminate()
             try:
                 process.wait(timeout)
@@ -224,6 +225,15 @@ class LocalKafka:
             shutil.rmtree(self._workdir, ignore_errors=True)
         self._workdir = None
         self._port = None
+
+    def pause(self) -> None:
+        """Freeze the broker (SIGSTOP): connections stay open but nothing answers, like a partition."""
+        if self._process is not None:
+            self._process.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        if self._process is not None:
+            self._process.send_signal(signal.SIGCONT)
 
     def __enter__(self) -> LocalKafka:
         self.start()

@@ -1,0 +1,195 @@
+"""The real command: readiness follows the broker, SIGTERM drains, send-test and dev work end to end."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+
+import aiohttp
+import pytest
+
+from bridge.devkafka import LocalKafka
+from bridge.sendtest import sample
+from tests.helpers import body_of, signed_headers
+from tests.integration.conftest import SECRET
+
+pytestmark = pytest.mark.integration
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class BridgeProcess:
+    """`python -m bridge <command>` in a child process, with its own ports and topics."""
+
+    def __init__(self, command: str, **env: str) -> None:
+        self.port, self.admin_port = free_port(), free_port()
+        self.prefix = f"p{uuid.uuid4().hex[:8]}."
+        child_env = {
+            **{k: v for k, v in os.environ.items() if k != "KAFKA_BOOTSTRAP_SERVERS"},
+            "PYTHONUNBUFFERED": "1",
+            "SCALEKIT_WEBHOOK_SECRET": SECRET,
+            "BRIDGE_HOST": "127.0.0.1",
+            "BRIDGE_PORT": str(self.port),
+            "BRIDGE_ADMIN_PORT": str(self.admin_port),
+            "BRIDGE_TOPIC_PREFIX": self.prefix,
+            **env,
+        }
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "bridge", command],
+            env=child_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        )
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/webhooks/scalekit"
+
+    async def readiness(self) -> int | None:
+        try:
+            async with aiohttp.ClientSession() as session:
+                async with session.get(f"http://127.0.0.1:{self.admin_port}/readyz") as response:
+                    return response.status
+        except aiohttp.ClientError:
+            return None
+
+    async def wait_for_readiness(self, status: int, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise AssertionError(f"bridge exited early:\n{self.process.stdout.read()}")
+            if await self.readiness() == status:
+                return
+            await asyncio.sleep(0.2)
+        raise AssertionError(f"/readyz never answered {status} within {timeout}s")
+
+    async def deliver(self, envelope: dict, webhook_id: str | None = None) -> tuple[int, dict]:
+        body = body_of(envelope)
+        async with aiohttp.ClientSession() as session:
+            async with session.post(self.url, data=body, headers=signed_headers(SECRET, body, webhook_id=webhook_id)) as response:
+                return response.status, await response.json()
+
+    def output_after_exit(self, timeout: float) -> tuple[int, str]:
+        output, _ = self.process.communicate(timeout=timeout)
+        return self.process.returncode, output
+
+    def kill(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.communicate()
+
+
+@pytest.fixture(scope="module")
+def pausable_kafka() -> Iterator[LocalKafka]:
+    """A broker of this module's own, which the tests freeze and thaw."""
+    with LocalKafka() as kafka:
+        yield kafka
+
+
+@pytest.fixture
+def bridge_process() -> Iterator[type[BridgeProcess]]:
+    started: list[BridgeProcess] = []
+
+    class Tracked(BridgeProcess):
+        def __init__(self, command: str, **env: str) -> None:
+            super().__init__(command, **env)
+            started.append(self)
+
+    yield Tracked
+    for process in started:
+        process.kill()
+
+
+async def test_readiness_drops_while_the_broker_is_frozen_and_recovers_by_itself(pausable_kafka, bridge_process):
+    bridge = bridge_process("serve", KAFKA_BOOTSTRAP_SERVERS=pausable_kafka.bootstrap_servers,
+                            BRIDGE_PUBLISH_TIMEOUT="2")
+    await bridge.wait_for_readiness(200, timeout=30)
+    pausable_kafka.pause()
+    try:
+        await bridge.wait_for_readiness(503, timeout=10)
+        status, answer = await bridge.deliver(sample("role.created"))
+        assert (status, answer["error"]) == (503, "kafka_unavailable")
+    finally:
+        pausable_kafka.resume()
+    await bridge.wait_for_readiness(200, timeout=20)
+
+
+async def test_sigterm_lets_in_flight_deliveries_finish_with_their_records_acked(
+    pausable_kafka, bridge_process, kafka_bootstrap
+):
+    from tests.conftest import KafkaTool
+
+    kafka = KafkaTool(pausable_kafka.bootstrap_servers)
+    bridge = bridge_process("serve", KAFKA_BOOTSTRAP_SERVERS=pausable_kafka.bootstrap_servers,
+                            BRIDGE_PUBLISH_TIMEOUT="20")
+    await bridge.wait_for_readiness(200, timeout=30)
+    assert (await bridge.deliver(sample("role.created") | {"id": "evt_before"}))[0] == 201
+
+    pausable_kafka.pause()
+    try:
+        in_flight = [
+            asyncio.create_task(bridge.deliver(sample("role.created") | {"id": f"evt_inflight_{n}"}))
+            for n in range(5)
+        ]
+        await asyncio.sleep(1.0)
+        assert not any(task.done() for task in in_flight), "nothing may be answered before Kafka acks"
+        bridge.process.send_signal(signal.SIGTERM)
+        await asyncio.sleep(0.5)
+        late_status, late_answer = await bridge.deliver(sample("role.created") | {"id": "evt_late"})
+        assert (late_status, late_answer["error"]) == (503, "shutting_down")
+        assert await bridge.readiness() == 503
+    finally:
+        pausable_kafka.resume()
+
+    answers = await asyncio.gather(*in_flight)
+    assert [status for status, _ in answers] == [201] * 5
+    code, output = await asyncio.to_thread(bridge.output_after_exit, 40)
+    assert code == 0, output
+    assert SECRET[6:] not in output
+    ids = sorted(r.header("ce_id").decode() for r in await kafka.read_all(bridge.prefix + "role.created"))
+    assert ids == ["evt_before"] + [f"evt_inflight_{n}" for n in range(5)]
+
+
+async def test_send_test_signs_a_sample_that_reaches_its_topic(bridge_process, kafka_bootstrap, kafka):
+    bridge = bridge_process("serve", KAFKA_BOOTSTRAP_SERVERS=kafka_bootstrap)
+    await bridge.wait_for_readiness(200, timeout=30)
+
+    result = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-m", "bridge", "send-test", "--type", "user.signup", "--url", bridge.url],
+        env={**os.environ, "SCALEKIT_WEBHOOK_SECRET": SECRET}, capture_output=True, text=True, timeout=60,
+    )
+
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("201 ")
+    (record,) = await kafka.read_all(bridge.prefix + "user.signup")
+    assert record.key == sample("user.signup")["data"]["organization"]["id"].encode()
+    assert record.header("ce_id").decode().startswith("evt_test_")
+
+
+async def test_dev_brings_up_kafka_and_the_bridge_and_ctrl_c_stops_both(bridge_process):
+    bridge = bridge_process("dev", SCALEKIT_WEBHOOK_SECRET="")
+    await bridge.wait_for_readiness(200, timeout=180)
+    assert bridge.process.stdout is not None
+
+    status, _ = await bridge.deliver(sample("organization.created"))  # signed with SECRET: not the dev secret
+    assert status == 401, "dev generates its own secret when none is set"
+
+    bridge.process.send_signal(signal.SIGINT)
+    code, output = await asyncio.to_thread(bridge.output_after_exit, 60)
+    assert code == 0, output
+    secret = re.search(r"Signing secret:\s+(whsec_\S+)", output).group(1)
+    assert f"SCALEKIT_WEBHOOK_SECRET={secret} scalekit-bridge send-test --type" in output
+    kafka_port = int(re.search(r"Kafka:\s+127\.0\.0\.1:(\d+)", output).group(1))
+    with pytest.raises(OSError):
+        socket.create_connection(("127.0.0.1", kafka_port), timeout=2).close()
