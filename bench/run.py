@@ -1,0 +1,158 @@
+"""Benchmarks: what one delivery costs in the bridge, and what the whole path sustains.
+
+1. CPU cost of the per-delivery work that does not wait on Kafka (verify + CloudEvent mapping).
+2. End to end: `scalekit-bridge serve` in its own process against a real Kafka (KAFKA_BOOTSTRAP_SERVERS,
+   else a local one), driven over loopback at several concurrencies; each 201 means a broker ack.
+
+Prints its numbers; asserts nothing. Usage: `make bench` (or `python bench/run.py --deliveries 2000`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import json
+import os
+import platform
+import secrets
+import socket
+import statistics
+import subprocess
+import sys
+import time
+import timeit
+import uuid
+
+import aiohttp
+
+from bridge.devkafka import LocalKafka
+from bridge.envelope import build_route
+from bridge.sendtest import sample
+from bridge.verify import SigningKey, Verifier, signature_header
+
+SECRET = "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()
+KEY = SigningKey.from_secret(SECRET)
+
+
+def signed(envelope: dict) -> tuple[bytes, dict[str, str]]:
+    body = json.dumps(envelope).encode()
+    webhook_id, stamp = f"msg_{uuid.uuid4().hex}", str(int(time.time()))
+    return body, {
+        "content-type": "application/json",
+        "webhook-id": webhook_id,
+        "webhook-timestamp": stamp,
+        "webhook-signature": signature_header(KEY, webhook_id, stamp, body),
+    }
+
+
+def cpu_cost() -> None:
+    verifier = Verifier([KEY], 300)
+    envelope = sample("organization.directory.user_created")
+    body, headers = signed(envelope)
+
+    def one() -> None:
+        delivery = verifier.verify(headers, body)
+        build_route(delivery, topic_prefix="scalekit.", mode="binary")
+
+    runs = 20_000
+    best = min(timeit.repeat(one, number=runs, repeat=5)) / runs
+    print(f"cpu: verify + CloudEvent mapping, {len(body)}-byte directory user event: {best * 1e6:.1f} µs/delivery")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+async def wait_ready(admin_port: int) -> None:
+    async with aiohttp.ClientSession() as session:
+        for _ in range(300):
+            try:
+                async with session.get(f"http://127.0.0.1:{admin_port}/readyz") as response:
+                    if response.status == 200:
+                        return
+            except aiohttp.ClientError:
+                pass
+            await asyncio.sleep(0.1)
+    raise RuntimeError("bridge never became ready")
+
+
+async def drive(url: str, deliveries: int, concurrency: int, organizations: int) -> None:
+    payloads = []
+    for n in range(deliveries):
+        envelope = sample("organization.directory.user_created")
+        envelope["id"] = f"evt_bench_{n}"
+        envelope["organization_id"] = f"org_{n % organizations}"
+        payloads.append(signed(envelope))
+    latencies: list[float] = []
+    statuses: dict[int, int] = {}
+    queue: asyncio.Queue[tuple[bytes, dict[str, str]]] = asyncio.Queue()
+    for item in payloads:
+        queue.put_nowait(item)
+
+    async def worker(session: aiohttp.ClientSession) -> None:
+        while not queue.empty():
+            body, headers = queue.get_nowait()
+            started = time.perf_counter()
+            async with session.post(url, data=body, headers=headers) as response:
+                await response.read()
+                statuses[response.status] = statuses.get(response.status, 0) + 1
+            latencies.append(time.perf_counter() - started)
+
+    connector = aiohttp.TCPConnector(limit=concurrency)
+    async with aiohttp.ClientSession(connector=connector) as session:
+        started = time.perf_counter()
+        await asyncio.gather(*(worker(session) for _ in range(concurrency)))
+        elapsed = time.perf_counter() - started
+    quantiles = statistics.quantiles(latencies, n=100)
+    print(
+        f"e2e: concurrency {concurrency:>3}: {deliveries / elapsed:7.0f} deliveries/s, "
+        f"p50 {quantiles[49] * 1000:6.1f} ms, p95 {quantiles[94] * 1000:6.1f} ms, "
+        f"p99 {quantiles[98] * 1000:6.1f} ms, statuses {dict(sorted(statuses.items()))}"
+    )
+
+
+async def end_to_end(bootstrap: str, deliveries: int, concurrencies: list[int]) -> None:
+    port, admin_port = free_port(), free_port()
+    env = {
+        **os.environ,
+        "SCALEKIT_WEBHOOK_SECRET": SECRET,
+        "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
+        "BRIDGE_HOST": "127.0.0.1",
+        "BRIDGE_PORT": str(port),
+        "BRIDGE_ADMIN_PORT": str(admin_port),
+        "BRIDGE_TOPIC_PREFIX": f"bench{uuid.uuid4().hex[:6]}.",
+        "BRIDGE_LOG_LEVEL": "WARNING",
+    }
+    server = subprocess.Popen([sys.executable, "-m", "bridge", "serve"], env=env)
+    try:
+        await wait_ready(admin_port)
+        url = f"http://127.0.0.1:{port}/webhooks/scalekit"
+        await drive(url, 200, 8, 50)  # warm-up: creates the topic, fills connection pools
+        for concurrency in concurrencies:
+            await drive(url, deliveries, concurrency, organizations=50)
+    finally:
+        server.terminate()
+        server.wait(30)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--deliveries", type=int, default=2000)
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32, 128])
+    args = parser.parse_args()
+    print(f"machine: {platform.platform()}, {os.cpu_count()} CPUs, Python {platform.python_version()}")
+    cpu_cost()
+    bootstrap = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
+    if bootstrap:
+        asyncio.run(end_to_end(bootstrap, args.deliveries, args.concurrency))
+        return
+    with LocalKafka() as kafka:
+        print(f"kafka: local Apache Kafka at {kafka.bootstrap_servers} (same machine)")
+        asyncio.run(end_to_end(kafka.bootstrap_servers, args.deliveries, args.concurrency))
+
+
+if __name__ == "__main__":
+    main()
