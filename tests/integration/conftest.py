@@ -66,7 +66,7 @@ async def start_bridge(kafka_bootstrap, unique, aiohttp_client) -> AsyncIterator
         )
         await publisher.start()
         publishers.append(publisher)
-        bridge = Bridge.assemble(settings, publisher, Metrics(process_metrics=False))
+        bridge = Bridge.assemble(settings, publisher, Metrics())
         return RunningBridge(
             bridge, await aiohttp_client(create_app(bridge)), await aiohttp_client(create_admin_app(bridge)), prefix
         )

@@ -1,0 +1,120 @@
+"""Metrics, logs, dashboard and alerts agree with each other and with what the bridge really exports."""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from pathlib import Path
+
+import promql_parser
+import pytest
+import yaml
+
+from bridge.logs import JsonFormatter
+from bridge.metrics import OUTCOMES
+from bridge.sendtest import sample
+from tests.helpers import body_of, signed_headers
+from tests.integration.conftest import SECRET
+
+pytestmark = pytest.mark.integration
+
+DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
+DASHBOARD = DEPLOY / "grafana" / "scalekit-bridge-dashboard.json"
+RULES = DEPLOY / "prometheus" / "scalekit-bridge-rules.yaml"
+METRIC_NAME = re.compile(r"\b((?:scalekit_bridge|process|python)_[a-z_]+)\b")
+
+
+def dashboard_queries() -> list[str]:
+    panels = json.loads(DASHBOARD.read_text())["panels"]
+    return [target["expr"] for panel in panels for target in panel["targets"]]
+
+
+def alert_expressions() -> list[str]:
+    groups = yaml.safe_load(RULES.read_text())["groups"]
+    return [rule["expr"] for group in groups for rule in group["rules"]]
+
+
+def exported_names(exposition: str) -> set[str]:
+    return {line.split("{")[0].split(" ")[0] for line in exposition.splitlines() if line and not line.startswith("#")}
+
+
+def sample_value(exposition: str, series: str) -> float:
+    for line in exposition.splitlines():
+        if line.startswith(series + " "):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+@pytest.fixture
+async def driven(start_bridge, kafka, caplog):
+    """A bridge that has seen one delivery of every outcome; returns its /metrics text and log records."""
+    running = await start_bridge(BRIDGE_CREATE_TOPICS="false", BRIDGE_PUBLISH_TIMEOUT="1", BRIDGE_MAX_BODY_BYTES="4096")
+    await kafka.create_topic(running.topic("role.created"))
+    await kafka.create_topic(running.deadletter_topic)
+    caplog.set_level(logging.INFO, logger="bridge")
+
+    assert (await running.deliver(sample("role.created"), webhook_id="msg_obs"))[0] == 201          # published
+    assert (await running.deliver(sample("role.created"), webhook_id="msg_obs"))[0] == 201          # duplicate
+    assert (await running.deliver(b"not json"))[0] == 201                                           # deadlettered
+    assert (await running.deliver(sample("role.created"), secret="whsec_AAAA"))[0] == 401           # rejected
+    assert (await running.deliver(sample("permission.created")))[0] == 503                          # failed: no topic
+    big = body_of(sample("role.created") | {"data": {"pad": "x" * 5000}})
+    assert (await running.client.post("/webhooks/scalekit", data=big, headers=signed_headers(SECRET, big))).status == 413
+
+    exposition = await (await running.admin.get("/metrics")).text()
+    return exposition, list(caplog.records)
+
+
+async def test_every_outcome_counter_moves(driven):
+    exposition, _ = driven
+    expected_type = {"published": "role.created", "duplicate": "unknown", "deadlettered": "unknown",
+                     "rejected": "unknown", "failed": "permission.created", "too_large": "unknown"}
+    assert set(expected_type) == set(OUTCOMES)
+    for outcome, event_type in expected_type.items():
+        series = f'scalekit_bridge_deliveries_total{{event_type="{event_type}",outcome="{outcome}"}}'
+        assert sample_value(exposition, series) == 1.0, series
+    assert sample_value(exposition, 'scalekit_bridge_verification_failures_total{reason="no_matching_signature"}') == 1.0
+    assert sample_value(exposition, "scalekit_bridge_publish_duration_seconds_count") == 2.0
+    for status in ("201", "401", "413", "503"):
+        assert sample_value(exposition, f'scalekit_bridge_request_duration_seconds_count{{status="{status}"}}') >= 1.0
+    assert sample_value(exposition, "scalekit_bridge_ready") == 1.0
+    assert sample_value(exposition, "scalekit_bridge_redelivery_cache_entries") == 2.0
+    assert 'scalekit_bridge_build_info{version="0.1.0"} 1.0' in exposition
+
+
+async def test_dashboard_and_alerts_use_only_exported_metrics_in_valid_promql(driven):
+    exposition, _ = driven
+    exported = exported_names(exposition)
+    expressions = dashboard_queries() + alert_expressions()
+    assert len(expressions) >= 15
+    for expression in expressions:
+        promql_parser.parse(expression)  # raises ValueError on invalid PromQL
+        names = METRIC_NAME.findall(expression)
+        assert names, f"no metric in {expression!r}"
+        for name in names:
+            assert name in exported, f"{name} (in {expression!r}) is not exported"
+
+
+def test_the_promql_check_catches_a_broken_expression():
+    with pytest.raises(ValueError):
+        promql_parser.parse("sum(rate(scalekit_bridge_deliveries_total[5m])")
+
+
+def test_the_dashboard_takes_its_datasource_from_a_variable():
+    dashboard = json.loads(DASHBOARD.read_text())
+    assert dashboard["templating"]["list"][0]["type"] == "datasource"
+    for panel in dashboard["panels"]:
+        assert panel["datasource"]["uid"] == "${datasource}"
+        assert all(target["datasource"]["uid"] == "${datasource}" for target in panel["targets"])
+
+
+async def test_one_json_log_line_per_delivery_without_bodies_or_secrets(driven):
+    _, records = driven
+    lines = [json.loads(JsonFormatter().format(r)) for r in records if r.name == "bridge.delivery"]
+    assert [line["outcome"] for line in lines] == ["published", "duplicate", "deadlettered", "rejected", "failed", "too_large"]
+    published = lines[0]
+    assert {"webhook_id", "event_id", "event_type", "topic", "partition", "offset", "outcome", "latency_ms"} <= set(published)
+    everything = "\n".join(JsonFormatter().format(r) for r in records)
+    for forbidden in (SECRET, SECRET[6:], "v1,", "not json", sample("role.created")["data"]["description"]):
+        assert forbidden not in everything
