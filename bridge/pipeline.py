@@ -11,22 +11,24 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from bridge import metrics as m
 from bridge.dedupe import RedeliveryCache
 from bridge.envelope import KafkaMessage, build_route, deadletter_message
 from bridge.errors import MalformedDelivery, PublishFailed, VerificationFailed
 from bridge.publish import Ack, Publisher
-from bridge.verify import Verifier
+from bridge.verify import VerifiedDelivery, Verifier
 
 log = logging.getLogger("bridge.delivery")
 
 
 @dataclass(frozen=True)
 class Receipt:
+    """How one delivery ended, and where its record went if it was written."""
+
     outcome: str
-    webhook_id: str
+    webhook_id: str | None
     event_id: str | None = None
     event_type: str | None = None
     ack: Ack | None = None
@@ -59,32 +61,35 @@ class Pipeline:
             delivery = self._verifier.verify(headers, body)
         except VerificationFailed as exc:
             self._metrics.verification_failures.labels(reason=exc.reason).inc()
-            self._record(m.REJECTED, started, reason=exc.reason)
+            # The webhook-id of an unverified request is the caller's text, not ours to log.
+            self._record(Receipt(m.REJECTED, None), started, reason=exc.reason)
             raise
 
         if not await self._cache.claim(delivery.webhook_id):
-            return self._record(m.DUPLICATE, started, Receipt(m.DUPLICATE, delivery.webhook_id))
+            return self._record(Receipt(m.DUPLICATE, delivery.webhook_id), started)
 
         acknowledged = False
         try:
-            try:
-                route = build_route(delivery, topic_prefix=self._topic_prefix, mode=self._mode)
-                message, outcome, reason = route.message, m.PUBLISHED, None
-                event_id, event_type = route.event_id, route.event_type
-            except MalformedDelivery as exc:
-                message = deadletter_message(delivery, topic=self._deadletter_topic, reason=exc.reason)
-                outcome, reason, event_id, event_type = m.DEADLETTERED, exc.reason, None, None
+            message, planned, reason = self._plan(delivery)
             try:
                 ack = await self._publish(message)
             except PublishFailed as exc:
-                self._record(m.FAILED, started, webhook_id=delivery.webhook_id, event_type=event_type, reason=exc.reason)
+                self._record(replace(planned, outcome=m.FAILED), started, reason=exc.reason)
                 raise
             acknowledged = True
         finally:
             self._cache.release(delivery.webhook_id, acknowledged=acknowledged)
+        return self._record(replace(planned, ack=ack), started, reason=reason)
 
-        receipt = Receipt(outcome, delivery.webhook_id, event_id, event_type, ack)
-        return self._record(outcome, started, receipt, reason=reason)
+    def _plan(self, delivery: VerifiedDelivery) -> tuple[KafkaMessage, Receipt, str | None]:
+        """The record to write and the receipt it earns: the event's own, or a dead letter."""
+        try:
+            route = build_route(delivery, topic_prefix=self._topic_prefix, mode=self._mode)
+        except MalformedDelivery as exc:
+            message = deadletter_message(delivery, topic=self._deadletter_topic, reason=exc.reason)
+            return message, Receipt(m.DEADLETTERED, delivery.webhook_id), exc.reason
+        receipt = Receipt(m.PUBLISHED, delivery.webhook_id, route.event_id, route.event_type)
+        return route.message, receipt, None
 
     async def _publish(self, message: KafkaMessage) -> Ack:
         sent = time.perf_counter()
@@ -92,32 +97,21 @@ class Pipeline:
         self._metrics.publish_duration.observe(time.perf_counter() - sent)
         return ack
 
-    def _record(
-        self,
-        outcome: str,
-        started: float,
-        receipt: Receipt | None = None,
-        *,
-        webhook_id: str | None = None,
-        event_type: str | None = None,
-        reason: str | None = None,
-    ) -> Receipt:
-        if receipt is not None:
-            webhook_id, event_type = receipt.webhook_id, receipt.event_type
-        self._metrics.deliveries.labels(outcome=outcome, event_type=event_type or m.UNKNOWN_TYPE).inc()
+    def _record(self, receipt: Receipt, started: float, *, reason: str | None = None) -> Receipt:
+        """Count the outcome and write the delivery's one log line."""
+        self._metrics.deliveries.labels(
+            outcome=receipt.outcome, event_type=receipt.event_type or m.UNKNOWN_TYPE
+        ).inc()
         fields: dict[str, object] = {
-            "outcome": outcome,
-            "webhook_id": webhook_id,
-            "event_type": event_type,
+            "outcome": receipt.outcome,
+            "webhook_id": receipt.webhook_id,
+            "event_id": receipt.event_id,
+            "event_type": receipt.event_type,
             "latency_ms": round((time.perf_counter() - started) * 1000, 3),
         }
         if reason is not None:
             fields["reason"] = reason
-        if receipt is not None:
-            fields["event_id"] = receipt.event_id
-            if receipt.ack is not None:
-                fields.update(
-                    topic=receipt.ack.topic, partition=receipt.ack.partition, offset=receipt.ack.offset
-                )
-        log.info("delivery %s", outcome, extra={"delivery": fields})
-        return receipt if receipt is not None else Receipt(outcome, webhook_id or "")
+        if receipt.ack is not None:
+            fields.update(topic=receipt.ack.topic, partition=receipt.ack.partition, offset=receipt.ack.offset)
+        log.info("delivery %s", receipt.outcome, extra={"delivery": fields})
+        return receipt

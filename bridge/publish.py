@@ -211,4 +211,5 @@ def _connection_options(settings: KafkaSettings) -> dict[str, Any]:
 
 
 def _ssl_context(cafile: str | None) -> ssl.SSLContext:
-    return create_ssl_context(cafile=cafile)
+    context: ssl.SSLContext = create_ssl_context(cafile=cafile)
+    return context
