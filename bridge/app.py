@@ -208,7 +208,7 @@ async def serve(settings: Settings, *, on_listening: Callable[[], None] | None =
         web.AppRunner(create_app(bridge), handle_signals=False, access_log=None),
         web.AppRunner(create_admin_app(bridge), handle_signals=False, access_log=None),
     ]
-    for runner, port in zip(runners, (settings.port, settings.admin_port)):
+    for runner, port in zip(runners, (settings.port, settings.admin_port), strict=True):
         await runner.setup()
         await web.TCPSite(runner, settings.host, port, shutdown_timeout=settings.shutdown_grace).start()
     log.info(
