@@ -28,7 +28,6 @@ from bridge.publish import KafkaPublisher, Publisher
 from bridge.verify import Verifier
 
 log = logging.getLogger(__name__)
-delivery_log = logging.getLogger("bridge.delivery")
 
 # Scalekit's own second retry comes 5 s after the first; asking for the same keeps us honest.
 RETRY_AFTER_SECONDS = "5"
@@ -153,8 +152,7 @@ async def _errors(
     except VerificationFailed as exc:
         response = _error(401, exc.reason, exc.detail)
     except PayloadTooLarge:
-        bridge.metrics.deliveries.labels(outcome=m.TOO_LARGE, event_type=m.UNKNOWN_TYPE).inc()
-        delivery_log.info("delivery too_large", extra={"delivery": {"outcome": m.TOO_LARGE}})
+        bridge.pipeline.refuse_oversized(started)
         response = _error(413, "payload_too_large", f"bodies over {bridge.settings.max_body_bytes} bytes are refused")
     except PublishFailed as exc:
         response = _error(503, "kafka_unavailable", exc.reason, retry=True)

@@ -81,6 +81,10 @@ class Pipeline:
             self._cache.release(delivery.webhook_id, acknowledged=acknowledged)
         return self._record(replace(planned, ack=ack), started, reason=reason)
 
+    def refuse_oversized(self, started: float) -> Receipt:
+        """Account for a body refused before verification (413); nothing was read or written."""
+        return self._record(Receipt(m.TOO_LARGE, None), started)
+
     def _plan(self, delivery: VerifiedDelivery) -> tuple[KafkaMessage, Receipt, str | None]:
         """The record to write and the receipt it earns: the event's own, or a dead letter."""
         try:
