@@ -126,7 +126,11 @@ class KafkaPublisher:
         if not self._settings.create_topics:
             return
         creation = self._known_topics.get(topic)
-        if creation is None or (creation.done() and creation.exception() is not None):
+        if creation is not None and creation.done():
+            if not creation.cancelled() and creation.exception() is None:
+                return  # the common case: created (or found) on an earlier delivery
+            creation = None  # the last attempt failed or was cancelled: try again
+        if creation is None:
             creation = asyncio.create_task(self._create_topic(topic), name=f"create-{topic}")
             self._known_topics[topic] = creation
         # Shielded: one delivery timing out must not cancel creation for the others.
