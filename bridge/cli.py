@@ -62,8 +62,11 @@ def _dev() -> int:
     env = dict(os.environ)
     env.setdefault("BRIDGE_LOG_FORMAT", "text")
     env.setdefault("BRIDGE_HOST", "127.0.0.1")
-    if not env.get("SCALEKIT_WEBHOOK_SECRET"):
+    # Only a secret we generated here may be printed; one the user supplied may be real.
+    generated = not env.get("SCALEKIT_WEBHOOK_SECRET")
+    if generated:
         env["SCALEKIT_WEBHOOK_SECRET"] = "whsec_" + base64.b64encode(secrets.token_bytes(24)).decode()
+    shown_secret = env["SCALEKIT_WEBHOOK_SECRET"] if generated else "$SCALEKIT_WEBHOOK_SECRET"
     kafka = None
     try:
         if not env.get("KAFKA_BOOTSTRAP_SERVERS"):
@@ -81,10 +84,11 @@ def _dev() -> int:
                     f"  Kafka:           {env['KAFKA_BOOTSTRAP_SERVERS']}",
                     f"  Webhook URL:     {url}",
                     f"  Admin:           http://127.0.0.1:{settings.admin_port}/readyz  /metrics",
-                    f"  Signing secret:  {env['SCALEKIT_WEBHOOK_SECRET']}   (development only)",
+                    f"  Signing secret:  {shown_secret}   "
+                    + ("(generated, development only)" if generated else "(yours, not shown)"),
                     "",
                     "  Send a test event from another terminal:",
-                    f"    SCALEKIT_WEBHOOK_SECRET={env['SCALEKIT_WEBHOOK_SECRET']} "
+                    f"    SCALEKIT_WEBHOOK_SECRET={shown_secret} "
                     f"scalekit-bridge send-test --type organization.directory.user_created --url {url}",
                     "",
                     "  Ctrl-C stops the bridge, then Kafka.",

@@ -18,6 +18,7 @@ import pytest
 
 from bridge.devkafka import LocalKafka
 from bridge.sendtest import sample
+from tests.conftest import KafkaTool
 from tests.helpers import body_of, signed_headers
 from tests.integration.conftest import SECRET
 
@@ -124,11 +125,7 @@ async def test_readiness_drops_while_the_broker_is_frozen_and_recovers_by_itself
     await bridge.wait_for_readiness(200, timeout=20)
 
 
-async def test_sigterm_lets_in_flight_deliveries_finish_with_their_records_acked(
-    pausable_kafka, bridge_process, kafka_bootstrap
-):
-    from tests.conftest import KafkaTool
-
+async def test_sigterm_lets_in_flight_deliveries_finish_with_their_records_acked(pausable_kafka, bridge_process):
     kafka = KafkaTool(pausable_kafka.bootstrap_servers)
     bridge = bridge_process("serve", KAFKA_BOOTSTRAP_SERVERS=pausable_kafka.bootstrap_servers,
                             BRIDGE_PUBLISH_TIMEOUT="20")
@@ -180,7 +177,6 @@ async def test_send_test_signs_a_sample_that_reaches_its_topic(bridge_process, k
 async def test_dev_brings_up_kafka_and_the_bridge_and_ctrl_c_stops_both(bridge_process):
     bridge = bridge_process("dev", SCALEKIT_WEBHOOK_SECRET="")
     await bridge.wait_for_readiness(200, timeout=180)
-    assert bridge.process.stdout is not None
 
     status, _ = await bridge.deliver(sample("organization.created"))  # signed with SECRET: not the dev secret
     assert status == 401, "dev generates its own secret when none is set"
@@ -193,3 +189,18 @@ async def test_dev_brings_up_kafka_and_the_bridge_and_ctrl_c_stops_both(bridge_p
     kafka_port = int(re.search(r"Kafka:\s+127\.0\.0\.1:(\d+)", output).group(1))
     with pytest.raises(OSError):
         socket.create_connection(("127.0.0.1", kafka_port), timeout=2).close()
+
+
+async def test_dev_uses_a_given_broker_and_never_prints_a_given_secret(bridge_process, kafka_bootstrap, kafka):
+    """A secret the user supplied may be a real one: dev uses it but shows only the variable's name."""
+    bridge = bridge_process("dev", KAFKA_BOOTSTRAP_SERVERS=kafka_bootstrap)
+    await bridge.wait_for_readiness(200, timeout=60)
+    assert (await bridge.deliver(sample("role.created")))[0] == 201
+
+    bridge.process.send_signal(signal.SIGINT)
+    code, output = await asyncio.to_thread(bridge.output_after_exit, 60)
+    assert code == 0, output
+    assert SECRET not in output and SECRET[6:] not in output
+    assert "SCALEKIT_WEBHOOK_SECRET=$SCALEKIT_WEBHOOK_SECRET scalekit-bridge send-test" in output
+    assert "Starting a local Apache Kafka" not in output
+    assert len(await kafka.read_all(bridge.prefix + "role.created")) == 1
