@@ -130,14 +130,12 @@ class Verifier:
 
         self._check_timestamp(timestamp)
         try:
-            webhook_id.encode("utf-8")
-            body.decode("utf-8")
+            body.decode("utf-8")  # the reference libraries sign text: non-UTF-8 never verifies
+            content = signed_content(webhook_id, timestamp, body)
         except UnicodeError:
             raise VerificationFailed(
                 INVALID_ENCODING, "webhook-id and body must be UTF-8"
             ) from None
-
-        content = signed_content(webhook_id, timestamp, body)
         expected = [key.sign(content) for key in self._keys]
         # Entries are read left to right and the first matching v1 entry wins,
         # as in the reference libraries; a malformed entry before it is fatal.

@@ -93,8 +93,11 @@ def test_a_signature_by_an_unknown_secret_is_refused():
     assert reason_for(signed_headers(OTHER_SECRET, BODY, timestamp=NOW)) == v.NO_MATCHING_SIGNATURE
 
 
-def test_a_body_that_is_not_utf8_is_refused():
-    assert reason_for(signed_headers(SECRET, BODY, timestamp=NOW), b"\xff\xfe") == v.INVALID_ENCODING
+def test_a_body_or_webhook_id_that_is_not_utf8_is_refused():
+    headers = signed_headers(SECRET, BODY, timestamp=NOW)
+    assert reason_for(headers, b"\xff\xfe") == v.INVALID_ENCODING
+    # aiohttp hands over undecodable header bytes as lone surrogates.
+    assert reason_for(headers | {"webhook-id": "msg_\udcff"}) == v.INVALID_ENCODING
 
 
 def test_every_reason_is_one_of_the_published_reasons():
