@@ -1,6 +1,7 @@
 """Benchmarks: what one delivery costs in the bridge, and what the whole path sustains.
 
-1. CPU cost of the per-delivery work that does not wait on Kafka (verify + CloudEvent mapping).
+1. CPU cost of the per-delivery work that does not wait on Kafka (verify + schema check + CloudEvent
+   mapping), with schema validation off and on.
 2. End to end: `scalekit-bridge serve` in its own process against a real Kafka (KAFKA_BOOTSTRAP_SERVERS,
    else a local one), driven over loopback at several concurrencies; each 201 means a broker ack.
 
@@ -27,7 +28,8 @@ import uuid
 import aiohttp
 
 from bridge.devkafka import LocalKafka
-from bridge.envelope import build_route
+from bridge.contract import Contract
+from bridge.envelope import build_route, parse_envelope
 from bridge.sendtest import sample
 from bridge.verify import SigningKey, Verifier, signature_header
 
@@ -47,17 +49,25 @@ def signed(envelope: dict) -> tuple[bytes, dict[str, str]]:
 
 
 def cpu_cost() -> None:
+    """The request path minus Kafka, as the pipeline runs it, with and without schema validation."""
     verifier = Verifier([KEY], 300)
+    contract = Contract.load()
     envelope = sample("organization.directory.user_created")
     body, headers = signed(envelope)
-
-    def one() -> None:
-        delivery = verifier.verify(headers, body)
-        build_route(delivery, topic_prefix="scalekit.", mode="binary")
-
     runs = 20_000
-    best = min(timeit.repeat(one, number=runs, repeat=5)) / runs
-    print(f"cpu: verify + CloudEvent mapping, {len(body)}-byte directory user event: {best * 1e6:.1f} µs/delivery")
+
+    def one(validate: bool) -> None:
+        delivery = verifier.verify(headers, body)
+        parsed = parse_envelope(delivery.body)
+        verdict = contract.check(parsed, validate=validate)
+        build_route(delivery, topic_prefix="scalekit.", mode="binary", envelope=parsed, dataschema=verdict.dataschema)
+
+    for label, validate in (("validation off", False), ("validation warn/enforce", True)):
+        best = min(timeit.repeat(lambda: one(validate), number=runs, repeat=5)) / runs
+        print(f"cpu: verify + contract + CloudEvent mapping ({label}), {len(body)}-byte directory user event: "
+              f"{best * 1e6:.1f} µs/delivery")
+    check = min(timeit.repeat(lambda: contract.check(envelope, validate=True), number=runs, repeat=5)) / runs
+    print(f"cpu: schema validation alone (envelope + data): {check * 1e6:.1f} µs/delivery")
 
 
 def free_port() -> int:

@@ -21,6 +21,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 from bridge import metrics as m
 from bridge.config import Settings
+from bridge.contract import Contract
 from bridge.dedupe import RedeliveryCache
 from bridge.errors import PayloadTooLarge, PublishFailed, ShuttingDown, VerificationFailed
 from bridge.pipeline import Pipeline
@@ -89,6 +90,8 @@ class Bridge:
             topic_prefix=settings.topic_prefix,
             deadletter_topic=settings.deadletter_topic,
             cloudevents_mode=settings.cloudevents_mode,
+            contract=Contract.load(),
+            schema_validation=settings.schema_validation,
         )
         bridge = cls(settings, publisher, pipeline, cache, metrics, lifecycle)
         # Read at scrape time, so the gauges cannot drift from the truth.

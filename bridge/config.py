@@ -13,6 +13,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Literal, TypeVar
 
+from bridge.contract import SCHEMA_VALIDATION_MODES, SchemaValidation
 from bridge.errors import ConfigError
 from bridge.verify import SigningKey
 
@@ -72,6 +73,7 @@ class Settings:
     max_body_bytes: int = 1_048_576
     timestamp_tolerance: int = 300
     cloudevents_mode: CloudEventsMode = "binary"
+    schema_validation: SchemaValidation = "warn"
     redelivery_cache_size: int = 100_000
     redelivery_cache_ttl: float = 1800.0
     shutdown_grace: float = 20.0
@@ -96,6 +98,7 @@ class Settings:
             max_body_bytes=reader.number("BRIDGE_MAX_BODY_BYTES", 1_048_576, int, low=1, high=64 << 20),
             timestamp_tolerance=reader.number("BRIDGE_TIMESTAMP_TOLERANCE", 300, int, low=1, high=3600),
             cloudevents_mode=reader.choice("BRIDGE_CLOUDEVENTS_MODE", "binary", ("binary", "structured")),  # type: ignore[arg-type]
+            schema_validation=reader.choice("BRIDGE_SCHEMA_VALIDATION", "warn", SCHEMA_VALIDATION_MODES),  # type: ignore[arg-type]
             redelivery_cache_size=reader.number("BRIDGE_REDELIVERY_CACHE_SIZE", 100_000, int, low=0, high=10_000_000),
             redelivery_cache_ttl=reader.number("BRIDGE_REDELIVERY_CACHE_TTL", 1800.0, float, low=0.0, high=86_400.0),
             # Room for every in-flight publish to reach its own deadline before we exit.

@@ -107,14 +107,25 @@ def partition_key(envelope: Mapping[str, Any]) -> str | None:
 
 
 def build_route(
-    delivery: VerifiedDelivery, *, topic_prefix: str, mode: str
+    delivery: VerifiedDelivery,
+    *,
+    topic_prefix: str,
+    mode: str,
+    envelope: Mapping[str, Any] | None = None,
+    dataschema: str | None = None,
 ) -> Route:
-    """Map a verified delivery to its CloudEvent record; raises MalformedDelivery."""
-    envelope = parse_envelope(delivery.body)
+    """Map a verified delivery (and its envelope, if already parsed) to its CloudEvent record.
+
+    Raises MalformedDelivery. `dataschema` is the `$id` of the schema the data adheres to.
+    """
+    if envelope is None:
+        envelope = parse_envelope(delivery.body)
     topic = topic_for(topic_prefix, envelope["type"])
     key = partition_key(envelope)
     attributes = _attributes(envelope, delivery.webhook_id, key)
     has_data = "data" in envelope
+    if has_data and dataschema is not None:
+        attributes["dataschema"] = dataschema
     if mode == "structured":
         event: dict[str, Any] = dict(attributes)
         if has_data:

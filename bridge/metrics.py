@@ -55,6 +55,19 @@ class Metrics:
             ("reason",),
             registry=self.registry,
         )
+        self.schema_violations = Counter(
+            "scalekit_bridge_schema_violations",
+            "Written deliveries of a documented type that did not match its schema "
+            "(published in warn mode, dead-lettered in enforce mode).",
+            ("event_type",),
+            registry=self.registry,
+        )
+        self.unknown_event_types = Counter(
+            "scalekit_bridge_unknown_event_types",
+            "Published deliveries whose event type has no schema (not documented when this bridge was built).",
+            ("event_type",),
+            registry=self.registry,
+        )
         self.publish_duration = Histogram(
             "scalekit_bridge_publish_duration_seconds",
             "Time from handing a record to the producer until the broker acknowledged it.",

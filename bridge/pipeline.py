@@ -1,4 +1,4 @@
-"""One delivery's way through the bridge: verify → envelope → route → publish.
+"""One delivery's way through the bridge: verify → envelope → contract → route → publish.
 
 HTTP-free: the app hands in headers and the raw body and turns the returned
 `Receipt` (or a raised `BridgeError`) into a response. Every path that ends in
@@ -15,7 +15,8 @@ from dataclasses import dataclass, replace
 
 from bridge import metrics as m
 from bridge.dedupe import RedeliveryCache
-from bridge.envelope import KafkaMessage, build_route, deadletter_message
+from bridge.contract import Contract, SchemaValidation, Verdict
+from bridge.envelope import KafkaMessage, build_route, deadletter_message, parse_envelope
 from bridge.errors import MalformedDelivery, PublishFailed, VerificationFailed
 from bridge.publish import Ack, Publisher
 from bridge.verify import VerifiedDelivery, Verifier
@@ -32,6 +33,7 @@ class Receipt:
     event_id: str | None = None
     event_type: str | None = None
     ack: Ack | None = None
+    verdict: Verdict | None = None
 
 
 class Pipeline:
@@ -45,6 +47,8 @@ class Pipeline:
         topic_prefix: str,
         deadletter_topic: str,
         cloudevents_mode: str,
+        contract: Contract,
+        schema_validation: SchemaValidation,
     ) -> None:
         self._verifier = verifier
         self._publisher = publisher
@@ -53,6 +57,8 @@ class Pipeline:
         self._topic_prefix = topic_prefix
         self._deadletter_topic = deadletter_topic
         self._mode = cloudevents_mode
+        self._contract = contract
+        self._validation = schema_validation
 
     async def handle(self, headers: Mapping[str, str], body: bytes) -> Receipt:
         """Deliver one webhook; raises VerificationFailed (401) or PublishFailed (503)."""
@@ -87,12 +93,27 @@ class Pipeline:
 
     def _plan(self, delivery: VerifiedDelivery) -> tuple[KafkaMessage, Receipt, str | None]:
         """The record to write and the receipt it earns: the event's own, or a dead letter."""
+        verdict: Verdict | None = None
+        event_id = event_type = None
         try:
-            route = build_route(delivery, topic_prefix=self._topic_prefix, mode=self._mode)
+            envelope = parse_envelope(delivery.body)
+            verdict = self._contract.check(envelope, validate=self._validation != "off")
+            if verdict.violation is not None and self._validation == "enforce":
+                # A documented type, so its id and type are fit for logs and labels.
+                event_id, event_type = envelope["id"], envelope["type"]
+                raise MalformedDelivery(f"schema violation: {verdict.violation}")
+            route = build_route(
+                delivery,
+                topic_prefix=self._topic_prefix,
+                mode=self._mode,
+                envelope=envelope,
+                dataschema=verdict.dataschema,
+            )
         except MalformedDelivery as exc:
             message = deadletter_message(delivery, topic=self._deadletter_topic, reason=exc.reason)
-            return message, Receipt(m.DEADLETTERED, delivery.webhook_id), exc.reason
-        receipt = Receipt(m.PUBLISHED, delivery.webhook_id, route.event_id, route.event_type)
+            receipt = Receipt(m.DEADLETTERED, delivery.webhook_id, event_id, event_type, verdict=verdict)
+            return message, receipt, exc.reason
+        receipt = Receipt(m.PUBLISHED, delivery.webhook_id, route.event_id, route.event_type, verdict=verdict)
         return route.message, receipt, None
 
     async def _publish(self, message: KafkaMessage) -> Ack:
@@ -115,6 +136,14 @@ class Pipeline:
         }
         if reason is not None:
             fields["reason"] = reason
+        verdict = receipt.verdict
+        if verdict is not None and receipt.outcome in (m.PUBLISHED, m.DEADLETTERED):
+            fields["schema"] = verdict.status
+            if verdict.violation is not None:
+                self._metrics.schema_violations.labels(event_type=receipt.event_type).inc()
+                fields["schema_violation"] = verdict.violation
+            elif not verdict.known and receipt.event_type is not None:
+                self._metrics.unknown_event_types.labels(event_type=receipt.event_type).inc()
         if receipt.ack is not None:
             fields.update(topic=receipt.ack.topic, partition=receipt.ack.partition, offset=receipt.ack.offset)
         log.info("delivery %s", receipt.outcome, extra={"delivery": fields})

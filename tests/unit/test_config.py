@@ -32,6 +32,12 @@ def test_defaults_are_the_documented_ones():
     assert (s.publish_timeout, s.max_body_bytes, s.timestamp_tolerance) == (8.0, 1_048_576, 300)
     assert (s.kafka.bootstrap_servers, s.kafka.security_protocol) == ("localhost:9092", "PLAINTEXT")
     assert (s.kafka.create_topics, s.kafka.topic_partitions, s.kafka.topic_replication) == (True, 3, 1)
+    assert s.schema_validation == "warn"
+
+
+@pytest.mark.parametrize("mode", ["off", "warn", "enforce", "ENFORCE"])
+def test_schema_validation_takes_each_documented_mode(mode):
+    assert settings(BRIDGE_SCHEMA_VALIDATION=mode).schema_validation == mode.lower()
 
 
 def test_several_secrets_separated_by_spaces_or_commas_are_all_kept():
@@ -54,6 +60,7 @@ def test_several_secrets_separated_by_spaces_or_commas_are_all_kept():
         ({"BRIDGE_MAX_BODY_BYTES": "-1"}, "BRIDGE_MAX_BODY_BYTES"),
         ({"BRIDGE_TIMESTAMP_TOLERANCE": "five"}, "BRIDGE_TIMESTAMP_TOLERANCE"),
         ({"BRIDGE_CLOUDEVENTS_MODE": "batch"}, "BRIDGE_CLOUDEVENTS_MODE"),
+        ({"BRIDGE_SCHEMA_VALIDATION": "strict"}, "BRIDGE_SCHEMA_VALIDATION"),
         ({"BRIDGE_CREATE_TOPICS": "maybe"}, "BRIDGE_CREATE_TOPICS"),
         ({"BRIDGE_TOPIC_PARTITIONS": "0"}, "BRIDGE_TOPIC_PARTITIONS"),
         ({"BRIDGE_LOG_LEVEL": "LOUD"}, "BRIDGE_LOG_LEVEL"),

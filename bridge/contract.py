@@ -1,0 +1,149 @@
+"""The consumer's contract: which event types are documented and what their data looks like.
+
+The JSON Schemas in `schemas/` (packaged as `bridge/schemas`) are the one
+source: the documented event types are the files in `schemas/data/`, each
+schema's `$id` is the `ce_dataschema` of its records, and the AsyncAPI
+document is generated from them (`bridge.asyncapi`). Only this module knows
+the validator library (jsonschema-rs: about 1 µs per delivery where the pure
+Python jsonschema took about 300 µs; see the README's benchmarks). Schemas are
+compiled once, at start-up.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from importlib import resources
+from importlib.resources.abc import Traversable
+from typing import Any, Literal
+
+import jsonschema_rs
+
+SchemaValidation = Literal["off", "warn", "enforce"]
+SCHEMA_VALIDATION_MODES: tuple[SchemaValidation, ...] = ("off", "warn", "enforce")
+
+SCHEMA_ROOT: Traversable = resources.files("bridge") / "schemas"
+ENVELOPE_SCHEMA = "envelope.json"
+OBJECTS_SCHEMA = "objects.json"
+DATA_DIR = "data"
+
+# A violation's description names where and which rule, never the offending value:
+# it ends up in logs and dead-letter headers, and values are users' personal data.
+_MAX_VIOLATION_LENGTH = 300
+# Rules whose error value comes from the schema (safe to print) rather than from the instance.
+_SCHEMA_VALUED_RULES = frozenset(
+    {"type", "required", "pattern", "minLength", "maxLength", "minimum", "maximum", "enum", "const", "format"}
+)
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """What the contract says about one envelope."""
+
+    known: bool
+    """The event type is one of the documented ones."""
+    dataschema: str | None
+    """The `$id` to put in `ce_dataschema`: set for a known type unless its data was checked and failed."""
+    checked: bool = False
+    """The envelope and its data were validated."""
+    violation: str | None = None
+    """Why a checked envelope does not match its schemas (None if it matches or was not checked)."""
+
+    @property
+    def status(self) -> str:
+        """One word for logs: unknown_type, unchecked, valid or invalid."""
+        if not self.known:
+            return "unknown_type"
+        if not self.checked:
+            return "unchecked"
+        return "invalid" if self.violation is not None else "valid"
+
+
+class Contract:
+    """Compiled schemas for the envelope and for the data of every documented event type."""
+
+    def __init__(self, documents: Mapping[str, Mapping[str, Any]], data_ids: Mapping[str, str]) -> None:
+        for document in documents.values():
+            jsonschema_rs.meta.validate(document)
+        registry = jsonschema_rs.Registry([(document["$id"], document) for document in documents.values()])
+        self._envelope = _compile(documents[ENVELOPE_SCHEMA], registry)
+        self._data_ids = dict(data_ids)
+        self._data = {
+            event_type: _compile(documents[f"{DATA_DIR}/{event_type}.json"], registry)
+            for event_type in self._data_ids
+        }
+
+    @classmethod
+    def load(cls, root: Traversable = SCHEMA_ROOT) -> Contract:
+        documents = dict(read_schemas(root))
+        data_ids = {
+            name.removeprefix(f"{DATA_DIR}/").removesuffix(".json"): document["$id"]
+            for name, document in documents.items()
+            if name.startswith(f"{DATA_DIR}/")
+        }
+        return cls(documents, data_ids)
+
+    @property
+    def event_types(self) -> tuple[str, ...]:
+        """The documented event types, sorted."""
+        return tuple(sorted(self._data_ids))
+
+    def dataschema(self, event_type: str) -> str | None:
+        return self._data_ids.get(event_type)
+
+    def check(self, envelope: Mapping[str, Any], *, validate: bool) -> Verdict:
+        """Judge an envelope; with `validate`, check it and its data against their schemas."""
+        event_type = envelope.get("type")
+        schema_id = self._data_ids.get(event_type) if isinstance(event_type, str) else None
+        if schema_id is None:
+            return Verdict(known=False, dataschema=None)
+        if not validate:
+            return Verdict(known=True, dataschema=schema_id)
+        violation = _first_violation(self._envelope, envelope, "")
+        if violation is None and "data" in envelope:
+            violation = _first_violation(self._data[event_type], envelope["data"], "/data")
+        if violation is not None:
+            return Verdict(known=True, dataschema=None, checked=True, violation=violation)
+        return Verdict(known=True, dataschema=schema_id, checked=True)
+
+
+def read_schemas(root: Traversable = SCHEMA_ROOT) -> Iterator[tuple[str, dict[str, Any]]]:
+    """Every schema document as (path relative to the schema root, parsed JSON), sorted by path."""
+    yield ENVELOPE_SCHEMA, _read(root / ENVELOPE_SCHEMA)
+    yield OBJECTS_SCHEMA, _read(root / OBJECTS_SCHEMA)
+    for entry in sorted((root / DATA_DIR).iterdir(), key=lambda entry: entry.name):
+        if entry.name.endswith(".json"):
+            yield f"{DATA_DIR}/{entry.name}", _read(entry)
+
+
+def _read(entry: Traversable) -> dict[str, Any]:
+    document: dict[str, Any] = json.loads(entry.read_text(encoding="utf-8"))
+    return document
+
+
+def _compile(schema: Mapping[str, Any], registry: jsonschema_rs.Registry) -> jsonschema_rs.Validator:
+    return jsonschema_rs.Draft202012Validator(schema, registry=registry)
+
+
+def _first_violation(validator: jsonschema_rs.Validator, instance: Any, prefix: str) -> str | None:
+    if validator.is_valid(instance):  # the fast path: no error objects are built
+        return None
+    errors = sorted(validator.iter_errors(instance), key=lambda error: [str(step) for step in error.instance_path])
+    return _describe(errors[0], prefix)[:_MAX_VIOLATION_LENGTH]
+
+
+def _describe(error: jsonschema_rs.ValidationError, prefix: str) -> str:
+    # With anyOf/oneOf the useful part is the first branch's first error.
+    while error.kind.name in ("anyOf", "oneOf") and error.kind.context and error.kind.context[0]:
+        error = error.kind.context[0][0]
+    pointer = prefix + "".join(f"/{step}" for step in error.instance_path)
+    where = pointer or "/"
+    rule = error.kind.name
+    if rule == "type":
+        return f"{where}: must be {' or '.join(sorted(error.kind.types))}"
+    if rule == "required":
+        return f"{where}: missing required {error.kind.property!r}"
+    if rule in _SCHEMA_VALUED_RULES:
+        return f"{where}: violates {rule} {json.dumps(error.kind.value)}"
+    return f"{where}: violates {rule}"
