@@ -97,12 +97,18 @@ def topic_for(prefix: str, event_type: str) -> str:
 
 def partition_key(envelope: Mapping[str, Any]) -> str | None:
     """The first organization (or, failing that, environment) id found in the envelope."""
+    found = partition_key_source(envelope)
+    return found[1] if found is not None else None
+
+
+def partition_key_source(envelope: Mapping[str, Any]) -> tuple[str, str] | None:
+    """Where the key was found (a dotted envelope path) and its value; None if nowhere."""
     for path in _KEY_PATHS:
         node: Any = envelope
         for step in path:
             node = node.get(step) if isinstance(node, dict) else None
         if isinstance(node, str) and node:
-            return node
+            return ".".join(path), node
     return None
 
 

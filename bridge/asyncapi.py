@@ -1,0 +1,221 @@
+"""The AsyncAPI 3.0 description of every topic the bridge writes, generated, never hand-edited.
+
+Built from the same sources the bridge itself uses: the contract's event types
+and schemas (`bridge.contract`), the topic and key rules (`bridge.envelope`)
+and the default topic names (`bridge.config`). `schemas/asyncapi.yaml` is this
+module's output; a test fails when the committed file differs. Regenerate with
+`make asyncapi` (`python -m bridge.asyncapi schemas/asyncapi.yaml`).
+
+The document is self-contained: each data schema is also bundled under
+`components/schemas` (its `$id` references rewritten to local ones), so AsyncAPI
+tools need no resolver for the schemas' URNs.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Mapping
+from typing import Any
+
+from bridge import __version__
+from bridge.config import Settings
+from bridge.contract import OBJECTS_SCHEMA, Contract, read_schemas
+from bridge.envelope import JSON_CONTENT_TYPE, partition_key_source, topic_for
+from bridge.sendtest import sample
+
+BINDING_VERSION = "0.5.0"
+DEADLETTER = "deadletter"
+HEADERS_SCHEMA = "CloudEventHeaders"
+
+# The binary-mode headers of every event record, and what each holds (also the README's table).
+HEADERS: dict[str, str] = {
+    "content-type": "`application/json`; absent when the delivery had no `data` (the record has no value then).",
+    "ce_specversion": "CloudEvents spec version, `1.0`.",
+    "ce_id": "Scalekit event id (`evt_...`); the same event redelivered keeps it, so deduplicate on it.",
+    "ce_type": "Scalekit event type; the topic is the prefix plus this.",
+    "ce_source": "`/scalekit/environments/<environment_id>`.",
+    "ce_time": "Envelope `occurred_at` exactly as sent (nanoseconds kept); absent if it is not RFC 3339.",
+    "ce_dataschema": "`$id` of the data's JSON Schema; absent for unknown types and for data that failed validation.",
+    "ce_organizationid": "Envelope `organization_id`, when the envelope has one.",
+    "ce_environmentid": "Envelope `environment_id`.",
+    "ce_scalekitobject": "Envelope `object` (informational; route on `ce_type`).",
+    "ce_scalekitspecversion": "Envelope `spec_version`.",
+    "ce_scalekitextra": "JSON object of any other top-level envelope field (or of the above when not strings).",
+    "ce_partitionkey": "The record key.",
+    "ce_webhookid": "The delivery's `webhook-id` header.",
+}
+_REQUIRED_HEADERS = ["ce_specversion", "ce_id", "ce_type", "ce_source", "ce_webhookid"]
+
+DEADLETTER_HEADERS: dict[str, str] = {
+    "webhook-id": "The delivery's `webhook-id` (also the record key).",
+    "webhook-timestamp": "The delivery's `webhook-timestamp` (Unix seconds).",
+    "deadletter-reason": "Why the delivery could not be published as an event.",
+}
+
+
+def document(contract: Contract | None = None) -> dict[str, Any]:
+    """The whole AsyncAPI document as plain data (topic names use the default prefix)."""
+    contract = contract if contract is not None else Contract.load()
+    prefix, deadletter_topic = Settings.topic_prefix, Settings.deadletter_topic  # the defaults
+    schemas = _bundled_schemas(contract)
+    channels: dict[str, Any] = {}
+    operations: dict[str, Any] = {}
+    messages: dict[str, Any] = {}
+    for event_type in contract.event_types:
+        channels[event_type] = _channel(
+            topic_for(prefix, event_type), event_type, f"Every `{event_type}` delivery, as a CloudEvent."
+        )
+        operations[f"send.{event_type}"] = _operation(event_type)
+        messages[event_type] = _event_message(event_type, contract.dataschema(event_type) or "")
+    channels[DEADLETTER] = _channel(
+        deadletter_topic,
+        DEADLETTER,
+        "Verified deliveries that could not be published as events (not JSON, no id or type, a type that is "
+        "not a legal topic name, or, with BRIDGE_SCHEMA_VALIDATION=enforce, data that breaks its schema). "
+        "Set by BRIDGE_DEADLETTER_TOPIC.",
+    )
+    operations[f"send.{DEADLETTER}"] = _operation(DEADLETTER)
+    messages[DEADLETTER] = _deadletter_message()
+    return {
+        "asyncapi": "3.0.0",
+        "info": {
+            "title": "scalekit-bridge topics",
+            "version": __version__,
+            "description": (
+                "What scalekit-bridge writes to Kafka: one topic per Scalekit event type (BRIDGE_TOPIC_PREFIX, "
+                f"default `{prefix}`, plus the type) and a dead-letter topic. Records are CloudEvents in binary "
+                "content mode: the value is the delivery's `data` as JSON and the attributes are `ce_*` headers "
+                "(BRIDGE_CLOUDEVENTS_MODE=structured puts the whole CloudEvent in the value instead). "
+                "Each record was acknowledged by all in-sync replicas before Scalekit got its 201. Delivery is "
+                "at least once: deduplicate on `ce_id`. Event types not documented when this bridge was built "
+                "are published to their own topic too, without `ce_dataschema`."
+            ),
+            "license": {"name": "Apache-2.0"},
+        },
+        "defaultContentType": JSON_CONTENT_TYPE,
+        "servers": {
+            "kafka": {
+                "host": "{bootstrap}",
+                "protocol": "kafka",
+                "description": "The cluster named by KAFKA_BOOTSTRAP_SERVERS.",
+                "variables": {"bootstrap": {"default": "localhost:9092"}},
+            }
+        },
+        "channels": channels,
+        "operations": operations,
+        "components": {"messages": messages, "schemas": schemas},
+    }
+
+
+def _channel(topic: str, message: str, description: str) -> dict[str, Any]:
+    return {
+        "address": topic,
+        "description": description,
+        "messages": {message: {"$ref": f"#/components/messages/{message}"}},
+        "bindings": {"kafka": {"topic": topic, "bindingVersion": BINDING_VERSION}},
+    }
+
+
+def _operation(channel: str) -> dict[str, Any]:
+    return {
+        "action": "send",
+        "channel": {"$ref": f"#/channels/{channel}"},
+        "messages": [{"$ref": f"#/channels/{channel}/messages/{channel}"}],
+        "bindings": {"kafka": {"clientId": {"type": "string", "const": "scalekit-bridge"}, "bindingVersion": BINDING_VERSION}},
+    }
+
+
+def _event_message(event_type: str, schema_id: str) -> dict[str, Any]:
+    source = partition_key_source(sample(event_type))
+    if source is None or source[0] == "environment_id":
+        key = "The environment id (`environment_id`): these events belong to no organization."
+    else:
+        key = f"The organization id, from `{source[0]}` in this type's documented deliveries."
+    headers = {
+        "allOf": [
+            {"$ref": f"#/components/schemas/{HEADERS_SCHEMA}"},
+            {"properties": {"ce_type": {"const": event_type}, "ce_dataschema": {"const": schema_id}}},
+        ]
+    }
+    return {
+        "name": event_type,
+        "title": event_type,
+        "contentType": JSON_CONTENT_TYPE,
+        "headers": headers,
+        "payload": {"$ref": f"#/components/schemas/{event_type}"},
+        "correlationId": {"location": "$message.header#/ce_id"},
+        "bindings": {"kafka": {"key": {"type": "string", "description": key}, "bindingVersion": BINDING_VERSION}},
+    }
+
+
+def _deadletter_message() -> dict[str, Any]:
+    return {
+        "name": DEADLETTER,
+        "title": "dead letter",
+        "contentType": "application/octet-stream",
+        "headers": {
+            "type": "object",
+            "required": list(DEADLETTER_HEADERS),
+            "properties": {name: {"type": "string", "description": text} for name, text in DEADLETTER_HEADERS.items()},
+        },
+        "payload": {"description": "The delivery's body exactly as received: any bytes, possibly not JSON."},
+        "bindings": {
+            "kafka": {"key": {"type": "string", "description": "The delivery's `webhook-id`."}, "bindingVersion": BINDING_VERSION}
+        },
+    }
+
+
+def _bundled_schemas(contract: Contract) -> dict[str, Any]:
+    """Data schemas and their shared definitions under local names; URN references rewritten."""
+    documents = dict(read_schemas())
+    objects = documents[OBJECTS_SCHEMA]
+    local = {f"{objects['$id']}#/$defs/{name}": f"#/components/schemas/{name}" for name in objects["$defs"]}
+    local.update({f"#/$defs/{name}": f"#/components/schemas/{name}" for name in objects["$defs"]})
+    bundled: dict[str, Any] = {HEADERS_SCHEMA: _headers_schema()}
+    bundled.update((name, _rewrite(schema, local)) for name, schema in objects["$defs"].items())
+    for event_type in contract.event_types:
+        schema = _rewrite(documents[f"data/{event_type}.json"], local)
+        bundled[event_type] = {key: value for key, value in schema.items() if key not in ("$id", "$schema")}
+    return bundled
+
+
+def _headers_schema() -> dict[str, Any]:
+    properties = {name: {"type": "string", "description": text} for name, text in HEADERS.items()}
+    properties["content-type"]["const"] = JSON_CONTENT_TYPE
+    properties["ce_specversion"]["const"] = "1.0"
+    return {
+        "description": "The Kafka headers of an event record in binary content mode.",
+        "type": "object",
+        "required": list(_REQUIRED_HEADERS),
+        "properties": properties,
+    }
+
+
+def _rewrite(node: Any, local: Mapping[str, str]) -> Any:
+    if isinstance(node, dict):
+        return {key: local.get(value, value) if key == "$ref" else _rewrite(value, local) for key, value in node.items()}
+    if isinstance(node, list):
+        return [_rewrite(item, local) for item in node]
+    return node
+
+
+def render() -> str:
+    """The document as YAML, in a stable order (needs PyYAML, a development dependency)."""
+    import yaml
+
+    header = "# Generated by `make asyncapi` from bridge/asyncapi.py and schemas/. Do not edit.\n"
+    return header + yaml.safe_dump(document(), sort_keys=False, allow_unicode=True, width=100)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = sys.argv[1:] if argv is None else argv
+    text = render()
+    if args:
+        with open(args[0], "w", encoding="utf-8") as out:
+            out.write(text)
+    else:
+        sys.stdout.write(text)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,130 @@
+"""schemas/asyncapi.yaml: generated, valid AsyncAPI 3.0, and true to what the bridge writes."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import jsonschema_rs
+import pytest
+import yaml
+
+from bridge.asyncapi import DEADLETTER, DEADLETTER_HEADERS, HEADERS, document, render
+from bridge.config import Settings
+from bridge.contract import Contract
+from bridge.envelope import build_route, deadletter_message, partition_key
+from bridge.sendtest import sample, sample_types
+from bridge.verify import VerifiedDelivery
+from tests import tools
+
+ROOT = Path(__file__).parents[2]
+COMMITTED = ROOT / "schemas" / "asyncapi.yaml"
+DOC = yaml.safe_load(COMMITTED.read_text(encoding="utf-8"))
+DOC_URI = "urn:test:asyncapi"
+REGISTRY = jsonschema_rs.Registry([(DOC_URI, DOC)])
+
+
+@pytest.fixture(scope="module")
+def official_schema() -> dict[str, Any]:
+    try:
+        return tools.asyncapi_schema("3.0.0")
+    except tools.ToolUnavailable as exc:
+        tools.unavailable(str(exc))
+
+
+def validator(pointer: str) -> jsonschema_rs.Validator:
+    """A draft-07 validator (AsyncAPI's schema dialect) for a schema inside the document."""
+    return jsonschema_rs.Draft7Validator({"$ref": f"{DOC_URI}#{pointer}"}, registry=REGISTRY)
+
+
+def record_of(event_type: str, **changes: Any):
+    envelope = sample(event_type) | changes
+    delivery = VerifiedDelivery("msg_1", "1760000000", json.dumps(envelope).encode())
+    contract = Contract.load()
+    return build_route(
+        delivery,
+        topic_prefix=Settings.topic_prefix,
+        mode="binary",
+        envelope=envelope,
+        dataschema=contract.dataschema(envelope["type"]),
+    ).message
+
+
+def test_the_committed_document_is_exactly_what_the_generator_writes():
+    assert COMMITTED.read_text(encoding="utf-8") == render(), "run `make asyncapi` and commit the result"
+
+
+def test_the_document_is_valid_against_the_official_asyncapi_3_schema(official_schema):
+    errors = [f"{'/'.join(map(str, e.instance_path))}: {e.message}" for e in
+              jsonschema_rs.validator_for(official_schema).iter_errors(DOC)]
+    assert errors == []
+
+
+def test_the_official_schema_does_refuse_a_broken_document(official_schema):
+    broken = document()
+    broken["channels"]["role.created"]["address"] = 42
+    del broken["info"]["version"]
+    assert not jsonschema_rs.validator_for(official_schema).is_valid(broken)
+
+
+def test_every_topic_the_bridge_can_write_has_a_channel():
+    addresses = {channel["address"] for channel in DOC["channels"].values()}
+    written = {record_of(event_type).topic for event_type in sample_types()}
+    delivery = VerifiedDelivery("msg_1", "1760000000", b"not json")
+    written.add(deadletter_message(delivery, topic=Settings.deadletter_topic, reason="x").topic)
+
+    assert written == addresses
+    assert len(addresses) == 29
+
+
+def test_each_channel_has_one_send_operation_with_kafka_bindings():
+    for channel_id, channel in DOC["channels"].items():
+        assert channel["bindings"]["kafka"]["topic"] == channel["address"]
+        (operation,) = [op for op in DOC["operations"].values() if op["channel"]["$ref"] == f"#/channels/{channel_id}"]
+        assert operation["action"] == "send"
+
+
+@pytest.mark.parametrize("event_type", sample_types())
+def test_the_headers_the_bridge_writes_match_the_documented_headers(event_type):
+    message = record_of(event_type)
+    headers = {name: value.decode() for name, value in message.headers}
+    headers_schema = validator(f"/components/messages/{event_type}/headers")
+
+    assert set(headers) <= set(HEADERS)
+    assert headers_schema.is_valid(headers)
+    assert not headers_schema.is_valid(headers | {"ce_type": "role.created" if event_type != "role.created" else "x"})
+
+
+@pytest.mark.parametrize("event_type", sample_types())
+def test_the_bundled_payload_schema_accepts_the_data_and_refuses_a_wrong_shape(event_type):
+    payload = validator(f"/components/messages/{event_type}/payload")
+    assert payload.is_valid(sample(event_type)["data"])
+    assert not payload.is_valid(["not", "an", "object"])
+    assert not payload.is_valid({key: value for key, value in sample(event_type)["data"].items()
+                                 if key not in ("id", "user")})
+
+
+@pytest.mark.parametrize("event_type", sample_types())
+def test_the_documented_key_is_where_the_bridge_takes_it_from(event_type):
+    key_doc = DOC["components"]["messages"][event_type]["bindings"]["kafka"]["key"]["description"]
+    envelope = sample(event_type)
+    source = "environment_id" if "environment" in key_doc else key_doc.split("`")[1]
+    node: Any = envelope
+    for step in source.split("."):
+        node = node[step]
+    assert record_of(event_type).key == node.encode() == partition_key(envelope).encode()
+
+
+def test_the_deadletter_channel_documents_the_headers_the_bridge_writes():
+    delivery = VerifiedDelivery("msg_1", "1760000000", b"not json")
+    message = deadletter_message(delivery, topic=Settings.deadletter_topic, reason="body is not JSON")
+    headers = {name: value.decode() for name, value in message.headers}
+    assert set(headers) == set(DEADLETTER_HEADERS)
+    assert validator(f"/components/messages/{DEADLETTER}/headers").is_valid(headers)
+
+
+def test_the_readme_header_table_lists_every_documented_header():
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    missing = [name for name in [*HEADERS, *DEADLETTER_HEADERS] if f"| `{name}` |" not in readme]
+    assert missing == []
