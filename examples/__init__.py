@@ -1,0 +1,1 @@
+"""Worked examples of consuming the bridge's topics."""
