@@ -61,6 +61,12 @@ async def driven(start_bridge, kafka, caplog):
     assert (await running.deliver(sample("permission.created")))[0] == 503                          # failed: no topic
     big = body_of(sample("role.created") | {"data": {"pad": "x" * 5000}})
     assert (await running.client.post("/webhooks/scalekit", data=big, headers=signed_headers(SECRET, big))).status == 413
+    await kafka.create_topic(running.topic("role.updated"))
+    await kafka.create_topic(running.topic("role.archived"))
+    off_contract = sample("role.updated")
+    off_contract["data"]["name"] = None
+    assert (await running.deliver(off_contract))[0] == 201                                          # schema violation
+    assert (await running.deliver(sample("role.created") | {"type": "role.archived"}))[0] == 201     # unknown type
 
     exposition = await (await running.admin.get("/metrics")).text()
     return exposition, list(caplog.records)
@@ -75,11 +81,13 @@ async def test_every_outcome_counter_moves(driven):
         series = f'scalekit_bridge_deliveries_total{{event_type="{event_type}",outcome="{outcome}"}}'
         assert sample_value(exposition, series) == 1.0, series
     assert sample_value(exposition, 'scalekit_bridge_verification_failures_total{reason="no_matching_signature"}') == 1.0
-    assert sample_value(exposition, "scalekit_bridge_publish_duration_seconds_count") == 2.0
+    assert sample_value(exposition, 'scalekit_bridge_schema_violations_total{event_type="role.updated"}') == 1.0
+    assert sample_value(exposition, 'scalekit_bridge_unknown_event_types_total{event_type="role.archived"}') == 1.0
+    assert sample_value(exposition, "scalekit_bridge_publish_duration_seconds_count") == 4.0
     for status in ("201", "401", "413", "503"):
         assert sample_value(exposition, f'scalekit_bridge_request_duration_seconds_count{{status="{status}"}}') >= 1.0
     assert sample_value(exposition, "scalekit_bridge_ready") == 1.0
-    assert sample_value(exposition, "scalekit_bridge_redelivery_cache_entries") == 2.0
+    assert sample_value(exposition, "scalekit_bridge_redelivery_cache_entries") == 4.0
     assert 'scalekit_bridge_build_info{version="0.1.0"} 1.0' in exposition
 
 
@@ -112,7 +120,12 @@ def test_the_dashboard_takes_its_datasource_from_a_variable():
 async def test_one_json_log_line_per_delivery_without_bodies_or_secrets(driven):
     _, records = driven
     lines = [json.loads(JsonFormatter().format(r)) for r in records if r.name == "bridge.delivery"]
-    assert [line["outcome"] for line in lines] == ["published", "duplicate", "deadlettered", "rejected", "failed", "too_large"]
+    assert [line["outcome"] for line in lines] == [
+        "published", "duplicate", "deadlettered", "rejected", "failed", "too_large", "published", "published"
+    ]
+    assert [line.get("schema") for line in lines] == [
+        "valid", None, None, None, None, None, "invalid", "unknown_type"
+    ]
     published = lines[0]
     assert {"webhook_id", "event_id", "event_type", "topic", "partition", "offset", "outcome", "latency_ms"} <= set(published)
     everything = "\n".join(JsonFormatter().format(r) for r in records)
