@@ -3,6 +3,10 @@
 - `helm`: built with `go install` from the Go module proxy (checksums verified by Go).
 - The official AsyncAPI JSON Schemas: the `@asyncapi/specs` package from the npm registry,
   checked against its pinned sha512 integrity.
+- Schemas of the custom resources the chart renders (Prometheus Operator, Strimzi): the
+  `@kubernetes-models` packages, installed with `npm ci` from `tests/deploy/crd-models`' lock file.
+- The `docker compose` CLI plugin, built from its module on the Go module proxy (no engine needed
+  for `docker compose config`).
 
 When a tool cannot be had, the test that needs it is skipped with the reason, or, under
 `make test` / CI (`SCALEKIT_BRIDGE_REQUIRE_TOOLS=1`), fails: a check that did not run
@@ -31,10 +35,16 @@ from bridge.devkafka import cache_dir
 
 HELM_MODULE = "helm.sh/helm/v3/cmd/helm"
 HELM_VERSION = "v3.22.0"
+# What helm's own release build stamps in (its Makefile derives 1.37 from client-go v0.37): without it
+# helm assumes Kubernetes 1.20, refuses charts needing newer, and lints for 1.20's deprecations.
+HELM_KUBE_MAJOR, HELM_KUBE_MINOR = "1", "37"
 ASYNCAPI_SPECS = "@asyncapi/specs@6.11.1"
 ASYNCAPI_SPECS_INTEGRITY = (
     "sha512-A3WBLqAKGoJ2+6FWFtpjBlCQ1oFCcs4GxF7zsIGvNqp/klGUHjlA3aAcZ9XMMpLGE8zPeYDz2x9FmO6DSuKraQ=="
 )
+COMPOSE_MODULE = "github.com/docker/compose/v2"
+COMPOSE_VERSION = "v2.40.3"
+CRD_MODELS = Path(__file__).parent / "deploy" / "crd-models"
 REQUIRE_ENV = "SCALEKIT_BRIDGE_REQUIRE_TOOLS"
 
 
@@ -71,9 +81,17 @@ def helm() -> Path:
     go = shutil.which("go")
     if go is None:
         raise ToolUnavailable("helm is built with Go, and no `go` is on PATH")
+    stamps = [f"-X helm.sh/helm/v3/internal/version.version={HELM_VERSION}"] + [
+        f"-X helm.sh/helm/v3/pkg/{package}.k8sVersion{part}={value}"
+        for package in ("lint/rules", "chartutil")
+        for part, value in (("Major", HELM_KUBE_MAJOR), ("Minor", HELM_KUBE_MINOR))
+    ]
     with _locked(home):
         if not binary.exists():
-            _run([go, "install", f"{HELM_MODULE}@{HELM_VERSION}"], env={**os.environ, "GOBIN": str(home)})
+            _run(
+                [go, "install", "-trimpath", "-ldflags", " ".join(stamps), f"{HELM_MODULE}@{HELM_VERSION}"],
+                env={**os.environ, "GOBIN": str(home)},
+            )
     return binary
 
 
@@ -101,3 +119,61 @@ def _fetch_npm_package(npm: str, home: Path) -> None:
             raise ToolUnavailable(f"{ASYNCAPI_SPECS} does not match its pinned integrity ({digest})")
         with tarfile.open(tarball) as archive:
             archive.extractall(home, filter="data")
+
+
+def crd_models() -> Path:
+    """A node_modules directory with the custom-resource schema packages; raises ToolUnavailable."""
+    lock = (CRD_MODELS / "package-lock.json").read_bytes()
+    home = cache_dir() / "crd-models" / hashlib.sha256(lock).hexdigest()[:16]
+    modules = home / "node_modules"
+    if (home / ".complete").exists():
+        return modules
+    npm = shutil.which("npm")
+    if npm is None or shutil.which("node") is None:
+        raise ToolUnavailable("the custom-resource schemas come from the npm registry, and no `npm`/`node` is on PATH")
+    with _locked(home):
+        if not (home / ".complete").exists():
+            for name in ("package.json", "package-lock.json"):
+                shutil.copy2(CRD_MODELS / name, home / name)
+            _run([npm, "ci", "--ignore-scripts", "--no-audit", "--no-fund", "--loglevel=error"], cwd=home)
+            (home / ".complete").touch()
+    return modules
+
+
+def docker_compose() -> dict[str, str]:
+    """Environment in which `docker compose` works (the plugin built from source); raises ToolUnavailable."""
+    if shutil.which("docker") is None:
+        raise ToolUnavailable("no `docker` client on PATH")
+    home = cache_dir() / "compose" / COMPOSE_VERSION
+    plugin = home / "docker-config" / "cli-plugins" / "docker-compose"
+    env = {**os.environ, "DOCKER_CONFIG": str(home / "docker-config")}
+    if plugin.exists():
+        return env
+    go = shutil.which("go")
+    if go is None:
+        raise ToolUnavailable("the docker compose plugin is built with Go, and no `go` is on PATH")
+    with _locked(home):
+        if not plugin.exists():
+            _build_compose(go, plugin)
+    return env
+
+
+def _build_compose(go: str, plugin: Path) -> None:
+    # `go install module@version` refuses modules whose go.mod has replace/exclude directives,
+    # so build inside a copy of the module, as its own main module.
+    done = subprocess.run(
+        [go, "mod", "download", "-json", f"{COMPOSE_MODULE}@{COMPOSE_VERSION}"],
+        capture_output=True, text=True, timeout=900, cwd=tempfile.gettempdir(),
+    )
+    if done.returncode != 0:
+        raise ToolUnavailable(f"could not download {COMPOSE_MODULE}@{COMPOSE_VERSION}: {done.stdout[-400:]}{done.stderr[-400:]}")
+    source = Path(json.loads(done.stdout)["Dir"])
+    with tempfile.TemporaryDirectory() as scratch:
+        work = Path(scratch) / "compose"
+        shutil.copytree(source, work)
+        for path in [work, *work.rglob("*")]:
+            if not path.is_symlink():
+                path.chmod(path.stat().st_mode | 0o200)
+        plugin.parent.mkdir(parents=True, exist_ok=True)
+        version_flag = f"-X {COMPOSE_MODULE}/internal.Version={COMPOSE_VERSION}"
+        _run([go, "build", "-trimpath", "-ldflags", version_flag, "-o", str(plugin), "./cmd"], cwd=work)

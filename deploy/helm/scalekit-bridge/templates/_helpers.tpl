@@ -1,0 +1,105 @@
+{{/* Names, labels and the few derived values every template shares. */}}
+
+{{- define "scalekit-bridge.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "scalekit-bridge.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{- define "scalekit-bridge.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "scalekit-bridge.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{- define "scalekit-bridge.labels" -}}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{ include "scalekit-bridge.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: scalekit-bridge
+{{- end }}
+
+{{- define "scalekit-bridge.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (include "scalekit-bridge.fullname" .) .Values.serviceAccount.name }}
+{{- else }}
+{{- default "default" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{- define "scalekit-bridge.image" -}}
+{{- if .Values.image.digest }}
+{{- printf "%s@%s" .Values.image.repository .Values.image.digest }}
+{{- else }}
+{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) }}
+{{- end }}
+{{- end }}
+
+{{/* The Secret holding the webhook signing secret(s). */}}
+{{- define "scalekit-bridge.webhookSecretName" -}}
+{{- default (include "scalekit-bridge.fullname" .) .Values.webhook.existingSecret }}
+{{- end }}
+
+{{- define "scalekit-bridge.webhookSecretKey" -}}
+{{- if .Values.webhook.existingSecret }}{{ .Values.webhook.existingSecretKey }}{{ else }}SCALEKIT_WEBHOOK_SECRET{{ end }}
+{{- end }}
+
+{{- define "scalekit-bridge.sasl" -}}
+{{- if hasPrefix "SASL_" .Values.kafka.securityProtocol }}true{{ end }}
+{{- end }}
+
+{{- define "scalekit-bridge.saslSecretName" -}}
+{{- default (include "scalekit-bridge.fullname" .) .Values.kafka.sasl.existingSecret }}
+{{- end }}
+
+{{/* Seconds the pod may take to stop: preStop, then every in-flight publish reaching its deadline. */}}
+{{- define "scalekit-bridge.terminationGrace" -}}
+{{- $floor := add (int .Values.preStopSleepSeconds) (int (ceil .Values.config.publishTimeoutSeconds)) }}
+{{- if kindIs "invalid" .Values.terminationGracePeriodSeconds }}
+{{- add $floor 15 }}
+{{- else if le (int .Values.terminationGracePeriodSeconds) (int $floor) }}
+{{- fail (printf "terminationGracePeriodSeconds (%v) must exceed preStopSleepSeconds + config.publishTimeoutSeconds (%v), or in-flight deliveries are killed before they are answered" .Values.terminationGracePeriodSeconds $floor) }}
+{{- else }}
+{{- .Values.terminationGracePeriodSeconds }}
+{{- end }}
+{{- end }}
+
+{{/* BRIDGE_SHUTDOWN_GRACE: what is left of the grace period after the preStop sleep, minus a margin. */}}
+{{- define "scalekit-bridge.shutdownGrace" -}}
+{{- sub (sub (int (include "scalekit-bridge.terminationGrace" .)) (int .Values.preStopSleepSeconds)) 3 }}
+{{- end }}
+
+{{/* Fail early, with the value to set, on the settings a working install cannot do without. */}}
+{{- define "scalekit-bridge.validate" -}}
+{{- if and (not .Values.webhook.secret) (not .Values.webhook.existingSecret) }}
+{{- fail "set webhook.secret (the whsec_ secret from Scalekit's dashboard) or webhook.existingSecret (a Secret holding it)" }}
+{{- end }}
+{{- if not .Values.kafka.bootstrapServers }}
+{{- fail "set kafka.bootstrapServers (the Kafka broker list, e.g. my-cluster-kafka-bootstrap.kafka:9092)" }}
+{{- end }}
+{{- if include "scalekit-bridge.sasl" . }}
+{{- if not .Values.kafka.sasl.mechanism }}
+{{- fail (printf "kafka.securityProtocol=%s needs kafka.sasl.mechanism (PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512)" .Values.kafka.securityProtocol) }}
+{{- end }}
+{{- if and (not .Values.kafka.sasl.existingSecret) (or (not .Values.kafka.sasl.username) (not .Values.kafka.sasl.password)) }}
+{{- fail (printf "kafka.securityProtocol=%s needs kafka.sasl.username and kafka.sasl.password, or kafka.sasl.existingSecret" .Values.kafka.securityProtocol) }}
+{{- end }}
+{{- end }}
+{{- if and .Values.ingress.enabled (not .Values.ingress.host) }}
+{{- fail "ingress.enabled needs ingress.host (the public host name Scalekit will call)" }}
+{{- end }}
+{{- if and .Values.kafkaTopics.enabled (not .Values.kafkaTopics.clusterName) }}
+{{- fail "kafkaTopics.enabled needs kafkaTopics.clusterName (the Strimzi Kafka cluster's name)" }}
+{{- end }}
+{{- end }}

@@ -1,0 +1,417 @@
+"""The Helm chart, rendered by a real helm: lint, schema-valid manifests, and the promises each one makes.
+
+Renderings: `ci/minimal-values.yaml` (one secret and a broker, everything else default),
+`ci/everything-values.yaml` (every optional piece on) and `ci/existing-secret-sasl-values.yaml`
+(secrets managed outside the chart, SASL_SSL). Core resources are validated with kubernetes-validate
+(strict: unknown fields are errors) for the oldest Kubernetes the chart supports and a current one;
+custom resources with the schemas their operators publish.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+import shutil
+import subprocess
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import kubernetes_validate
+import pytest
+import yaml
+
+from bridge.config import Settings
+from bridge.contract import Contract
+from bridge.sendtest import sample_types
+from tests import tools
+
+ROOT = Path(__file__).resolve().parents[2]
+CHART = ROOT / "deploy" / "helm" / "scalekit-bridge"
+VALUES = {path.stem.removesuffix("-values"): path for path in sorted((CHART / "ci").glob("*-values.yaml"))}
+KUBE_VERSIONS = ("1.27.0", kubernetes_validate.latest_version())
+CUSTOM_GROUPS = ("monitoring.coreos.com", "kafka.strimzi.io")
+DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
+
+
+@pytest.fixture(scope="module")
+def helm() -> Path:
+    try:
+        return tools.helm()
+    except tools.ToolUnavailable as exc:
+        tools.unavailable(str(exc))
+
+
+@pytest.fixture(scope="module")
+def crd_models() -> Path:
+    try:
+        return tools.crd_models()
+    except tools.ToolUnavailable as exc:
+        tools.unavailable(str(exc))
+
+
+def run_helm(helm: Path, *args: str, chart: Path = CHART) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([str(helm), *args, str(chart)], capture_output=True, text=True, timeout=120)
+
+
+@cache
+def _render(helm: Path, values: str, extra: tuple[str, ...] = ()) -> tuple[dict[str, Any], ...]:
+    done = run_helm(helm, "template", "bridge", "--namespace", "prod", "-f", str(VALUES[values]), *extra)
+    assert done.returncode == 0, done.stderr
+    return tuple(doc for doc in yaml.safe_load_all(done.stdout) if doc)
+
+
+def render(helm: Path, values: str, *extra: str) -> list[dict[str, Any]]:
+    return list(_render(helm, values, tuple(extra)))
+
+
+def one(docs: list[dict[str, Any]], kind: str) -> dict[str, Any]:
+    (found,) = [doc for doc in docs if doc["kind"] == kind and "helm.sh/hook" not in doc["metadata"].get("annotations", {})]
+    return found
+
+
+def bridge_config(docs: list[dict[str, Any]]) -> dict[str, str]:
+    """The ConfigMap the bridge takes its environment from."""
+    name = one(docs, "Deployment")["spec"]["template"]["spec"]["containers"][0]["envFrom"][0]["configMapRef"]["name"]
+    (found,) = [doc["data"] for doc in docs if doc["kind"] == "ConfigMap" and doc["metadata"]["name"] == name]
+    return found
+
+
+def container(docs: list[dict[str, Any]]) -> dict[str, Any]:
+    (main,) = one(docs, "Deployment")["spec"]["template"]["spec"]["containers"]
+    return main
+
+
+def rendered_env(docs: list[dict[str, Any]], secrets: dict[str, dict[str, str]] | None = None) -> dict[str, str]:
+    """The container's environment as the kubelet would build it (Secrets not rendered are passed in)."""
+    env = dict(bridge_config(docs))
+    available = {doc["metadata"]["name"]: {k: base64.b64decode(v).decode() for k, v in doc.get("data", {}).items()}
+                 for doc in docs if doc["kind"] == "Secret"}
+    available.update(secrets or {})
+    for variable in container(docs)["env"]:
+        if "value" in variable:
+            env[variable["name"]] = variable["value"]
+        else:
+            ref = variable["valueFrom"]["secretKeyRef"]
+            env[variable["name"]] = available[ref["name"]][ref["key"]]
+    return env
+
+
+# --- helm lint and schema validity -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("values", sorted(VALUES))
+def test_helm_lint_passes_strictly(helm, values):
+    done = run_helm(helm, "lint", "--strict", "-f", str(VALUES[values]))
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "0 chart(s) failed" in done.stdout
+
+
+@pytest.mark.parametrize("values", sorted(VALUES))
+@pytest.mark.parametrize("kube_version", KUBE_VERSIONS)
+def test_every_core_resource_is_valid_for_the_kubernetes_version(helm, values, kube_version):
+    core = [doc for doc in render(helm, values) if doc["apiVersion"].split("/")[0] not in CUSTOM_GROUPS]
+    assert core
+    for doc in core:
+        kubernetes_validate.validate(doc, kube_version, strict=True)  # raises on any error
+
+
+@pytest.mark.parametrize("values", sorted(VALUES))
+def test_every_custom_resource_is_valid_for_its_operator(helm, crd_models, values):
+    custom = [doc for doc in render(helm, values) if doc["apiVersion"].split("/")[0] in CUSTOM_GROUPS]
+    assert validate_custom(crd_models, custom) == [None] * len(custom)
+
+
+def validate_custom(crd_models: Path, resources: list[dict[str, Any]]) -> list[Any]:
+    done = subprocess.run(
+        ["node", str(Path(__file__).with_name("validate_crds.mjs")), str(crd_models)],
+        input=json.dumps(resources), capture_output=True, text=True, timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)
+
+
+def test_the_custom_resource_check_does_catch_a_broken_resource(helm, crd_models):
+    docs = render(helm, "everything")
+    topic = json.loads(json.dumps(next(doc for doc in docs if doc["kind"] == "KafkaTopic")))
+    monitor = one(docs, "ServiceMonitor")
+    topic["spec"]["partitions"] = "three"
+    monitor = json.loads(json.dumps(monitor))
+    monitor["spec"]["endpoints"][0]["interval"] = 30
+    results = validate_custom(crd_models, [topic, monitor])
+    assert all(results), results
+
+
+def test_the_core_check_does_catch_a_broken_resource(helm):
+    deployment = json.loads(json.dumps(one(render(helm, "minimal"), "Deployment")))
+    deployment["spec"]["template"]["spec"]["containers"][0]["securityContext"]["readOnlyRootFilesysten"] = True
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(deployment, KUBE_VERSIONS[-1], strict=True)
+
+
+# --- what each rendering contains --------------------------------------------------------------------
+
+
+def kinds(docs: list[dict[str, Any]]) -> list[str]:
+    return sorted(doc["kind"] for doc in docs)
+
+
+def test_a_minimal_install_is_the_core_and_nothing_optional(helm):
+    assert kinds(render(helm, "minimal")) == [
+        "ConfigMap", "Deployment", "Pod", "PodDisruptionBudget", "Secret", "Service", "ServiceAccount"
+    ]
+
+
+def test_everything_enabled_adds_each_optional_piece(helm):
+    docs = render(helm, "everything")
+    assert set(kinds(docs)) >= {
+        "Ingress", "ServiceMonitor", "PrometheusRule", "HorizontalPodAutoscaler", "NetworkPolicy", "KafkaTopic"
+    }
+    assert sorted(doc["metadata"]["name"] for doc in docs if doc["kind"] == "ConfigMap") == [
+        "bridge-scalekit-bridge", "bridge-scalekit-bridge-dashboard"
+    ]
+    assert "replicas" not in one(docs, "Deployment")["spec"]  # the HPA owns the replica count
+
+
+@pytest.mark.parametrize("values", sorted(VALUES))
+def test_the_rendered_environment_is_one_the_bridge_accepts(helm, values, tmp_path):
+    docs = render(helm, values)
+    outside = {"scalekit-webhook": {"signing-secret": "whsec_" + base64.b64encode(b"k" * 32).decode()},
+               "kafka-credentials": {"username": "u", "password": "p"}}
+    env = rendered_env(docs, outside)
+    if "KAFKA_SSL_CAFILE" in env:  # mounted from a Secret in the pod; stand in a file here
+        (tmp_path / "ca.crt").write_text("")
+        env["KAFKA_SSL_CAFILE"] = str(tmp_path / "ca.crt")
+    settings = Settings.from_env(env)
+    assert settings.port == one(docs, "Service")["spec"]["ports"][0]["port"]
+    assert settings.admin_port == one(docs, "Service")["spec"]["ports"][1]["port"]
+
+
+def test_existing_secrets_and_sasl_ssl_come_from_the_named_secrets(helm):
+    docs = render(helm, "existing-secret-sasl")
+    assert "Secret" not in kinds(docs)
+    refs = {v["name"]: v["valueFrom"]["secretKeyRef"] for v in container(docs)["env"] if "valueFrom" in v}
+    assert refs == {
+        "SCALEKIT_WEBHOOK_SECRET": {"name": "scalekit-webhook", "key": "signing-secret"},
+        "KAFKA_SASL_USERNAME": {"name": "kafka-credentials", "key": "username"},
+        "KAFKA_SASL_PASSWORD": {"name": "kafka-credentials", "key": "password"},
+    }
+    config = bridge_config(docs)
+    assert (config["KAFKA_SECURITY_PROTOCOL"], config["KAFKA_SASL_MECHANISM"]) == ("SASL_SSL", "SCRAM-SHA-256")
+    (test_pod,) = [doc for doc in docs if doc["kind"] == "Pod"]
+    assert test_pod["spec"]["containers"][0]["env"][0]["valueFrom"]["secretKeyRef"]["name"] == "scalekit-webhook"
+
+
+def test_no_secret_value_is_written_outside_the_secret(helm):
+    docs = render(helm, "everything")
+    everything_but_secrets = yaml.safe_dump_all([doc for doc in docs if doc["kind"] != "Secret"])
+    values = yaml.safe_load(VALUES["everything"].read_text())
+    for secret in [*values["webhook"]["secret"].split(), values["kafka"]["sasl"]["password"]]:
+        assert secret not in everything_but_secrets
+
+
+# --- the Deployment's promises -----------------------------------------------------------------------
+
+
+def test_probes_use_the_admin_port(helm):
+    main = container(render(helm, "minimal"))
+    assert main["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "admin"}
+    assert main["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "admin"}
+    assert {p["name"]: p["containerPort"] for p in main["ports"]} == {"webhook": 8080, "admin": 8081}
+
+
+def test_a_stopping_pod_gets_time_to_answer_every_delivery_in_flight(helm):
+    docs = render(helm, "minimal")
+    pod = one(docs, "Deployment")["spec"]["template"]["spec"]
+    config = bridge_config(docs)
+    pre_stop = int(container(docs)["lifecycle"]["preStop"]["exec"]["command"][1])
+    publish_timeout = float(config["BRIDGE_PUBLISH_TIMEOUT"])
+    shutdown_grace = float(config["BRIDGE_SHUTDOWN_GRACE"])
+    assert 0 < pre_stop
+    assert publish_timeout < shutdown_grace
+    assert pre_stop + shutdown_grace < pod["terminationGracePeriodSeconds"]
+
+
+def test_a_grace_period_shorter_than_the_publish_timeout_is_refused(helm):
+    done = run_helm(helm, "template", "bridge", "-f", str(VALUES["minimal"]), "--set", "terminationGracePeriodSeconds=10")
+    assert done.returncode != 0
+    assert "terminationGracePeriodSeconds (10) must exceed" in done.stderr
+
+
+def test_the_pod_is_hardened(helm):
+    docs = render(helm, "minimal")
+    pod = one(docs, "Deployment")["spec"]["template"]["spec"]
+    main = container(docs)
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert main["securityContext"]["readOnlyRootFilesystem"] is True
+    assert main["securityContext"]["allowPrivilegeEscalation"] is False
+    assert main["securityContext"]["capabilities"] == {"drop": ["ALL"]}
+    assert pod["automountServiceAccountToken"] is False
+    assert main["resources"]["requests"] and main["resources"]["limits"]["memory"]
+
+
+def test_a_config_change_rolls_the_pods(helm):
+    before = one(render(helm, "minimal"), "Deployment")["spec"]["template"]["metadata"]["annotations"]
+    after = one(render(helm, "minimal", "--set", "config.logLevel=DEBUG"), "Deployment")["spec"]["template"]["metadata"]["annotations"]
+    assert before["checksum/config"] != after["checksum/config"]
+
+
+def test_the_disruption_budget_keeps_a_replica_serving(helm):
+    docs = render(helm, "minimal")
+    assert one(docs, "PodDisruptionBudget")["spec"]["maxUnavailable"] == 1
+    assert one(docs, "Deployment")["spec"]["replicas"] == 2
+
+
+# --- the optional pieces -----------------------------------------------------------------------------
+
+
+def test_the_ingress_exposes_only_the_webhook_path(helm):
+    ingress = one(render(helm, "everything"), "Ingress")
+    (rule,) = ingress["spec"]["rules"]
+    (path,) = rule["http"]["paths"]
+    assert (rule["host"], path["path"], path["pathType"]) == ("hooks.example.com", "/webhooks/scalekit", "Exact")
+    assert path["backend"]["service"]["port"] == {"name": "webhook"}
+    assert ingress["spec"]["tls"][0]["hosts"] == ["hooks.example.com"]
+
+
+def test_the_service_monitor_scrapes_the_admin_port(helm):
+    (endpoint,) = one(render(helm, "everything"), "ServiceMonitor")["spec"]["endpoints"]
+    assert (endpoint["port"], endpoint["path"]) == ("admin", "/metrics")
+
+
+def test_the_alerts_and_dashboard_are_the_observability_files_not_copies(helm):
+    docs = render(helm, "everything")
+    rules = yaml.safe_load((ROOT / "deploy" / "prometheus" / "scalekit-bridge-rules.yaml").read_text())
+    assert one(docs, "PrometheusRule")["spec"] == rules
+    (dashboard_map,) = [doc for doc in docs if doc["kind"] == "ConfigMap" and doc["metadata"]["name"].endswith("-dashboard")]
+    dashboard = json.loads((ROOT / "deploy" / "grafana" / "scalekit-bridge-dashboard.json").read_text())
+    assert json.loads(dashboard_map["data"]["scalekit-bridge-dashboard.json"]) == dashboard
+    assert dashboard_map["metadata"]["namespace"] == "monitoring"
+    assert dashboard_map["metadata"]["labels"]["grafana_dashboard"] == "1"
+    for name in ("scalekit-bridge-rules.yaml", "scalekit-bridge-dashboard.json", "asyncapi.yaml"):
+        assert (CHART / "files" / name).is_symlink(), name
+
+
+def test_kafka_topics_cover_every_documented_type_and_the_dead_letter_topic(helm):
+    docs = render(helm, "everything")
+    topics = [doc for doc in docs if doc["kind"] == "KafkaTopic"]
+    config = bridge_config(docs)
+    expected = {config["BRIDGE_TOPIC_PREFIX"] + t for t in Contract.load().event_types} | {config["BRIDGE_DEADLETTER_TOPIC"]}
+    assert {topic["spec"]["topicName"] for topic in topics} == expected
+    assert len(topics) == len(sample_types()) + 1
+    for topic in topics:
+        assert DNS_SUBDOMAIN.match(topic["metadata"]["name"]), topic["metadata"]["name"]
+        assert topic["metadata"]["labels"]["strimzi.io/cluster"] == "my-cluster"
+        assert topic["spec"]["config"]["min.insync.replicas"] == "2"
+        assert int(topic["spec"]["config"]["max.message.bytes"]) > int(config["BRIDGE_MAX_BODY_BYTES"])
+    assert config["BRIDGE_CREATE_TOPICS"] == "false"  # Strimzi owns them now
+
+
+def test_kafka_topics_follow_a_custom_prefix_and_api_version(helm):
+    docs = render(helm, "existing-secret-sasl", "--set", "config.topicPrefix=acme.scalekit.")
+    topics = [doc for doc in docs if doc["kind"] == "KafkaTopic"]
+    assert {t["apiVersion"] for t in topics} == {"kafka.strimzi.io/v1"}
+    assert "acme.scalekit.organization.directory.user_created" in {t["spec"]["topicName"] for t in topics}
+
+
+def test_the_network_policy_opens_only_the_two_ports_and_lets_helm_test_in(helm):
+    policy = one(render(helm, "everything"), "NetworkPolicy")["spec"]
+    webhook, admin = policy["ingress"]
+    assert webhook["ports"] == [{"port": "webhook", "protocol": "TCP"}]
+    assert {"app.kubernetes.io/component": "helm-test", "app.kubernetes.io/instance": "bridge"} in [
+        peer.get("podSelector", {}).get("matchLabels") for peer in webhook["from"]
+    ]
+    assert admin["ports"] == [{"port": "admin", "protocol": "TCP"}]
+    assert policy["policyTypes"] == ["Ingress", "Egress"]
+
+
+def test_helm_test_sends_a_signed_sample_through_the_service(helm):
+    docs = render(helm, "minimal")
+    (pod,) = [doc for doc in docs if doc["kind"] == "Pod"]
+    assert pod["metadata"]["annotations"]["helm.sh/hook"] == "test"
+    command = pod["spec"]["containers"][0]["command"]
+    assert command[:2] == ["scalekit-bridge", "send-test"]
+    assert command[command.index("--type") + 1] in sample_types()
+    service = one(docs, "Service")
+    assert command[command.index("--url") + 1] == (
+        f"http://{service['metadata']['name']}:{service['spec']['ports'][0]['port']}/webhooks/scalekit"
+    )
+    assert pod["spec"]["containers"][0]["securityContext"]["readOnlyRootFilesystem"] is True
+
+
+def render_notes(helm: Path, values: str, tmp_path: Path) -> str:
+    """NOTES.txt as helm renders it after an install (helm template does not print notes)."""
+    chart = tmp_path / "scalekit-bridge"
+    shutil.copytree(CHART, chart)  # links resolved, as `helm package` does
+    (chart / "files" / "notes-under-test.txt").write_text((chart / "templates" / "NOTES.txt").read_text())
+    (chart / "templates" / "notes-under-test.yaml").write_text(
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: notes\ndata:\n  notes: |\n"
+        '{{ tpl (.Files.Get "files/notes-under-test.txt") . | indent 4 }}\n'
+    )
+    done = run_helm(helm, "template", "bridge", "-n", "prod", "-f", str(VALUES[values]),
+                    "--show-only", "templates/notes-under-test.yaml", chart=chart)
+    assert done.returncode == 0, done.stderr
+    return yaml.safe_load(done.stdout)["data"]["notes"]
+
+
+def test_the_notes_print_the_webhook_url_to_register_in_scalekit(helm, tmp_path):
+    notes = render_notes(helm, "everything", tmp_path)
+    assert "https://hooks.example.com/webhooks/scalekit" in notes
+    assert "helm test bridge -n prod" in notes
+    minimal = render_notes(helm, "minimal", tmp_path / "minimal")
+    assert "kubectl -n prod port-forward svc/bridge-scalekit-bridge 8080" in minimal
+
+
+# --- refusing bad values -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("bad", "message"),
+    [
+        ("config.schemaValidation=strict", "at '/config/schemaValidation': value must be one of 'off', 'warn', 'enforce'"),
+        ("replicaCount=0", "at '/replicaCount': minimum: got 0, want 1"),
+        ("kafka.securityProtocol=TLS", "at '/kafka/securityProtocol': value must be one of"),
+        ("webhook.secret=hunter2", "at '/webhook/secret'"),
+        ("replicas=3", "additional properties 'replicas' not allowed"),
+        ("config.publishTimeoutSeconds=120", "at '/config/publishTimeoutSeconds': maximum: got 120, want 60"),
+    ],
+)
+def test_the_values_schema_refuses_a_bad_value_with_a_clear_message(helm, bad, message):
+    done = run_helm(helm, "template", "bridge", "-f", str(VALUES["minimal"]), "--set", bad)
+    assert done.returncode != 0
+    assert "values don't meet the specifications of the schema" in done.stderr
+    assert message in done.stderr
+
+
+def test_a_bad_values_file_is_refused_by_lint_too(helm, tmp_path):
+    bad = tmp_path / "bad-values.yaml"
+    bad.write_text(VALUES["minimal"].read_text() + "config:\n  cloudeventsMode: batch\n")
+    done = run_helm(helm, "lint", "-f", str(bad))
+    assert done.returncode != 0
+    assert "at '/config/cloudeventsMode': value must be one of 'binary', 'structured'" in done.stdout + done.stderr
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"kafka": {"bootstrapServers": "k:9092"}}, "set webhook.secret"),
+        ({"webhook": {"existingSecret": "s"}}, "set kafka.bootstrapServers"),
+        ({"webhook": {"existingSecret": "s"}, "kafka": {"bootstrapServers": "k:9092", "securityProtocol": "SASL_SSL"}},
+         "kafka.securityProtocol=SASL_SSL needs kafka.sasl.mechanism"),
+        ({"webhook": {"existingSecret": "s"},
+          "kafka": {"bootstrapServers": "k:9092", "securityProtocol": "SASL_SSL", "sasl": {"mechanism": "PLAIN"}}},
+         "needs kafka.sasl.username and kafka.sasl.password, or kafka.sasl.existingSecret"),
+        ({"webhook": {"existingSecret": "s"}, "kafka": {"bootstrapServers": "k:9092"}, "ingress": {"enabled": True}},
+         "ingress.enabled needs ingress.host"),
+        ({"webhook": {"existingSecret": "s"}, "kafka": {"bootstrapServers": "k:9092"}, "kafkaTopics": {"enabled": True}},
+         "kafkaTopics.enabled needs kafkaTopics.clusterName"),
+    ],
+)
+def test_a_missing_required_setting_is_named(helm, tmp_path, values, message):
+    path = tmp_path / "values.yaml"
+    path.write_text(yaml.safe_dump(values))
+    done = run_helm(helm, "template", "bridge", "-f", str(path))
+    assert done.returncode != 0
+    assert message in done.stderr
