@@ -144,56 +144,48 @@ class DirectoryStore:
             return self._group(org, data, version, deleted=event_type == GROUP_DELETED)
         return self._directory(org, data, version, enabled=DIRECTORY_TOGGLES[event_type])
 
-    def _newer(self, table: str, key_column: str, org: str, key: str, version: int) -> bool:
+    def _upsert(self, table: str, key_column: str, org: str, key: str, version: int, **values: Any) -> bool:
+        """Write one row unless it already reflects a newer event; True if it was written."""
         row = self._db.execute(
             f"SELECT version FROM {table} WHERE organization_id = ? AND {key_column} = ?", (org, key)
         ).fetchone()
-        return row is None or version >= row[0]  # equal times: the later arrival wins
+        if row is not None and version < row[0]:  # equal times: the later arrival wins
+            return False
+        columns = {"organization_id": org, key_column: key, **values, "version": version}
+        updates = ", ".join(f"{name} = excluded.{name}" for name in list(columns)[2:])
+        self._db.execute(
+            f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})"
+            f" ON CONFLICT (organization_id, {key_column}) DO UPDATE SET {updates}",
+            tuple(columns.values()),
+        )
+        return True
 
     def _user(self, org: str, data: Mapping[str, Any], version: int, *, deleted: bool) -> str:
         user_id = data["id"]
-        if not self._newer("users", "user_id", org, user_id, version):
+        if not self._upsert(
+            "users", "user_id", org, user_id, version,
+            email=data.get("email"), name=data.get("name"), active=data.get("active"),
+            attributes=json.dumps(data), deleted=deleted,
+        ):
             return "stale"
-        self._db.execute(
-            "INSERT INTO users (organization_id, user_id, email, name, active, attributes, deleted, version)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
-            " ON CONFLICT (organization_id, user_id) DO UPDATE SET email = excluded.email, name = excluded.name,"
-            " active = excluded.active, attributes = excluded.attributes, deleted = excluded.deleted,"
-            " version = excluded.version",
-            (org, user_id, data.get("email"), data.get("name"), data.get("active"), json.dumps(data), deleted, version),
-        )
         groups = data.get("groups")
         if deleted or isinstance(groups, list):  # an update without `groups` leaves memberships alone
             self._db.execute("DELETE FROM memberships WHERE organization_id = ? AND user_id = ?", (org, user_id))
             for group in [] if deleted else groups or []:
-                self._db.execute(
-                    "INSERT OR IGNORE INTO memberships VALUES (?, ?, ?)", (org, user_id, group["id"])
-                )
+                self._db.execute("INSERT OR IGNORE INTO memberships VALUES (?, ?, ?)", (org, user_id, group["id"]))
         return "applied"
 
     def _group(self, org: str, data: Mapping[str, Any], version: int, *, deleted: bool) -> str:
-        group_id = data["id"]
-        if not self._newer("groups", "group_id", org, group_id, version):
-            return "stale"
-        self._db.execute(
-            "INSERT INTO groups (organization_id, group_id, name, deleted, version) VALUES (?, ?, ?, ?, ?)"
-            " ON CONFLICT (organization_id, group_id) DO UPDATE SET name = excluded.name,"
-            " deleted = excluded.deleted, version = excluded.version",
-            (org, group_id, data.get("display_name"), deleted, version),
+        written = self._upsert(
+            "groups", "group_id", org, data["id"], version, name=data.get("display_name"), deleted=deleted
         )
-        return "applied"
+        return "applied" if written else "stale"
 
     def _directory(self, org: str, data: Mapping[str, Any], version: int, *, enabled: bool) -> str:
-        directory_id = data["id"]
-        if not self._newer("directories", "directory_id", org, directory_id, version):
-            return "stale"
-        self._db.execute(
-            "INSERT INTO directories (organization_id, directory_id, provider, enabled, version) VALUES (?, ?, ?, ?, ?)"
-            " ON CONFLICT (organization_id, directory_id) DO UPDATE SET provider = excluded.provider,"
-            " enabled = excluded.enabled, version = excluded.version",
-            (org, directory_id, data.get("provider"), enabled, version),
+        written = self._upsert(
+            "directories", "directory_id", org, data["id"], version, provider=data.get("provider"), enabled=enabled
         )
-        return "applied"
+        return "applied" if written else "stale"
 
     def processed(self) -> dict[str, str]:
         """Every event id seen, with what it did."""
