@@ -13,12 +13,13 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Literal, TypeVar
 
-from bridge.contract import SCHEMA_VALIDATION_MODES, SchemaValidation
 from bridge.errors import ConfigError
 from bridge.verify import SigningKey
 
 CloudEventsMode = Literal["binary", "structured"]
 LogFormat = Literal["json", "text"]
+SchemaValidation = Literal["off", "warn", "enforce"]
+SCHEMA_VALIDATION_MODES: tuple[SchemaValidation, ...] = ("off", "warn", "enforce")
 
 SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
 SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")

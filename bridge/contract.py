@@ -16,12 +16,10 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from importlib import resources
 from importlib.resources.abc import Traversable
-from typing import Any, Literal
+from typing import Any
 
 import jsonschema_rs
-
-SchemaValidation = Literal["off", "warn", "enforce"]
-SCHEMA_VALIDATION_MODES: tuple[SchemaValidation, ...] = ("off", "warn", "enforce")
+from jsonschema_rs import ValidationErrorKind as Kind
 
 SCHEMA_ROOT: Traversable = resources.files("bridge") / "schemas"
 ENVELOPE_SCHEMA = "envelope.json"
@@ -63,10 +61,10 @@ class Verdict:
 class Contract:
     """Compiled schemas for the envelope and for the data of every documented event type."""
 
-    def __init__(self, documents: Mapping[str, Mapping[str, Any]], data_ids: Mapping[str, str]) -> None:
+    def __init__(self, documents: Mapping[str, dict[str, Any]], data_ids: Mapping[str, str]) -> None:
         for document in documents.values():
             jsonschema_rs.meta.validate(document)
-        registry = jsonschema_rs.Registry([(document["$id"], document) for document in documents.values()])
+        registry = jsonschema_rs.Registry([(str(document["$id"]), document) for document in documents.values()])
         self._envelope = _compile(documents[ENVELOPE_SCHEMA], registry)
         self._data_ids = dict(data_ids)
         self._data = {
@@ -95,9 +93,9 @@ class Contract:
     def check(self, envelope: Mapping[str, Any], *, validate: bool) -> Verdict:
         """Judge an envelope; with `validate`, check it and its data against their schemas."""
         event_type = envelope.get("type")
-        schema_id = self._data_ids.get(event_type) if isinstance(event_type, str) else None
-        if schema_id is None:
+        if not isinstance(event_type, str) or event_type not in self._data_ids:
             return Verdict(known=False, dataschema=None)
+        schema_id = self._data_ids[event_type]
         if not validate:
             return Verdict(known=True, dataschema=schema_id)
         violation = _first_violation(self._envelope, envelope, "")
@@ -122,7 +120,7 @@ def _read(entry: Traversable) -> dict[str, Any]:
     return document
 
 
-def _compile(schema: Mapping[str, Any], registry: jsonschema_rs.Registry) -> jsonschema_rs.Validator:
+def _compile(schema: dict[str, Any], registry: jsonschema_rs.Registry) -> jsonschema_rs.Validator:
     return jsonschema_rs.Draft202012Validator(schema, registry=registry)
 
 
@@ -134,16 +132,17 @@ def _first_violation(validator: jsonschema_rs.Validator, instance: Any, prefix: 
 
 
 def _describe(error: jsonschema_rs.ValidationError, prefix: str) -> str:
+    kind = error.kind
     # With anyOf/oneOf the useful part is the first branch's first error.
-    while error.kind.name in ("anyOf", "oneOf") and error.kind.context and error.kind.context[0]:
-        error = error.kind.context[0][0]
+    while isinstance(kind, (Kind.AnyOf, Kind.OneOfNotValid)) and kind.context and kind.context[0]:
+        error = kind.context[0][0]
+        kind = error.kind
     pointer = prefix + "".join(f"/{step}" for step in error.instance_path)
     where = pointer or "/"
-    rule = error.kind.name
-    if rule == "type":
-        return f"{where}: must be {' or '.join(sorted(error.kind.types))}"
-    if rule == "required":
-        return f"{where}: missing required {error.kind.property!r}"
-    if rule in _SCHEMA_VALUED_RULES:
-        return f"{where}: violates {rule} {json.dumps(error.kind.value)}"
-    return f"{where}: violates {rule}"
+    if isinstance(kind, Kind.Type):
+        return f"{where}: must be {' or '.join(sorted(kind.types))}"
+    if isinstance(kind, Kind.Required):
+        return f"{where}: missing required {kind.property!r}"
+    if kind.name in _SCHEMA_VALUED_RULES:
+        return f"{where}: violates {kind.name} {json.dumps(kind.value)}"
+    return f"{where}: violates {kind.name}"

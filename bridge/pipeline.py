@@ -15,7 +15,8 @@ from dataclasses import dataclass, replace
 
 from bridge import metrics as m
 from bridge.dedupe import RedeliveryCache
-from bridge.contract import Contract, SchemaValidation, Verdict
+from bridge.config import SchemaValidation
+from bridge.contract import Contract, Verdict
 from bridge.envelope import KafkaMessage, build_route, deadletter_message, parse_envelope
 from bridge.errors import MalformedDelivery, PublishFailed, VerificationFailed
 from bridge.publish import Ack, Publisher
