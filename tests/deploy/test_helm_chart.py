@@ -233,10 +233,12 @@ def test_a_stopping_pod_gets_time_to_answer_every_delivery_in_flight(helm):
     assert pre_stop + shutdown_grace < pod["terminationGracePeriodSeconds"]
 
 
-def test_a_grace_period_shorter_than_the_publish_timeout_is_refused(helm):
-    done = run_helm(helm, "template", "bridge", "-f", str(VALUES["minimal"]), "--set", "terminationGracePeriodSeconds=10")
+def test_the_shortest_accepted_grace_period_still_drains_for_the_whole_publish_timeout(helm):
+    docs = render(helm, "minimal", "--set", "terminationGracePeriodSeconds=16")  # 5 + 8 + 3
+    assert float(bridge_config(docs)["BRIDGE_SHUTDOWN_GRACE"]) >= float(bridge_config(docs)["BRIDGE_PUBLISH_TIMEOUT"])
+    done = run_helm(helm, "template", "bridge", "-f", str(VALUES["minimal"]), "--set", "terminationGracePeriodSeconds=15")
     assert done.returncode != 0
-    assert "terminationGracePeriodSeconds (10) must exceed" in done.stderr
+    assert "terminationGracePeriodSeconds (15) must be at least preStopSleepSeconds + config.publishTimeoutSeconds + 3 (16)" in done.stderr
 
 
 def test_the_pod_is_hardened(helm):

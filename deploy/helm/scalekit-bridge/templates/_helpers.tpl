@@ -63,19 +63,23 @@ app.kubernetes.io/part-of: scalekit-bridge
 {{- default (include "scalekit-bridge.fullname" .) .Values.kafka.sasl.existingSecret }}
 {{- end }}
 
-{{/* Seconds the pod may take to stop: preStop, then every in-flight publish reaching its deadline. */}}
+{{/*
+Seconds the pod may take to stop: the preStop sleep, then the bridge's drain (BRIDGE_SHUTDOWN_GRACE),
+which must last at least the publish timeout so every in-flight delivery gets its answer, then a
+3-second margin for the process to exit.
+*/}}
 {{- define "scalekit-bridge.terminationGrace" -}}
-{{- $floor := add (int .Values.preStopSleepSeconds) (int (ceil .Values.config.publishTimeoutSeconds)) }}
+{{- $floor := add (int .Values.preStopSleepSeconds) (int (ceil .Values.config.publishTimeoutSeconds)) 3 }}
 {{- if kindIs "invalid" .Values.terminationGracePeriodSeconds }}
-{{- add $floor 15 }}
-{{- else if le (int .Values.terminationGracePeriodSeconds) (int $floor) }}
-{{- fail (printf "terminationGracePeriodSeconds (%v) must exceed preStopSleepSeconds + config.publishTimeoutSeconds (%v), or in-flight deliveries are killed before they are answered" .Values.terminationGracePeriodSeconds $floor) }}
+{{- add $floor 12 }}
+{{- else if lt (int .Values.terminationGracePeriodSeconds) (int $floor) }}
+{{- fail (printf "terminationGracePeriodSeconds (%v) must be at least preStopSleepSeconds + config.publishTimeoutSeconds + 3 (%v), or in-flight deliveries are killed before they are answered" .Values.terminationGracePeriodSeconds $floor) }}
 {{- else }}
 {{- .Values.terminationGracePeriodSeconds }}
 {{- end }}
 {{- end }}
 
-{{/* BRIDGE_SHUTDOWN_GRACE: what is left of the grace period after the preStop sleep, minus a margin. */}}
+{{/* BRIDGE_SHUTDOWN_GRACE: the grace period less the preStop sleep and the exit margin. */}}
 {{- define "scalekit-bridge.shutdownGrace" -}}
 {{- sub (sub (int (include "scalekit-bridge.terminationGrace" .)) (int .Values.preStopSleepSeconds)) 3 }}
 {{- end }}
