@@ -61,26 +61,28 @@ class Verdict:
 class Contract:
     """Compiled schemas for the envelope and for the data of every documented event type."""
 
-    def __init__(self, documents: Mapping[str, dict[str, Any]], data_ids: Mapping[str, str]) -> None:
+    def __init__(self, documents: Mapping[str, dict[str, Any]]) -> None:
+        """Compile `documents` (schema path → schema, as `read_schemas` yields them)."""
         for document in documents.values():
             jsonschema_rs.meta.validate(document)
         registry = jsonschema_rs.Registry([(str(document["$id"]), document) for document in documents.values()])
-        self._envelope = _compile(documents[ENVELOPE_SCHEMA], registry)
-        self._data_ids = dict(data_ids)
-        self._data = {
-            event_type: _compile(documents[f"{DATA_DIR}/{event_type}.json"], registry)
-            for event_type in self._data_ids
-        }
-
-    @classmethod
-    def load(cls, root: Traversable = SCHEMA_ROOT) -> Contract:
-        documents = dict(read_schemas(root))
-        data_ids = {
+        envelope_id = documents[ENVELOPE_SCHEMA]["$id"]
+        self._data_ids: dict[str, str] = {
             name.removeprefix(f"{DATA_DIR}/").removesuffix(".json"): document["$id"]
             for name, document in documents.items()
             if name.startswith(f"{DATA_DIR}/")
         }
-        return cls(documents, data_ids)
+        # One validator per type for the envelope and its data together: one pass, one conversion.
+        self._validators = {
+            event_type: jsonschema_rs.Draft202012Validator(
+                {"$ref": envelope_id, "properties": {"data": {"$ref": data_id}}}, registry=registry
+            )
+            for event_type, data_id in self._data_ids.items()
+        }
+
+    @classmethod
+    def load(cls, root: Traversable = SCHEMA_ROOT) -> Contract:
+        return cls(dict(read_schemas(root)))
 
     @property
     def event_types(self) -> tuple[str, ...]:
@@ -98,9 +100,7 @@ class Contract:
         schema_id = self._data_ids[event_type]
         if not validate:
             return Verdict(known=True, dataschema=schema_id)
-        violation = _first_violation(self._envelope, envelope, "")
-        if violation is None and "data" in envelope:
-            violation = _first_violation(self._data[event_type], envelope["data"], "/data")
+        violation = _first_violation(self._validators[event_type], envelope)
         if violation is not None:
             return Verdict(known=True, dataschema=None, checked=True, violation=violation)
         return Verdict(known=True, dataschema=schema_id, checked=True)
@@ -120,25 +120,24 @@ def _read(entry: Traversable) -> dict[str, Any]:
     return document
 
 
-def _compile(schema: dict[str, Any], registry: jsonschema_rs.Registry) -> jsonschema_rs.Validator:
-    return jsonschema_rs.Draft202012Validator(schema, registry=registry)
-
-
-def _first_violation(validator: jsonschema_rs.Validator, instance: Any, prefix: str) -> str | None:
-    if validator.is_valid(instance):  # the fast path: no error objects are built
+def _first_violation(validator: jsonschema_rs.Validator, envelope: Mapping[str, Any]) -> str | None:
+    if validator.is_valid(envelope):  # the fast path: no error objects are built
         return None
-    errors = sorted(validator.iter_errors(instance), key=lambda error: [str(step) for step in error.instance_path])
-    return _describe(errors[0], prefix)[:_MAX_VIOLATION_LENGTH]
+    # The envelope's own errors first: a broken envelope says more than the data inside it.
+    errors = sorted(
+        validator.iter_errors(envelope),
+        key=lambda error: (error.instance_path[:1] == ["data"], [str(step) for step in error.instance_path]),
+    )
+    return _describe(errors[0])[:_MAX_VIOLATION_LENGTH]
 
 
-def _describe(error: jsonschema_rs.ValidationError, prefix: str) -> str:
+def _describe(error: jsonschema_rs.ValidationError) -> str:
     kind = error.kind
     # With anyOf/oneOf the useful part is the first branch's first error.
     while isinstance(kind, (Kind.AnyOf, Kind.OneOfNotValid)) and kind.context and kind.context[0]:
         error = kind.context[0][0]
         kind = error.kind
-    pointer = prefix + "".join(f"/{step}" for step in error.instance_path)
-    where = pointer or "/"
+    where = "".join(f"/{step}" for step in error.instance_path) or "/"
     if isinstance(kind, Kind.Type):
         return f"{where}: must be {' or '.join(sorted(kind.types))}"
     if isinstance(kind, Kind.Required):
