@@ -24,10 +24,9 @@ import shutil
 import subprocess
 import tarfile
 import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, NoReturn, TypeVar
 
 import pytest
 
@@ -46,6 +45,7 @@ COMPOSE_MODULE = "github.com/docker/compose/v2"
 COMPOSE_VERSION = "v2.40.3"
 CRD_MODELS = Path(__file__).parent / "deploy" / "crd-models"
 REQUIRE_ENV = "SCALEKIT_BRIDGE_REQUIRE_TOOLS"
+T = TypeVar("T")
 
 
 class ToolUnavailable(Exception):
@@ -58,12 +58,30 @@ def unavailable(reason: str) -> NoReturn:
     pytest.skip(reason)
 
 
-@contextmanager
-def _locked(directory: Path) -> Iterator[None]:
-    directory.mkdir(parents=True, exist_ok=True)
-    with open(directory / ".lock", "w") as lock:
+def required(tool: Callable[[], T]) -> T:
+    """The tool, or the test skipped (failed under make test) with the reason it cannot be had."""
+    try:
+        return tool()
+    except ToolUnavailable as exc:
+        unavailable(str(exc))
+
+
+def _program(name: str, needed_for: str) -> str:
+    path = shutil.which(name)
+    if path is None:
+        raise ToolUnavailable(f"{needed_for}, and no `{name}` is on PATH")
+    return path
+
+
+def _once(home: Path, done: Path, build: Callable[[], None]) -> None:
+    """Run `build` unless `done` exists; one process at a time (parallel test runs share the cache)."""
+    if done.exists():
+        return
+    home.mkdir(parents=True, exist_ok=True)
+    with open(home / ".lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        yield
+        if not done.exists():
+            build()
 
 
 def _run(command: list[str], **kwargs: Any) -> None:
@@ -76,22 +94,16 @@ def helm() -> Path:
     """A helm binary of the pinned version; raises ToolUnavailable."""
     home = cache_dir() / "helm" / HELM_VERSION
     binary = home / "helm"
-    if binary.exists():
-        return binary
-    go = shutil.which("go")
-    if go is None:
-        raise ToolUnavailable("helm is built with Go, and no `go` is on PATH")
     stamps = [f"-X helm.sh/helm/v3/internal/version.version={HELM_VERSION}"] + [
         f"-X helm.sh/helm/v3/pkg/{package}.k8sVersion{part}={value}"
         for package in ("lint/rules", "chartutil")
         for part, value in (("Major", HELM_KUBE_MAJOR), ("Minor", HELM_KUBE_MINOR))
     ]
-    with _locked(home):
-        if not binary.exists():
-            _run(
-                [go, "install", "-trimpath", "-ldflags", " ".join(stamps), f"{HELM_MODULE}@{HELM_VERSION}"],
-                env={**os.environ, "GOBIN": str(home)},
-            )
+    _once(home, binary, lambda: _run(
+        [_program("go", "helm is built with Go"), "install", "-trimpath", "-ldflags", " ".join(stamps),
+         f"{HELM_MODULE}@{HELM_VERSION}"],
+        env={**os.environ, "GOBIN": str(home)},
+    ))
     return binary
 
 
@@ -99,13 +111,9 @@ def asyncapi_schema(version: str = "3.0.0") -> dict[str, Any]:
     """The official AsyncAPI JSON Schema of `version`; raises ToolUnavailable."""
     home = cache_dir() / ASYNCAPI_SPECS.replace("/", "_")
     schema = home / "package" / "schemas" / f"{version}.json"
-    if not schema.exists():
-        npm = shutil.which("npm")
-        if npm is None:
-            raise ToolUnavailable("the AsyncAPI schemas come from the npm registry, and no `npm` is on PATH")
-        with _locked(home):
-            if not schema.exists():
-                _fetch_npm_package(npm, home)
+    _once(home, schema, lambda: _fetch_npm_package(
+        _program("npm", "the AsyncAPI schemas come from the npm registry"), home
+    ))
     document: dict[str, Any] = json.loads(schema.read_text(encoding="utf-8"))
     return document
 
@@ -125,37 +133,26 @@ def crd_models() -> Path:
     """A node_modules directory with the custom-resource schema packages; raises ToolUnavailable."""
     lock = (CRD_MODELS / "package-lock.json").read_bytes()
     home = cache_dir() / "crd-models" / hashlib.sha256(lock).hexdigest()[:16]
-    modules = home / "node_modules"
-    if (home / ".complete").exists():
-        return modules
-    npm = shutil.which("npm")
-    if npm is None or shutil.which("node") is None:
-        raise ToolUnavailable("the custom-resource schemas come from the npm registry, and no `npm`/`node` is on PATH")
-    with _locked(home):
-        if not (home / ".complete").exists():
-            for name in ("package.json", "package-lock.json"):
-                shutil.copy2(CRD_MODELS / name, home / name)
-            _run([npm, "ci", "--ignore-scripts", "--no-audit", "--no-fund", "--loglevel=error"], cwd=home)
-            (home / ".complete").touch()
-    return modules
+    _program("node", "the custom-resource schemas run on node")
+
+    def install() -> None:
+        for name in ("package.json", "package-lock.json"):
+            shutil.copy2(CRD_MODELS / name, home / name)
+        npm = _program("npm", "the custom-resource schemas come from the npm registry")
+        _run([npm, "ci", "--ignore-scripts", "--no-audit", "--no-fund", "--loglevel=error"], cwd=home)
+        (home / ".complete").touch()
+
+    _once(home, home / ".complete", install)
+    return home / "node_modules"
 
 
 def docker_compose() -> dict[str, str]:
     """Environment in which `docker compose` works (the plugin built from source); raises ToolUnavailable."""
-    if shutil.which("docker") is None:
-        raise ToolUnavailable("no `docker` client on PATH")
+    _program("docker", "`docker compose` is a plugin of the docker client")
     home = cache_dir() / "compose" / COMPOSE_VERSION
     plugin = home / "docker-config" / "cli-plugins" / "docker-compose"
-    env = {**os.environ, "DOCKER_CONFIG": str(home / "docker-config")}
-    if plugin.exists():
-        return env
-    go = shutil.which("go")
-    if go is None:
-        raise ToolUnavailable("the docker compose plugin is built with Go, and no `go` is on PATH")
-    with _locked(home):
-        if not plugin.exists():
-            _build_compose(go, plugin)
-    return env
+    _once(home, plugin, lambda: _build_compose(_program("go", "the docker compose plugin is built with Go"), plugin))
+    return {**os.environ, "DOCKER_CONFIG": str(home / "docker-config")}
 
 
 def _build_compose(go: str, plugin: Path) -> None:

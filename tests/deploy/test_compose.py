@@ -17,10 +17,7 @@ SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 
 @pytest.fixture(scope="module")
 def compose_env() -> dict[str, str]:
-    try:
-        return tools.docker_compose()
-    except tools.ToolUnavailable as exc:
-        tools.unavailable(str(exc))
+    return tools.required(tools.docker_compose)
 
 
 def compose_config(env: dict[str, str], **extra: str) -> subprocess.CompletedProcess[str]:

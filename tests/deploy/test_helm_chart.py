@@ -37,18 +37,12 @@ DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
 
 @pytest.fixture(scope="module")
 def helm() -> Path:
-    try:
-        return tools.helm()
-    except tools.ToolUnavailable as exc:
-        tools.unavailable(str(exc))
+    return tools.required(tools.helm)
 
 
 @pytest.fixture(scope="module")
 def crd_models() -> Path:
-    try:
-        return tools.crd_models()
-    except tools.ToolUnavailable as exc:
-        tools.unavailable(str(exc))
+    return tools.required(tools.crd_models)
 
 
 def run_helm(helm: Path, *args: str, chart: Path = CHART) -> subprocess.CompletedProcess[str]:

@@ -27,10 +27,7 @@ REGISTRY = jsonschema_rs.Registry([(DOC_URI, DOC)])
 
 @pytest.fixture(scope="module")
 def official_schema() -> dict[str, Any]:
-    try:
-        return tools.asyncapi_schema("3.0.0")
-    except tools.ToolUnavailable as exc:
-        tools.unavailable(str(exc))
+    return tools.required(lambda: tools.asyncapi_schema("3.0.0"))
 
 
 def validator(pointer: str) -> jsonschema_rs.Validator:
