@@ -142,7 +142,8 @@ class Pipeline:
             fields["schema"] = verdict.status
             if verdict.violation is not None:
                 self._metrics.schema_violations.labels(event_type=receipt.event_type).inc()
-                fields["schema_violation"] = verdict.violation
+                if reason is None:  # a dead letter's reason already says it
+                    fields["schema_violation"] = verdict.violation
             elif not verdict.known and receipt.event_type is not None:
                 self._metrics.unknown_event_types.labels(event_type=receipt.event_type).inc()
         if receipt.ack is not None:

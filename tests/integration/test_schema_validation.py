@@ -64,10 +64,11 @@ async def test_warn_publishes_an_invalid_event_without_claiming_a_schema_and_cou
     assert await kafka.read_all(running.deadletter_topic) == []
 
 
-async def test_enforce_dead_letters_an_invalid_event_with_the_violation_as_reason(start_bridge, kafka):
+async def test_enforce_dead_letters_an_invalid_event_with_the_violation_as_reason(start_bridge, kafka, caplog):
     running = await start_bridge(BRIDGE_SCHEMA_VALIDATION="enforce")
     delivery = off_contract()
-    status, answer = await running.deliver(delivery, webhook_id="msg_off_contract")
+    with caplog.at_level(logging.INFO, logger="bridge.delivery"):
+        status, answer = await running.deliver(delivery, webhook_id="msg_off_contract")
 
     assert (status, answer) == (201, {"received": True})
     (record,) = await kafka.read_all(running.deadletter_topic)
@@ -75,6 +76,10 @@ async def test_enforce_dead_letters_an_invalid_event_with_the_violation_as_reaso
     assert record.header("webhook-id") == b"msg_off_contract"
     assert await kafka.read_all(running.topic(USER_CREATED)) == []
     assert counter(running, "scalekit_bridge_schema_violations", USER_CREATED) == 1
+    (line,) = [r.delivery for r in caplog.records if hasattr(r, "delivery")]
+    assert (line["outcome"], line["schema"], line["event_type"]) == ("deadlettered", "invalid", USER_CREATED)
+    assert line["reason"] == 'schema violation: /data/email: must be null or string'
+    assert "schema_violation" not in line
 
 
 async def test_enforce_also_checks_the_envelope(start_bridge, kafka):
