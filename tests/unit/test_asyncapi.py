@@ -23,6 +23,7 @@ COMMITTED = ROOT / "schemas" / "asyncapi.yaml"
 DOC = yaml.safe_load(COMMITTED.read_text(encoding="utf-8"))
 DOC_URI = "urn:test:asyncapi"
 REGISTRY = jsonschema_rs.Registry([(DOC_URI, DOC)])
+CONTRACT = Contract.load()
 
 
 @pytest.fixture(scope="module")
@@ -38,13 +39,12 @@ def validator(pointer: str) -> jsonschema_rs.Validator:
 def record_of(event_type: str, **changes: Any):
     envelope = sample(event_type) | changes
     delivery = VerifiedDelivery("msg_1", "1760000000", json.dumps(envelope).encode())
-    contract = Contract.load()
     return build_route(
         delivery,
         topic_prefix=Settings.topic_prefix,
         mode="binary",
         envelope=envelope,
-        dataschema=contract.dataschema(envelope["type"]),
+        dataschema=CONTRACT.dataschema(envelope["type"]),
     ).message
 
 
