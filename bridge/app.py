@@ -11,27 +11,27 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import resource
 import signal
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 
-from aiohttp import web
+from aiohttp import hdrs, web
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from bridge import metrics as m
 from bridge.config import Settings
 from bridge.contract import Contract
 from bridge.dedupe import RedeliveryCache
-from bridge.errors import PayloadTooLarge, PublishFailed, ShuttingDown, VerificationFailed
-from bridge.pipeline import Pipeline
+from bridge.errors import Overloaded, PayloadTooLarge, PublishFailed, ShuttingDown, VerificationFailed
+from bridge.guard import RETRY_AFTER_SECONDS, ConnectionGuard, GuardedProtocol
+from bridge.pipeline import Pipeline, where
 from bridge.publish import KafkaPublisher, Publisher
 from bridge.verify import Verifier
 
 log = logging.getLogger(__name__)
 
-# Scalekit's own second retry comes 5 s after the first; asking for the same keeps us honest.
-RETRY_AFTER_SECONDS = "5"
 _CONNECT_BACKOFF_MAX = 10.0
 
 
@@ -130,49 +130,116 @@ def create_admin_app(bridge: Bridge) -> web.Application:
 
 async def _receive(request: web.Request) -> web.Response:
     bridge = request.app[BRIDGE]
+    settings = bridge.settings
     if not bridge.lifecycle.accepting:
         raise ShuttingDown()
+    if bridge.lifecycle.inflight >= settings.max_inflight:
+        raise Overloaded()
     with bridge.lifecycle.track():
-        limit = bridge.settings.max_body_bytes
-        if request.content_length is not None and request.content_length > limit:
+        encoding = request.headers.get(hdrs.CONTENT_ENCODING, "identity").strip().lower()
+        if encoding not in ("", "identity"):
+            # Scalekit sends plain bodies; decompressing a stranger's bytes is how bombs go off.
+            raise _Refused(415, "unsupported_content_encoding", "request bodies must not be compressed")
+        if request.content_length is not None and request.content_length > settings.max_body_bytes:
             raise PayloadTooLarge()
         try:
-            body = await request.read()
+            async with asyncio.timeout(settings.body_timeout):
+                body = await request.read()
         except web.HTTPRequestEntityTooLarge:
             raise PayloadTooLarge() from None
+        except TimeoutError:
+            raise _Refused(408, "body_timeout", f"the body did not arrive within {settings.body_timeout:g}s") from None
         await bridge.pipeline.handle(request.headers, body)
     return web.json_response({"received": True}, status=201)
+
+
+class _Refused(Exception):
+    """A request refused before its body was read; the connection is closed after the answer."""
+
+    def __init__(self, status: int, error: str, detail: str) -> None:
+        super().__init__(error)
+        self.status, self.error, self.detail = status, error, detail
 
 
 @web.middleware
 async def _errors(
     request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
 ) -> web.StreamResponse:
+    """The one place where exceptions become answers; nothing escapes it."""
     bridge = request.app[BRIDGE]
     started = time.perf_counter()
+    guarded = _guarded(request)
+    if guarded is not None:
+        guarded.request_started()
     try:
-        response = await handler(request)
+        response = await _answer(request, handler, bridge, started)
+        if not bridge.lifecycle.accepting:
+            response.force_close()  # draining: no connection outlives its answer
+        if request.path == bridge.settings.webhook_path:
+            bridge.metrics.request_duration.labels(status=str(response.status)).observe(
+                time.perf_counter() - started
+            )
+        return response
+    finally:
+        if guarded is not None:
+            guarded.request_finished()
+
+
+async def _answer(
+    request: web.Request,
+    handler: Callable[[web.Request], Awaitable[web.StreamResponse]],
+    bridge: Bridge,
+    started: float,
+) -> web.StreamResponse:
+    try:
+        return await handler(request)
     except VerificationFailed as exc:
-        response = _error(401, exc.reason, exc.detail)
+        return _error(401, exc.reason, exc.detail)
     except PayloadTooLarge:
         bridge.pipeline.refuse_oversized(started)
-        response = _error(413, "payload_too_large", f"bodies over {bridge.settings.max_body_bytes} bytes are refused")
+        return _error(
+            413, "payload_too_large", f"bodies over {bridge.settings.max_body_bytes} bytes are refused", close=True
+        )
+    except _Refused as exc:
+        bridge.metrics.http_refusals.labels(reason=exc.error).inc()
+        return _error(exc.status, exc.error, exc.detail, close=True)
+    except Overloaded:
+        bridge.metrics.http_refusals.labels(reason="overloaded").inc()
+        detail = f"over {bridge.settings.max_inflight} deliveries in flight; retry"
+        return _error(503, "overloaded", detail, retry=True, close=True)
     except PublishFailed as exc:
-        response = _error(503, "kafka_unavailable", exc.reason, retry=True)
+        return _error(503, "kafka_unavailable", exc.reason, retry=True)
     except ShuttingDown:
-        response = _error(503, "shutting_down", "this instance is draining; retry", retry=True)
+        return _error(503, "shutting_down", "this instance is draining; retry", retry=True, close=True)
     except web.HTTPException as exc:
         response = _error(exc.status, exc.reason.lower().replace(" ", "_"), exc.reason)
-    if request.path == bridge.settings.webhook_path:
-        bridge.metrics.request_duration.labels(status=str(response.status)).observe(
-            time.perf_counter() - started
-        )
+        if hdrs.ALLOW in exc.headers:
+            response.headers[hdrs.ALLOW] = exc.headers[hdrs.ALLOW]
+        return response
+    except asyncio.CancelledError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - the error boundary: count it, log where, never the input
+        error = type(exc).__name__
+        bridge.metrics.internal_errors.labels(error=error).inc()
+        log.error("unexpected error while handling a request", extra={"error": error, "at": where(exc)})
+        return _error(500, "internal_error", "the bridge failed unexpectedly; this is a bug", close=True)
+
+
+def _guarded(request: web.Request) -> GuardedProtocol | None:
+    transport = request.transport
+    protocol = transport.get_protocol() if transport is not None else None
+    return protocol if isinstance(protocol, GuardedProtocol) else None
+
+
+def _error(
+    status: int, error: str, detail: str, *, retry: bool = False, close: bool = False
+) -> web.Response:
+    headers = {hdrs.RETRY_AFTER: str(RETRY_AFTER_SECONDS)} if retry else None
+    response = web.json_response({"error": error, "detail": detail}, status=status, headers=headers)
+    if close:
+        # Refused before (or without) reading the body: do not read what the client keeps sending.
+        response.force_close()
     return response
-
-
-def _error(status: int, error: str, detail: str, *, retry: bool = False) -> web.Response:
-    headers = {"Retry-After": RETRY_AFTER_SECONDS} if retry else None
-    return web.json_response({"error": error, "detail": detail}, status=status, headers=headers)
 
 
 async def _healthz(request: web.Request) -> web.Response:
@@ -194,8 +261,92 @@ async def _metrics(request: web.Request) -> web.Response:
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
+class _QuietParserErrors(logging.Filter):
+    """aiohttp logs a malformed request at ERROR with the offending bytes (a signature, say).
+
+    Count it instead, and let through only its class name, at DEBUG.
+    """
+
+    def __init__(self, metrics: m.Metrics) -> None:
+        super().__init__()
+        self._metrics = metrics
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno < logging.WARNING:
+            return False  # aiohttp's debug narration quotes requests too
+        self._metrics.http_refusals.labels(reason="bad_request").inc()
+        error = record.exc_info[0].__name__ if record.exc_info and record.exc_info[0] else "unknown"
+        log.debug("malformed HTTP request refused", extra={"error": error})
+        return False
+
+
+@dataclass
+class Listeners:
+    """The public and admin listeners of one bridge, and how to close them inside a deadline."""
+
+    guard: ConnectionGuard
+    runners: tuple[web.AppRunner, web.AppRunner]
+    servers: tuple[asyncio.Server, asyncio.Server]
+    log_filter: logging.Filter
+
+    @property
+    def ports(self) -> tuple[int, int]:
+        public, admin = (server.sockets[0].getsockname()[1] for server in self.servers)
+        return int(public), int(admin)
+
+    async def close(self, timeout: float) -> None:
+        """Stop listening, close every connection; handlers still running after `timeout` are cancelled."""
+        for server in self.servers:
+            server.close()
+        self.guard.close_idle()
+        for runner in self.runners:
+            await runner.cleanup()
+        logging.getLogger("aiohttp.server").removeFilter(self.log_filter)
+
+
+async def listen(bridge: Bridge, *, cleanup_timeout: float = 1.0) -> Listeners:
+    """Open both listeners for `bridge` with the public port's limits in force."""
+    settings = bridge.settings
+    guard = ConnectionGuard(
+        max_connections=settings.max_connections,
+        header_timeout=settings.header_timeout,
+        keepalive_timeout=settings.keepalive_timeout,
+        on_refusal=lambda reason: bridge.metrics.http_refusals.labels(reason=reason).inc(),
+    )
+    bridge.metrics.open_connections.set_function(lambda: float(guard.open_connections))
+    log_filter = _QuietParserErrors(bridge.metrics)
+    logging.getLogger("aiohttp.server").addFilter(log_filter)
+    public = web.AppRunner(
+        create_app(bridge),
+        handle_signals=False,
+        access_log=None,
+        auto_decompress=False,
+        keepalive_timeout=settings.keepalive_timeout,
+        max_headers=64,
+        lingering_time=0,
+        shutdown_timeout=cleanup_timeout,
+    )
+    admin = web.AppRunner(
+        create_admin_app(bridge), handle_signals=False, access_log=None, shutdown_timeout=cleanup_timeout
+    )
+    loop = asyncio.get_running_loop()
+    servers = []
+    for runner, host, port, wrap in (
+        (public, settings.host, settings.port, guard.wrap),
+        (admin, settings.admin_host, settings.admin_port, lambda factory: factory),
+    ):
+        await runner.setup()
+        assert runner.server is not None
+        servers.append(await loop.create_server(wrap(runner.server), host, port, reuse_address=True, backlog=1024))
+    return Listeners(guard, (public, admin), (servers[0], servers[1]), log_filter)
+
+
 async def serve(settings: Settings, *, on_listening: Callable[[], None] | None = None) -> None:
-    """Run until SIGTERM or SIGINT, then drain: stop taking deliveries, finish, flush, return."""
+    """Run until SIGTERM or SIGINT, then drain: stop taking deliveries, finish, flush, return.
+
+    The whole drain, from the signal to the return, fits inside `settings.drain_seconds`.
+    """
+    raise_open_file_limit()
     publisher = KafkaPublisher(
         settings.kafka, timeout=settings.publish_timeout, max_record_bytes=settings.max_body_bytes
     )
@@ -205,17 +356,14 @@ async def serve(settings: Settings, *, on_listening: Callable[[], None] | None =
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
 
-    runners = [
-        web.AppRunner(create_app(bridge), handle_signals=False, access_log=None),
-        web.AppRunner(create_admin_app(bridge), handle_signals=False, access_log=None),
-    ]
-    for runner, port in zip(runners, (settings.port, settings.admin_port), strict=True):
-        await runner.setup()
-        await web.TCPSite(runner, settings.host, port, shutdown_timeout=settings.shutdown_grace).start()
+    grace = settings.drain_seconds
+    # Kept back from the in-flight wait for closing connections and flushing the producer.
+    reserve = min(2.0, grace / 2)
+    listeners = await listen(bridge, cleanup_timeout=reserve / 2)
     log.info(
         "listening",
         extra={"webhook": f"http://{settings.host}:{settings.port}{settings.webhook_path}",
-               "admin_port": settings.admin_port},
+               "admin": f"{settings.admin_host}:{settings.admin_port}"},
     )
     connecting = asyncio.create_task(_connect(publisher, stop), name="kafka-connect")
     if on_listening is not None:
@@ -223,19 +371,33 @@ async def serve(settings: Settings, *, on_listening: Callable[[], None] | None =
     try:
         await stop.wait()
     finally:
-        log.info("draining", extra={"inflight": bridge.lifecycle.inflight})
+        deadline = loop.time() + grace
+        log.info("draining", extra={"inflight": bridge.lifecycle.inflight, "grace_s": grace})
         bridge.lifecycle.accepting = False
-        drained = await bridge.lifecycle.drained(settings.shutdown_grace)
+        # Idle and half-sent connections have nothing to finish: close them now.
+        listeners.guard.close_idle()
+        drained = await bridge.lifecycle.drained(max(0.0, deadline - reserve - loop.time()))
         if not drained:
-            log.warning("shutdown grace ran out with deliveries in flight")
+            log.warning("shutdown grace ran out with deliveries in flight", extra={"inflight": bridge.lifecycle.inflight})
         connecting.cancel()
         await asyncio.gather(connecting, return_exceptions=True)
-        for runner in runners:
-            await runner.cleanup()
-        await publisher.stop()
+        await listeners.close(timeout=reserve / 2)
+        try:
+            async with asyncio.timeout(max(0.1, deadline - loop.time())):
+                await publisher.stop()
+        except TimeoutError:
+            log.warning("the producer did not close within the shutdown grace")
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(signum)
         log.info("stopped")
+
+
+def raise_open_file_limit() -> None:
+    """Every connection is a file descriptor: take all the kernel allows us (the soft limit is often 1024)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        log.debug("raised the open-file limit", extra={"from": soft, "to": hard})
 
 
 async def _connect(publisher: KafkaPublisher, stop: asyncio.Event) -> None:

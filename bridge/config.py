@@ -10,14 +10,16 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
-from typing import Literal, TypeVar
+from dataclasses import MISSING, dataclass, field, fields
+from typing import Any, Literal, TypeVar
 
 from bridge.errors import ConfigError
 from bridge.verify import SigningKey
 
 CloudEventsMode = Literal["binary", "structured"]
+CLOUDEVENTS_MODES: tuple[CloudEventsMode, ...] = ("binary", "structured")
 LogFormat = Literal["json", "text"]
+LOG_FORMATS: tuple[LogFormat, ...] = ("json", "text")
 SchemaValidation = Literal["off", "warn", "enforce"]
 SCHEMA_VALIDATION_MODES: tuple[SchemaValidation, ...] = ("off", "warn", "enforce")
 
@@ -30,6 +32,7 @@ _TOPIC_CHARS = re.compile(r"^[A-Za-z0-9._-]+$")
 _MAX_TOPIC_LENGTH = 249
 
 T = TypeVar("T")
+S = TypeVar("S", bound=str)
 
 
 @dataclass(frozen=True)
@@ -57,58 +60,121 @@ class KafkaSettings:
     ssl_cafile: str | None = None
     create_topics: bool = True
     topic_partitions: int = 3
-    topic_replication: int = 1
+    # None: as many as the cluster allows, up to 3 (see `replication_for`).
+    topic_replication: int | None = None
+    # None: one fewer than the replication factor, at least 1 and at most 2.
+    topic_min_insync_replicas: int | None = None
+
+    def replication_for(self, brokers: int) -> tuple[int, int, str | None]:
+        """Replication factor and min.insync.replicas for a new topic on a cluster of `brokers`.
+
+        The third value is a warning to log when a configured value had to be lowered.
+        """
+        wanted = self.topic_replication if self.topic_replication is not None else 3
+        replication = max(1, min(wanted, brokers))
+        warning = None
+        if self.topic_replication is not None and self.topic_replication > brokers:
+            warning = (
+                f"BRIDGE_TOPIC_REPLICATION={self.topic_replication} exceeds the {brokers} broker(s) "
+                f"in the cluster; using {replication}"
+            )
+        if self.topic_min_insync_replicas is None:
+            return replication, max(1, min(2, replication - 1)), warning
+        min_insync = min(self.topic_min_insync_replicas, replication)
+        if min_insync < self.topic_min_insync_replicas:
+            warning = (
+                f"BRIDGE_TOPIC_MIN_INSYNC_REPLICAS={self.topic_min_insync_replicas} exceeds the "
+                f"replication factor {replication}; using {min_insync}"
+            )
+        return replication, min_insync, warning
 
 
 @dataclass(frozen=True)
 class Settings:
+    """Everything `serve` runs on. Field defaults are the documented defaults; `from_env` reads them here."""
+
     signing_keys: tuple[SigningKey, ...]
     kafka: KafkaSettings
     host: str = "0.0.0.0"
     port: int = 8080
+    admin_host: str = "0.0.0.0"
     admin_port: int = 8081
     webhook_path: str = "/webhooks/scalekit"
     topic_prefix: str = "scalekit."
     deadletter_topic: str = "scalekit.deadletter"
     publish_timeout: float = 8.0
-    max_body_bytes: int = 1_048_576
+    # Scalekit's largest documented delivery is about 1.5 KB; 256 KiB leaves two orders of
+    # magnitude for big directory users and groups while keeping the worst case small.
+    max_body_bytes: int = 262_144
+    # Public-port limits (see the README's "Limits on the public port").
+    max_inflight: int = 64
+    max_connections: int = 512
+    header_timeout: float = 10.0
+    body_timeout: float = 10.0
+    # Longer than the usual load balancer's 60 s idle timeout, so the balancer closes first.
+    keepalive_timeout: float = 75.0
     timestamp_tolerance: int = 300
     cloudevents_mode: CloudEventsMode = "binary"
     schema_validation: SchemaValidation = "warn"
     redelivery_cache_size: int = 100_000
     redelivery_cache_ttl: float = 1800.0
-    shutdown_grace: float = 20.0
+    # None: publish timeout + 5 s, room for every in-flight publish to reach its own deadline.
+    shutdown_grace: float | None = None
     log_level: str = "INFO"
     log_format: LogFormat = "json"
+
+    @property
+    def drain_seconds(self) -> float:
+        """How long SIGTERM may take in all, from the signal to the exit."""
+        return self.shutdown_grace if self.shutdown_grace is not None else self.publish_timeout + 5.0
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
         """Build settings from `env` (default: `os.environ`); raise ConfigError on the first problem."""
         reader = _Reader(os.environ if env is None else env)
-        publish_timeout = reader.number("BRIDGE_PUBLISH_TIMEOUT", 8.0, float, low=0.1, high=60.0)
+        d = _defaults(cls)
         settings = cls(
             signing_keys=_signing_keys(reader.required("SCALEKIT_WEBHOOK_SECRET")),
             kafka=_kafka_settings(reader),
-            host=reader.text("BRIDGE_HOST", "0.0.0.0"),
-            port=reader.number("BRIDGE_PORT", 8080, int, low=1, high=65535),
-            admin_port=reader.number("BRIDGE_ADMIN_PORT", 8081, int, low=1, high=65535),
-            webhook_path=reader.text("BRIDGE_WEBHOOK_PATH", "/webhooks/scalekit"),
-            topic_prefix=reader.text("BRIDGE_TOPIC_PREFIX", "scalekit."),
-            deadletter_topic=reader.text("BRIDGE_DEADLETTER_TOPIC", "scalekit.deadletter"),
-            publish_timeout=publish_timeout,
-            max_body_bytes=reader.number("BRIDGE_MAX_BODY_BYTES", 1_048_576, int, low=1, high=64 << 20),
-            timestamp_tolerance=reader.number("BRIDGE_TIMESTAMP_TOLERANCE", 300, int, low=1, high=3600),
-            cloudevents_mode=reader.choice("BRIDGE_CLOUDEVENTS_MODE", "binary", ("binary", "structured")),  # type: ignore[arg-type]
-            schema_validation=reader.choice("BRIDGE_SCHEMA_VALIDATION", "warn", SCHEMA_VALIDATION_MODES),  # type: ignore[arg-type]
-            redelivery_cache_size=reader.number("BRIDGE_REDELIVERY_CACHE_SIZE", 100_000, int, low=0, high=10_000_000),
-            redelivery_cache_ttl=reader.number("BRIDGE_REDELIVERY_CACHE_TTL", 1800.0, float, low=0.0, high=86_400.0),
-            # Room for every in-flight publish to reach its own deadline before we exit.
-            shutdown_grace=reader.number("BRIDGE_SHUTDOWN_GRACE", publish_timeout + 5.0, float, low=0.0, high=600.0),
-            log_level=reader.choice("BRIDGE_LOG_LEVEL", "INFO", LOG_LEVELS, fold=str.upper),
-            log_format=reader.choice("BRIDGE_LOG_FORMAT", "json", ("json", "text")),  # type: ignore[arg-type]
+            host=reader.text("BRIDGE_HOST", d["host"]),
+            port=reader.number("BRIDGE_PORT", d["port"], int, low=1, high=65535),
+            admin_host=reader.text("BRIDGE_ADMIN_HOST", d["admin_host"]),
+            admin_port=reader.number("BRIDGE_ADMIN_PORT", d["admin_port"], int, low=1, high=65535),
+            webhook_path=reader.text("BRIDGE_WEBHOOK_PATH", d["webhook_path"]),
+            topic_prefix=reader.text("BRIDGE_TOPIC_PREFIX", d["topic_prefix"]),
+            deadletter_topic=reader.text("BRIDGE_DEADLETTER_TOPIC", d["deadletter_topic"]),
+            publish_timeout=reader.number("BRIDGE_PUBLISH_TIMEOUT", d["publish_timeout"], float, low=0.1, high=60.0),
+            max_body_bytes=reader.number("BRIDGE_MAX_BODY_BYTES", d["max_body_bytes"], int, low=1024, high=16 << 20),
+            max_inflight=reader.number("BRIDGE_MAX_INFLIGHT", d["max_inflight"], int, low=1, high=100_000),
+            max_connections=reader.number("BRIDGE_MAX_CONNECTIONS", d["max_connections"], int, low=1, high=1_000_000),
+            header_timeout=reader.number("BRIDGE_HEADER_TIMEOUT", d["header_timeout"], float, low=0.1, high=300.0),
+            body_timeout=reader.number("BRIDGE_BODY_TIMEOUT", d["body_timeout"], float, low=0.1, high=300.0),
+            keepalive_timeout=reader.number(
+                "BRIDGE_KEEPALIVE_TIMEOUT", d["keepalive_timeout"], float, low=0.0, high=3600.0
+            ),
+            timestamp_tolerance=reader.number(
+                "BRIDGE_TIMESTAMP_TOLERANCE", d["timestamp_tolerance"], int, low=1, high=3600
+            ),
+            cloudevents_mode=reader.choice("BRIDGE_CLOUDEVENTS_MODE", d["cloudevents_mode"], CLOUDEVENTS_MODES),
+            schema_validation=reader.choice(
+                "BRIDGE_SCHEMA_VALIDATION", d["schema_validation"], SCHEMA_VALIDATION_MODES
+            ),
+            redelivery_cache_size=reader.number(
+                "BRIDGE_REDELIVERY_CACHE_SIZE", d["redelivery_cache_size"], int, low=0, high=10_000_000
+            ),
+            redelivery_cache_ttl=reader.number(
+                "BRIDGE_REDELIVERY_CACHE_TTL", d["redelivery_cache_ttl"], float, low=0.0, high=86_400.0
+            ),
+            shutdown_grace=reader.optional_number("BRIDGE_SHUTDOWN_GRACE", float, low=0.0, high=600.0),
+            log_level=reader.choice("BRIDGE_LOG_LEVEL", d["log_level"], LOG_LEVELS, fold=str.upper),
+            log_format=reader.choice("BRIDGE_LOG_FORMAT", d["log_format"], LOG_FORMATS),
         )
         _check_names(settings)
         return settings
+
+
+def _defaults(cls: type) -> dict[str, Any]:
+    return {f.name: f.default for f in fields(cls) if f.default is not MISSING}
 
 
 class _Reader:
@@ -141,15 +207,23 @@ class _Reader:
             raise ConfigError(name, f"must be between {low} and {high}, got {value!r}")
         return number
 
+    def optional_number(self, name: str, cast: Callable[[str], T], *, low: T, high: T) -> T | None:
+        """A number, or None when unset or `auto` (the caller derives the value)."""
+        value = self.raw(name)
+        if value is None or value.lower() == "auto":
+            return None
+        return self.number(name, low, cast, low=low, high=high)
+
     def choice(
-        self, name: str, default: str, allowed: tuple[str, ...], fold: Callable[[str], str] = str.lower
-    ) -> str:
+        self, name: str, default: S, allowed: tuple[S, ...], fold: Callable[[str], str] = str.lower
+    ) -> S:
         value = self.raw(name)
         if value is None:
             return default
-        if fold(value) not in allowed:
-            raise ConfigError(name, f"must be one of {', '.join(allowed)}, got {value!r}")
-        return fold(value)
+        for option in allowed:
+            if option == fold(value):
+                return option
+        raise ConfigError(name, f"must be one of {', '.join(allowed)}, got {value!r}")
 
     def flag(self, name: str, default: bool) -> bool:
         value = self.raw(name)
@@ -182,14 +256,19 @@ def _kafka_settings(reader: _Reader) -> KafkaSettings:
     mechanism = username = None
     password = None
     if protocol.startswith("SASL_"):
-        mechanism = reader.choice("KAFKA_SASL_MECHANISM", "", SASL_MECHANISMS, fold=str.upper)
-        if not mechanism:
+        if reader.raw("KAFKA_SASL_MECHANISM") is None:
             raise ConfigError("KAFKA_SASL_MECHANISM", f"is required with KAFKA_SECURITY_PROTOCOL={protocol}")
+        mechanism = reader.choice("KAFKA_SASL_MECHANISM", "", SASL_MECHANISMS, fold=str.upper)
         username = reader.required("KAFKA_SASL_USERNAME")
         password = Secret(reader.required("KAFKA_SASL_PASSWORD"))
     cafile = reader.raw("KAFKA_SSL_CAFILE")
     if cafile is not None and not os.path.isfile(cafile):
         raise ConfigError("KAFKA_SSL_CAFILE", f"no such file: {cafile}")
+    d = _defaults(KafkaSettings)
+    replication = reader.optional_number("BRIDGE_TOPIC_REPLICATION", int, low=1, high=32)
+    min_insync = reader.optional_number("BRIDGE_TOPIC_MIN_INSYNC_REPLICAS", int, low=1, high=32)
+    if replication is not None and min_insync is not None and min_insync > replication:
+        raise ConfigError("BRIDGE_TOPIC_MIN_INSYNC_REPLICAS", f"must not exceed BRIDGE_TOPIC_REPLICATION ({replication})")
     return KafkaSettings(
         bootstrap_servers=reader.text("KAFKA_BOOTSTRAP_SERVERS", "localhost:9092"),
         security_protocol=protocol,
@@ -197,9 +276,10 @@ def _kafka_settings(reader: _Reader) -> KafkaSettings:
         sasl_username=username,
         sasl_password=password,
         ssl_cafile=cafile,
-        create_topics=reader.flag("BRIDGE_CREATE_TOPICS", True),
-        topic_partitions=reader.number("BRIDGE_TOPIC_PARTITIONS", 3, int, low=1, high=10_000),
-        topic_replication=reader.number("BRIDGE_TOPIC_REPLICATION", 1, int, low=1, high=32),
+        create_topics=reader.flag("BRIDGE_CREATE_TOPICS", d["create_topics"]),
+        topic_partitions=reader.number("BRIDGE_TOPIC_PARTITIONS", d["topic_partitions"], int, low=1, high=10_000),
+        topic_replication=replication,
+        topic_min_insync_replicas=min_insync,
     )
 
 
@@ -210,5 +290,5 @@ def _check_names(settings: Settings) -> None:
         raise ConfigError("BRIDGE_TOPIC_PREFIX", "may use only letters, digits, '.', '_' and '-' (at most 200)")
     if not _TOPIC_CHARS.match(settings.deadletter_topic) or len(settings.deadletter_topic) > _MAX_TOPIC_LENGTH:
         raise ConfigError("BRIDGE_DEADLETTER_TOPIC", "must be a legal Kafka topic name")
-    if settings.port == settings.admin_port:
-        raise ConfigError("BRIDGE_ADMIN_PORT", "must differ from BRIDGE_PORT")
+    if settings.port == settings.admin_port and settings.host == settings.admin_host:
+        raise ConfigError("BRIDGE_ADMIN_PORT", "must differ from BRIDGE_PORT on the same host")

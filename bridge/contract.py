@@ -21,6 +21,8 @@ from typing import Any
 import jsonschema_rs
 from jsonschema_rs import ValidationErrorKind as Kind
 
+from bridge.errors import MalformedDelivery
+
 SCHEMA_ROOT: Traversable = resources.files("bridge") / "schemas"
 ENVELOPE_SCHEMA = "envelope.json"
 OBJECTS_SCHEMA = "objects.json"
@@ -100,7 +102,10 @@ class Contract:
         schema_id = self._data_ids[event_type]
         if not validate:
             return Verdict(known=True, dataschema=schema_id)
-        violation = _first_violation(self._validators[event_type], envelope)
+        try:
+            violation = _first_violation(self._validators[event_type], envelope)
+        except UnicodeEncodeError:  # the validator works on UTF-8 text
+            raise MalformedDelivery(MalformedDelivery.LONE_SURROGATE) from None
         if violation is not None:
             return Verdict(known=True, dataschema=None, checked=True, violation=violation)
         return Verdict(known=True, dataschema=schema_id, checked=True)

@@ -17,13 +17,17 @@ from urllib.parse import quote
 from bridge.errors import MalformedDelivery
 from bridge.verify import VerifiedDelivery
 
-# Scalekit event types are dotted lower-case words; they become topic names.
-_EVENT_TYPE = re.compile(r"^[a-z0-9._]+$")
+# Scalekit event types are dotted lower-case words; they become topic names. Patterns are
+# matched whole (fullmatch): `$` would let a trailing newline through into a topic name.
+_EVENT_TYPE = re.compile(r"[a-z0-9._]+")
 _MAX_TOPIC_LENGTH = 249
 # RFC 3339 as CloudEvents requires for `time`; fractions of any length are kept as sent.
 _RFC3339 = re.compile(
-    r"^\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\d{2}:\d{2})$"
+    r"\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\d{2}:\d{2})"
 )
+# Scalekit's envelopes nest a handful of levels; anything deeper is not one of theirs, and
+# JSON libraries downstream (and our schema validator) refuse depths far below Python's limit.
+MAX_DEPTH = 64
 
 JSON_CONTENT_TYPE = "application/json"
 STRUCTURED_CONTENT_TYPE = "application/cloudevents+json"
@@ -73,12 +77,27 @@ class Route:
     message: KafkaMessage
 
 
+class _NotJsonNumber(ValueError):
+    """NaN, Infinity and -Infinity: Python reads them, JSON (RFC 8259) has no such numbers."""
+
+
+def _refuse_constant(name: str) -> Any:
+    raise _NotJsonNumber(name)
+
+
 def parse_envelope(body: bytes) -> dict[str, Any]:
     """Decode a verified body into an envelope, or raise MalformedDelivery."""
     try:
-        envelope = json.loads(body)
+        envelope = json.loads(body, parse_constant=_refuse_constant)
+    except _NotJsonNumber:
+        raise MalformedDelivery("body is not JSON: NaN and Infinity are not JSON numbers") from None
+    except RecursionError:
+        raise MalformedDelivery(f"body is nested deeper than {MAX_DEPTH} levels") from None
     except ValueError:
         raise MalformedDelivery("body is not JSON") from None
+    # Counting brackets is cheap and bounds the depth from above; walk only when it might be deep.
+    if body.count(b"{") + body.count(b"[") > MAX_DEPTH and _depth(envelope) > MAX_DEPTH:
+        raise MalformedDelivery(f"body is nested deeper than {MAX_DEPTH} levels")
     if not isinstance(envelope, dict):
         raise MalformedDelivery("body is not a JSON object")
     for name in ("id", "type"):
@@ -87,12 +106,19 @@ def parse_envelope(body: bytes) -> dict[str, Any]:
     return envelope
 
 
-def topic_for(prefix: str, event_type: str) -> str:
+def topic_for(prefix: str, event_type: str, *, deadletter_topic: str | None = None) -> str:
     """The topic an event type is published to; raises MalformedDelivery for unroutable types."""
     topic = prefix + event_type
-    if not _EVENT_TYPE.match(event_type) or len(topic) > _MAX_TOPIC_LENGTH:
+    if not _EVENT_TYPE.fullmatch(event_type) or len(topic) > _MAX_TOPIC_LENGTH:
         raise MalformedDelivery("event type is not a valid topic name")
+    if deadletter_topic is not None and topics_collide(topic, deadletter_topic):
+        raise MalformedDelivery("event type's topic would be the dead-letter topic")
     return topic
+
+
+def topics_collide(first: str, second: str) -> bool:
+    """Kafka refuses two topics whose names differ only in '.' against '_' (metric names clash)."""
+    return first.replace(".", "_") == second.replace(".", "_")
 
 
 def partition_key(envelope: Mapping[str, Any]) -> str | None:
@@ -119,6 +145,7 @@ def build_route(
     mode: str,
     envelope: Mapping[str, Any] | None = None,
     dataschema: str | None = None,
+    deadletter_topic: str | None = None,
 ) -> Route:
     """Map a verified delivery (and its envelope, if already parsed) to its CloudEvent record.
 
@@ -126,9 +153,21 @@ def build_route(
     """
     if envelope is None:
         envelope = parse_envelope(delivery.body)
-    topic = topic_for(topic_prefix, envelope["type"])
+    topic = topic_for(topic_prefix, envelope["type"], deadletter_topic=deadletter_topic)
+    try:
+        return _encode(envelope, delivery.webhook_id, topic, mode, dataschema)
+    except UnicodeEncodeError:
+        raise MalformedDelivery(MalformedDelivery.LONE_SURROGATE) from None
+    except ValueError:
+        # A number such as 1e400 reads as infinity, which JSON cannot write back.
+        raise MalformedDelivery("a number is out of JSON's range") from None
+
+
+def _encode(
+    envelope: Mapping[str, Any], webhook_id: str, topic: str, mode: str, dataschema: str | None
+) -> Route:
     key = partition_key(envelope)
-    attributes = _attributes(envelope, delivery.webhook_id, key)
+    attributes = _attributes(envelope, webhook_id, key)
     has_data = "data" in envelope
     if has_data and dataschema is not None:
         attributes["dataschema"] = dataschema
@@ -216,14 +255,14 @@ def _attributes(envelope: Mapping[str, Any], webhook_id: str, key: str | None) -
     for name, value in envelope.items():
         if name in ("id", "type", "data"):
             continue
-        if name == "occurred_at" and isinstance(value, str) and _RFC3339.match(value):
+        if name == "occurred_at" and isinstance(value, str) and _RFC3339.fullmatch(value):
             attributes["time"] = value
         elif name in _EXTENSIONS and isinstance(value, str):
             attributes[_EXTENSIONS[name]] = value
         else:
             extra[name] = value
     if extra:
-        attributes[EXTRA_EXTENSION] = json.dumps(extra, ensure_ascii=False, separators=(",", ":"))
+        attributes[EXTRA_EXTENSION] = json.dumps(extra, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
     attributes[WEBHOOK_ID_EXTENSION] = webhook_id
     if key is not None:
         attributes[PARTITION_KEY_EXTENSION] = key
@@ -231,4 +270,21 @@ def _attributes(envelope: Mapping[str, Any], webhook_id: str, key: str | None) -
 
 
 def _dumps(value: Any) -> bytes:
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode("utf-8")
+
+
+def _depth(value: Any) -> int:
+    """Nesting depth of decoded JSON, without recursion."""
+    deepest = 0
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        node, level = stack.pop()
+        if isinstance(node, dict):
+            node = node.values()
+        elif not isinstance(node, list):
+            continue
+        deepest = max(deepest, level)
+        if deepest > MAX_DEPTH:
+            return deepest
+        stack.extend((child, level + 1) for child in node)
+    return deepest

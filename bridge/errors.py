@@ -36,6 +36,9 @@ class PayloadTooLarge(BridgeError):
 class MalformedDelivery(BridgeError):
     """Verified, but not a Scalekit envelope we can route; goes to the dead-letter topic."""
 
+    # JSON lets a string escape half a surrogate pair; UTF-8 (and so every consumer) cannot carry it.
+    LONE_SURROGATE = "a string is not valid Unicode (a lone surrogate escape)"
+
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
         self.reason = reason
@@ -47,6 +50,22 @@ class PublishFailed(BridgeError):
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
         self.reason = reason
+
+
+class RecordRejected(BridgeError):
+    """Kafka will never take this record (too large, illegal topic): no retry can cure it.
+
+    A delivery's record refused so is dead-lettered instead; Scalekit must not be
+    told to retry something that can only fail again.
+    """
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class Overloaded(BridgeError):
+    """The instance is at its cap of in-flight deliveries (503, retry soon)."""
 
 
 class ShuttingDown(BridgeError):

@@ -30,6 +30,17 @@ FAILED = "failed"
 TOO_LARGE = "too_large"
 OUTCOMES = (PUBLISHED, DUPLICATE, DEADLETTERED, REJECTED, FAILED, TOO_LARGE)
 
+# Why the public port refused a request or connection (a closed set; see bridge.guard and bridge.app).
+HTTP_REFUSALS = (
+    "connection_limit",
+    "header_timeout",
+    "header_too_large",
+    "body_timeout",
+    "unsupported_content_encoding",
+    "overloaded",
+    "bad_request",
+)
+
 # Event type label for deliveries whose type we do not know (yet) or cannot trust.
 UNKNOWN_TYPE = "unknown"
 
@@ -66,6 +77,23 @@ class Metrics:
             "scalekit_bridge_unknown_event_types",
             "Published deliveries whose event type has no schema (not documented when this bridge was built).",
             ("event_type",),
+            registry=self.registry,
+        )
+        self.http_refusals = Counter(
+            "scalekit_bridge_http_refusals",
+            "Requests or connections refused on the public port before any delivery work, by reason.",
+            ("reason",),
+            registry=self.registry,
+        )
+        self.internal_errors = Counter(
+            "scalekit_bridge_internal_errors",
+            "Unexpected exceptions caught at the error boundary, by class (each one is a bug).",
+            ("error",),
+            registry=self.registry,
+        )
+        self.open_connections = Gauge(
+            "scalekit_bridge_open_connections",
+            "Connections open on the public port.",
             registry=self.registry,
         )
         self.publish_duration = Histogram(
@@ -107,6 +135,8 @@ class Metrics:
             self.verification_failures.labels(reason=reason)
         for outcome in (REJECTED, TOO_LARGE):
             self.deliveries.labels(outcome=outcome, event_type=UNKNOWN_TYPE)
+        for refusal in HTTP_REFUSALS:
+            self.http_refusals.labels(reason=refusal)
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

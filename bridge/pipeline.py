@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
+import traceback
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 
@@ -18,11 +19,13 @@ from bridge.dedupe import RedeliveryCache
 from bridge.config import SchemaValidation
 from bridge.contract import Contract, Verdict
 from bridge.envelope import KafkaMessage, build_route, deadletter_message, parse_envelope
-from bridge.errors import MalformedDelivery, PublishFailed, VerificationFailed
+from bridge.errors import MalformedDelivery, PublishFailed, RecordRejected, VerificationFailed
 from bridge.publish import Ack, Publisher
 from bridge.verify import VerifiedDelivery, Verifier
 
+# One line per delivery on "bridge.delivery"; anything else the pipeline has to say goes to its own logger.
 log = logging.getLogger("bridge.delivery")
+trouble = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -79,7 +82,7 @@ class Pipeline:
         try:
             message, planned, reason = self._plan(delivery)
             try:
-                ack = await self._publish(message)
+                ack, planned, reason = await self._write(delivery, message, planned, reason)
             except PublishFailed as exc:
                 self._record(replace(planned, outcome=m.FAILED), started, reason=exc.reason)
                 raise
@@ -88,12 +91,49 @@ class Pipeline:
             self._cache.release(delivery.webhook_id, acknowledged=acknowledged)
         return self._record(replace(planned, ack=ack), started, reason=reason)
 
+    async def _write(
+        self, delivery: VerifiedDelivery, message: KafkaMessage, planned: Receipt, reason: str | None
+    ) -> tuple[Ack, Receipt, str | None]:
+        """Publish; a record Kafka will never take is dead-lettered instead. Raises PublishFailed."""
+        try:
+            return await self._publish(message), planned, reason
+        except RecordRejected as exc:
+            if message.topic == self._deadletter_topic:
+                raise PublishFailed(f"the dead-letter topic refused the delivery: {exc.reason}") from exc
+            reason = f"Kafka refused the record: {exc.reason}"
+        letter = deadletter_message(delivery, topic=self._deadletter_topic, reason=reason)
+        try:
+            ack = await self._publish(letter)
+        except RecordRejected as exc:
+            trouble.error("the dead-letter topic refuses deliveries", extra={"reason": exc.reason})
+            raise PublishFailed(f"the dead-letter topic refused the delivery: {exc.reason}") from exc
+        return ack, replace(planned, outcome=m.DEADLETTERED), reason
+
     def refuse_oversized(self, started: float) -> Receipt:
         """Account for a body refused before verification (413); nothing was read or written."""
         return self._record(Receipt(m.TOO_LARGE, None), started)
 
     def _plan(self, delivery: VerifiedDelivery) -> tuple[KafkaMessage, Receipt, str | None]:
-        """The record to write and the receipt it earns: the event's own, or a dead letter."""
+        """The record to write and the receipt it earns: the event's own, or a dead letter.
+
+        Never raises: a verified delivery always has a record to write. A bug in
+        the mapping dead-letters the raw body (counted and logged by class name)
+        rather than answering 500 until Scalekit gives up and the event is lost.
+        """
+        try:
+            return self._plan_event(delivery)
+        except Exception as exc:  # noqa: BLE001 - the one boundary for verified deliveries
+            error = type(exc).__name__
+            self._metrics.internal_errors.labels(error=error).inc()
+            trouble.error(
+                "unexpected error while mapping a verified delivery; dead-lettering it",
+                extra={"webhook_id": delivery.webhook_id, "error": error, "at": where(exc)},
+            )
+            reason = f"internal error: {error}"
+            message = deadletter_message(delivery, topic=self._deadletter_topic, reason=reason)
+            return message, Receipt(m.DEADLETTERED, delivery.webhook_id), reason
+
+    def _plan_event(self, delivery: VerifiedDelivery) -> tuple[KafkaMessage, Receipt, str | None]:
         verdict: Verdict | None = None
         event_id = event_type = None
         try:
@@ -109,6 +149,7 @@ class Pipeline:
                 mode=self._mode,
                 envelope=envelope,
                 dataschema=verdict.dataschema,
+                deadletter_topic=self._deadletter_topic,
             )
         except MalformedDelivery as exc:
             message = deadletter_message(delivery, topic=self._deadletter_topic, reason=exc.reason)
@@ -150,3 +191,12 @@ class Pipeline:
             fields.update(topic=receipt.ack.topic, partition=receipt.ack.partition, offset=receipt.ack.offset)
         log.info("delivery %s", receipt.outcome, extra={"delivery": fields})
         return receipt
+
+
+def where(exc: BaseException) -> str:
+    """Where an exception was raised (file:line in function), never its message, which may quote input."""
+    frames = traceback.extract_tb(exc.__traceback__)
+    if not frames:
+        return "unknown"
+    last = frames[-1]
+    return f"{last.filename.rsplit('/', 1)[-1]}:{last.lineno} in {last.name}"

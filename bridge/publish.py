@@ -15,18 +15,39 @@ from typing import Any, Protocol
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import KafkaError, TopicAlreadyExistsError, for_code
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+from aiokafka.errors import (
+    CorruptRecordException,
+    InvalidTopicError,
+    KafkaError,
+    MessageSizeTooLargeError,
+    RecordListTooLargeError,
+    RecordTooLargeError,
+    TopicAlreadyExistsError,
+    UnknownTopicOrPartitionError,
+    for_code,
+)
 from aiokafka.helpers import create_ssl_context
+from aiokafka.record.default_records import DefaultRecordBatchBuilder
 
 from bridge.config import KafkaSettings
 from bridge.envelope import KafkaMessage
-from bridge.errors import PublishFailed
+from bridge.errors import PublishFailed, RecordRejected
 
 log = logging.getLogger(__name__)
 
 # Headroom over the body limit for CloudEvents headers, key and batch framing.
 _RECORD_OVERHEAD_BYTES = 64 * 1024
 _PROBE_INTERVAL_SECONDS = 2.0
+_MAX_MESSAGE_BYTES = "max.message.bytes"
+# Refusals that will repeat for the same record whatever the cluster's health.
+_PERMANENT = (
+    MessageSizeTooLargeError,
+    RecordTooLargeError,
+    RecordListTooLargeError,
+    InvalidTopicError,
+    CorruptRecordException,
+)
 
 
 @dataclass(frozen=True)
@@ -56,10 +77,10 @@ class KafkaPublisher:
         self._max_record_bytes = max_record_bytes + _RECORD_OVERHEAD_BYTES
         self._producer: AIOKafkaProducer | None = None
         self._admin: AIOKafkaAdminClient | None = None
-        self._known_topics: dict[str, asyncio.Task[None]] = {}
+        self._known_topics: dict[str, asyncio.Task[int]] = {}
         self._ready = False
         self._probe: asyncio.Task[None] | None = None
-        self._replication: int | None = None
+        self._replication: tuple[int, int] | None = None
 
     @property
     def ready(self) -> bool:
@@ -103,13 +124,22 @@ class KafkaPublisher:
         await self._close_quietly()
 
     async def publish(self, message: KafkaMessage) -> Ack:
-        """Write one record and return only once every in-sync replica has it."""
+        """Write one record and return only once every in-sync replica has it.
+
+        Raises PublishFailed while Kafka cannot take the write (retry later) and
+        RecordRejected when it never will (retrying cannot help).
+        """
         producer = self._producer
         if producer is None:
             raise PublishFailed("not connected to Kafka yet")
         try:
             async with asyncio.timeout(self._timeout):
-                await self._ensure_topic(message.topic)
+                limit = await self._topic_limit(message.topic)
+                size = DefaultRecordBatchBuilder.estimate_size_in_bytes(
+                    message.key, message.value, list(message.headers)
+                )
+                if size > limit:
+                    raise RecordRejected(f"the record is {size} bytes, over the {limit}-byte limit of its topic")
                 metadata = await producer.send_and_wait(
                     message.topic,
                     value=message.value,
@@ -118,55 +148,84 @@ class KafkaPublisher:
                 )
         except TimeoutError:
             raise PublishFailed(f"no broker acknowledgement within {self._timeout:g}s") from None
+        except _PERMANENT as exc:
+            raise RecordRejected(f"Kafka refused the record: {type(exc).__name__}") from exc
         except KafkaError as exc:
             raise PublishFailed(f"Kafka refused the write: {type(exc).__name__}") from exc
         return Ack(topic=metadata.topic, partition=metadata.partition, offset=metadata.offset)
 
-    async def _ensure_topic(self, topic: str) -> None:
-        if not self._settings.create_topics:
-            return
-        creation = self._known_topics.get(topic)
-        if creation is not None and creation.done():
-            if not creation.cancelled() and creation.exception() is None:
-                return  # the common case: created (or found) on an earlier delivery
-            creation = None  # the last attempt failed or was cancelled: try again
-        if creation is None:
-            creation = asyncio.create_task(self._create_topic(topic), name=f"create-{topic}")
-            self._known_topics[topic] = creation
-        # Shielded: one delivery timing out must not cancel creation for the others.
-        await asyncio.shield(creation)
+    async def _topic_limit(self, topic: str) -> int:
+        """The largest record `topic` takes, making sure (once) that the topic exists."""
+        lookup = self._known_topics.get(topic)
+        if lookup is not None and lookup.done():
+            if not lookup.cancelled() and lookup.exception() is None:
+                return lookup.result()  # the common case: known since an earlier delivery
+            lookup = None  # the last attempt failed or was cancelled: try again
+        if lookup is None:
+            lookup = asyncio.create_task(self._prepare_topic(topic), name=f"prepare-{topic}")
+            self._known_topics[topic] = lookup
+        # Shielded: one delivery timing out must not cancel the lookup for the others.
+        return await asyncio.shield(lookup)
 
-    async def _create_topic(self, topic: str) -> None:
+    async def _prepare_topic(self, topic: str) -> int:
         assert self._admin is not None  # only reached from publish(), after start()
-        replication = await self._replication_factor()
+        if self._settings.create_topics and await self._create_topic(topic):
+            return self._max_record_bytes
+        configured = await self._configured_limit(topic)
+        return min(configured, self._max_record_bytes)
+
+    async def _create_topic(self, topic: str) -> bool:
+        """Create `topic`; False when it already existed (its own settings then apply)."""
+        assert self._admin is not None
+        replication, min_insync = await self._replication_factor()
         response = await self._admin.create_topics(
             [
                 NewTopic(
                     topic,
                     num_partitions=self._settings.topic_partitions,
                     replication_factor=replication,
-                    topic_configs={"max.message.bytes": str(self._max_record_bytes)},
+                    topic_configs={
+                        _MAX_MESSAGE_BYTES: str(self._max_record_bytes),
+                        "min.insync.replicas": str(min_insync),
+                    },
                 )
             ]
         )
         for _name, code, *_rest in response.topic_errors:
             error = for_code(code)
-            if code and error is not TopicAlreadyExistsError:
+            if error is TopicAlreadyExistsError:
+                return False
+            if error is InvalidTopicError:
+                # Kafka's word for a name that collides with an existing one ('.' against '_').
+                raise RecordRejected(f"Kafka will not create topic {topic}: it collides with an existing name")
+            if code:
                 raise error(f"creating topic {topic}")
-        log.info("topic ready", extra={"topic": topic})
+        log.info("topic created", extra={"topic": topic, "replication": replication, "min_insync": min_insync})
+        return True
 
-    async def _replication_factor(self) -> int:
+    async def _configured_limit(self, topic: str) -> int:
+        """The topic's own max.message.bytes; RecordRejected when the broker says it does not exist."""
+        assert self._admin is not None
+        resource = ConfigResource(ConfigResourceType.TOPIC, topic, configs={_MAX_MESSAGE_BYTES: None})
+        (response,) = await self._admin.describe_configs([resource])
+        for code, _message, _type, _name, entries, *_rest in response.resources:
+            if for_code(code) is UnknownTopicOrPartitionError:
+                raise RecordRejected(f"topic {topic} does not exist and BRIDGE_CREATE_TOPICS is off")
+            if code:
+                raise for_code(code)(f"describing topic {topic}")
+            for name, value, *_ in entries:
+                if name == _MAX_MESSAGE_BYTES and value is not None:
+                    return int(value)
+        return self._max_record_bytes
+
+    async def _replication_factor(self) -> tuple[int, int]:
         if self._replication is None:
             assert self._admin is not None
             cluster = await self._admin.describe_cluster()
-            brokers = len(cluster["brokers"])
-            wanted = self._settings.topic_replication
-            if wanted > brokers:
-                log.warning(
-                    "BRIDGE_TOPIC_REPLICATION=%d exceeds the %d broker(s) in the cluster; using %d",
-                    wanted, brokers, brokers,
-                )
-            self._replication = max(1, min(wanted, brokers))
+            replication, min_insync, warning = self._settings.replication_for(len(cluster["brokers"]))
+            if warning is not None:
+                log.warning(warning)
+            self._replication = (replication, min_insync)
         return self._replication
 
     async def _watch_broker(self) -> None:

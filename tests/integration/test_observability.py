@@ -51,14 +51,15 @@ async def driven(start_bridge, kafka, caplog):
     """A bridge that has seen one delivery of every outcome; returns its /metrics text and log records."""
     running = await start_bridge(BRIDGE_CREATE_TOPICS="false", BRIDGE_PUBLISH_TIMEOUT="1", BRIDGE_MAX_BODY_BYTES="4096")
     await kafka.create_topic(running.topic("role.created"))
-    await kafka.create_topic(running.deadletter_topic)
     caplog.set_level(logging.INFO, logger="bridge")
 
     assert (await running.deliver(sample("role.created"), webhook_id="msg_obs"))[0] == 201          # published
     assert (await running.deliver(sample("role.created"), webhook_id="msg_obs"))[0] == 201          # duplicate
+    # failed: neither its topic nor the dead-letter topic exists, and the bridge may create none
+    assert (await running.deliver(sample("permission.created")))[0] == 503
+    await kafka.create_topic(running.deadletter_topic)
     assert (await running.deliver(b"not json"))[0] == 201                                           # deadlettered
     assert (await running.deliver(sample("role.created"), secret="whsec_AAAA"))[0] == 401           # rejected
-    assert (await running.deliver(sample("permission.created")))[0] == 503                          # failed: no topic
     big = body_of(sample("role.created") | {"data": {"pad": "x" * 5000}})
     assert (await running.client.post("/webhooks/scalekit", data=big, headers=signed_headers(SECRET, big))).status == 413
     await kafka.create_topic(running.topic("role.updated"))
@@ -121,7 +122,7 @@ async def test_one_json_log_line_per_delivery_without_bodies_or_secrets(driven):
     _, records = driven
     lines = [json.loads(JsonFormatter().format(r)) for r in records if r.name == "bridge.delivery"]
     assert [line["outcome"] for line in lines] == [
-        "published", "duplicate", "deadlettered", "rejected", "failed", "too_large", "published", "published"
+        "published", "duplicate", "failed", "deadlettered", "rejected", "too_large", "published", "published"
     ]
     assert [line.get("schema") for line in lines] == [
         "valid", None, None, None, None, None, "invalid", "unknown_type"

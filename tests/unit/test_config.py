@@ -29,10 +29,45 @@ def test_defaults_are_the_documented_ones():
     s = settings()
     assert (s.host, s.port, s.admin_port, s.webhook_path) == ("0.0.0.0", 8080, 8081, "/webhooks/scalekit")
     assert (s.topic_prefix, s.deadletter_topic, s.cloudevents_mode) == ("scalekit.", "scalekit.deadletter", "binary")
-    assert (s.publish_timeout, s.max_body_bytes, s.timestamp_tolerance) == (8.0, 1_048_576, 300)
+    assert (s.publish_timeout, s.max_body_bytes, s.timestamp_tolerance) == (8.0, 262_144, 300)
+    assert (s.max_inflight, s.max_connections) == (64, 512)
+    assert (s.header_timeout, s.body_timeout, s.keepalive_timeout) == (10.0, 10.0, 75.0)
     assert (s.kafka.bootstrap_servers, s.kafka.security_protocol) == ("localhost:9092", "PLAINTEXT")
-    assert (s.kafka.create_topics, s.kafka.topic_partitions, s.kafka.topic_replication) == (True, 3, 1)
+    assert (s.kafka.create_topics, s.kafka.topic_partitions) == (True, 3)
     assert s.schema_validation == "warn"
+    assert s.drain_seconds == s.publish_timeout + 5.0
+
+
+def test_the_drain_follows_the_publish_timeout_unless_a_grace_is_given():
+    assert settings(BRIDGE_PUBLISH_TIMEOUT="20").drain_seconds == 25.0
+    assert settings(BRIDGE_PUBLISH_TIMEOUT="20", BRIDGE_SHUTDOWN_GRACE="30").drain_seconds == 30.0
+
+
+@pytest.mark.parametrize(
+    ("env", "brokers", "expected"),
+    [
+        ({}, 1, (1, 1)),
+        ({}, 2, (2, 1)),
+        ({}, 3, (3, 2)),
+        ({}, 6, (3, 2)),
+        ({"BRIDGE_TOPIC_REPLICATION": "5"}, 6, (5, 2)),
+        ({"BRIDGE_TOPIC_REPLICATION": "3", "BRIDGE_TOPIC_MIN_INSYNC_REPLICAS": "3"}, 3, (3, 3)),
+        ({"BRIDGE_TOPIC_REPLICATION": "auto", "BRIDGE_TOPIC_MIN_INSYNC_REPLICAS": "auto"}, 3, (3, 2)),
+    ],
+)
+def test_new_topics_are_replicated_three_ways_with_two_in_sync_where_the_cluster_allows(env, brokers, expected):
+    replication, min_insync, warning = settings(**env).kafka.replication_for(brokers)
+    assert (replication, min_insync) == expected
+    assert warning is None
+
+
+def test_replication_beyond_the_cluster_is_lowered_with_a_warning_naming_the_variable():
+    replication, min_insync, warning = settings(BRIDGE_TOPIC_REPLICATION="3").kafka.replication_for(1)
+    assert (replication, min_insync) == (1, 1)
+    assert warning is not None and "BRIDGE_TOPIC_REPLICATION=3" in warning
+    _, min_insync, warning = settings(BRIDGE_TOPIC_MIN_INSYNC_REPLICAS="2").kafka.replication_for(1)
+    assert min_insync == 1
+    assert warning is not None and "BRIDGE_TOPIC_MIN_INSYNC_REPLICAS=2" in warning
 
 
 @pytest.mark.parametrize("mode", ["off", "warn", "enforce", "ENFORCE"])
@@ -53,11 +88,20 @@ def test_several_secrets_separated_by_spaces_or_commas_are_all_kept():
         ({"BRIDGE_PORT": "http"}, "BRIDGE_PORT"),
         ({"BRIDGE_PORT": "70000"}, "BRIDGE_PORT"),
         ({"BRIDGE_ADMIN_PORT": "8080"}, "BRIDGE_ADMIN_PORT"),
+        ({"BRIDGE_MAX_INFLIGHT": "0"}, "BRIDGE_MAX_INFLIGHT"),
+        ({"BRIDGE_MAX_CONNECTIONS": "many"}, "BRIDGE_MAX_CONNECTIONS"),
+        ({"BRIDGE_HEADER_TIMEOUT": "0"}, "BRIDGE_HEADER_TIMEOUT"),
+        ({"BRIDGE_BODY_TIMEOUT": "-3"}, "BRIDGE_BODY_TIMEOUT"),
+        ({"BRIDGE_KEEPALIVE_TIMEOUT": "forever"}, "BRIDGE_KEEPALIVE_TIMEOUT"),
+        ({"BRIDGE_SHUTDOWN_GRACE": "soon"}, "BRIDGE_SHUTDOWN_GRACE"),
+        ({"BRIDGE_TOPIC_REPLICATION": "0"}, "BRIDGE_TOPIC_REPLICATION"),
+        ({"BRIDGE_TOPIC_REPLICATION": "2", "BRIDGE_TOPIC_MIN_INSYNC_REPLICAS": "3"}, "BRIDGE_TOPIC_MIN_INSYNC_REPLICAS"),
         ({"BRIDGE_WEBHOOK_PATH": "webhooks"}, "BRIDGE_WEBHOOK_PATH"),
         ({"BRIDGE_TOPIC_PREFIX": "scale kit"}, "BRIDGE_TOPIC_PREFIX"),
         ({"BRIDGE_DEADLETTER_TOPIC": "dead/letter"}, "BRIDGE_DEADLETTER_TOPIC"),
         ({"BRIDGE_PUBLISH_TIMEOUT": "0"}, "BRIDGE_PUBLISH_TIMEOUT"),
         ({"BRIDGE_MAX_BODY_BYTES": "-1"}, "BRIDGE_MAX_BODY_BYTES"),
+        ({"BRIDGE_MAX_BODY_BYTES": "100"}, "BRIDGE_MAX_BODY_BYTES"),
         ({"BRIDGE_TIMESTAMP_TOLERANCE": "five"}, "BRIDGE_TIMESTAMP_TOLERANCE"),
         ({"BRIDGE_CLOUDEVENTS_MODE": "batch"}, "BRIDGE_CLOUDEVENTS_MODE"),
         ({"BRIDGE_SCHEMA_VALIDATION": "strict"}, "BRIDGE_SCHEMA_VALIDATION"),
@@ -77,6 +121,11 @@ def test_bad_configuration_names_the_variable(env, variable):
     error = refused(**env)
     assert error.variable == variable
     assert str(error).startswith(variable)
+
+
+def test_the_admin_listener_may_share_the_port_number_on_another_host():
+    s = settings(BRIDGE_HOST="10.0.0.5", BRIDGE_ADMIN_HOST="127.0.0.1", BRIDGE_ADMIN_PORT="8080")
+    assert (s.admin_host, s.admin_port, s.port) == ("127.0.0.1", 8080, 8080)
 
 
 def test_sasl_settings_are_accepted_for_each_mechanism():

@@ -34,7 +34,7 @@ class RefusingPublisher:
 
 @pytest.fixture
 def bridge() -> Bridge:
-    settings = Settings.from_env({"SCALEKIT_WEBHOOK_SECRET": SECRET, "BRIDGE_MAX_BODY_BYTES": "1000"})
+    settings = Settings.from_env({"SCALEKIT_WEBHOOK_SECRET": SECRET, "BRIDGE_MAX_BODY_BYTES": "1024"})
     return Bridge.assemble(settings, RefusingPublisher(), Metrics(process_metrics=False))
 
 
@@ -61,7 +61,7 @@ async def test_an_unverifiable_delivery_gets_401_with_a_json_reason_and_no_write
 
 
 async def test_an_oversized_body_gets_413_before_verification(client, bridge):
-    body = b"x" * 1001
+    body = b"x" * 1025
     status, answer, _ = await post(client, body, {"webhook-id": "m"})
     assert (status, answer["error"]) == (413, "payload_too_large")
     assert bridge.publisher.attempts == []

@@ -1,0 +1,100 @@
+"""Every validly signed body gets 201 with its record (or a dead letter) in Kafka; nothing loops on 503."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+from bridge.envelope import MAX_DEPTH
+from bridge.sendtest import sample
+
+pytestmark = pytest.mark.integration
+
+
+async def only_dead_letter(kafka, running, webhook_id: str) -> str:
+    (record,) = await kafka.read_all(running.deadletter_topic)
+    assert record.header("webhook-id") == webhook_id.encode()
+    return record.header("deadletter-reason").decode()
+
+
+@pytest.mark.parametrize(
+    ("body", "reason"),
+    [
+        (b'{"id":"evt_1","type":"role.created","data":' + b"[" * MAX_DEPTH + b"]" * MAX_DEPTH + b"}", "nested deeper"),
+        (b'{"id":"evt_1","type":"role.created","data":{"n":NaN}}', "NaN and Infinity"),
+        (b'{"id":"evt_1","type":"role.created","data":{"s":"\\ud800"}}', "lone surrogate escape"),
+        (b'{"id":"evt_1","type":"role.created\\n","data":{}}', "not a valid topic name"),
+        (b'{"id":"evt_1","type":"deadletter","data":{}}', "would be the dead-letter topic"),
+    ],
+)
+async def test_a_signed_body_that_is_no_event_is_dead_lettered_with_its_reason(start_bridge, kafka, body, reason):
+    running = await start_bridge()
+    status, answer = await running.deliver(body, webhook_id="msg_hostile")
+
+    assert (status, answer) == (201, {"received": True})
+    assert reason in await only_dead_letter(kafka, running, "msg_hostile")
+    (record,) = await kafka.read_all(running.deadletter_topic)
+    assert record.value == body
+
+
+async def test_a_record_too_large_for_its_existing_topic_is_dead_lettered_not_retried(start_bridge, kafka):
+    """The body fits the bridge's limit, but the topic an operator made takes less: no retry can help."""
+    running = await start_bridge()
+    topic = running.topic("organization.directory.group_updated")
+    admin = AIOKafkaAdminClient(bootstrap_servers=kafka.bootstrap)
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(topic, 1, 1, topic_configs={"max.message.bytes": "2048"})])
+    finally:
+        await admin.close()
+    delivery = sample("organization.directory.group_updated")
+    delivery["data"]["description"] = "x" * 4000
+
+    status, _ = await running.deliver(delivery, webhook_id="msg_too_big_for_topic")
+
+    assert status == 201
+    assert await kafka.read_all(topic) == []
+    reason = await only_dead_letter(kafka, running, "msg_too_big_for_topic")
+    assert reason.startswith("Kafka refused the record: the record is ") and "2048-byte limit" in reason
+
+
+async def test_a_type_whose_topic_collides_with_an_existing_one_is_dead_lettered(start_bridge, kafka):
+    """Kafka refuses `a.b` where `a_b` exists; the delivery must not loop on 503 for ever."""
+    running = await start_bridge()
+    await kafka.create_topic(running.topic("role_created"))
+
+    status, _ = await running.deliver(sample("role.created"), webhook_id="msg_collides")
+
+    assert status == 201
+    assert "collides with an existing name" in await only_dead_letter(kafka, running, "msg_collides")
+
+
+async def test_a_missing_topic_the_bridge_may_not_create_is_dead_lettered(start_bridge, kafka):
+    running = await start_bridge(BRIDGE_CREATE_TOPICS="false")
+    await kafka.create_topic(running.deadletter_topic)
+
+    status, _ = await running.deliver(sample("role.deleted"), webhook_id="msg_no_topic")
+
+    assert status == 201
+    assert "does not exist and BRIDGE_CREATE_TOPICS is off" in await only_dead_letter(kafka, running, "msg_no_topic")
+
+
+async def test_a_big_extra_field_moved_into_headers_is_sized_on_the_real_record(start_bridge, kafka):
+    """Top-level extras travel in a header; the record is sized as written, headers included."""
+    running = await start_bridge(BRIDGE_MAX_BODY_BYTES="8192")
+    topic = running.topic("permission.updated")
+    admin = AIOKafkaAdminClient(bootstrap_servers=kafka.bootstrap)
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(topic, 1, 1, topic_configs={"max.message.bytes": "6000"})])
+    finally:
+        await admin.close()
+    delivery = sample("permission.updated") | {"display_name": "y" * 5800}
+
+    status, _ = await running.deliver(json.dumps(delivery).encode(), webhook_id="msg_header_heavy")
+
+    assert status == 201
+    assert await kafka.read_all(topic) == []
+    assert "6000-byte limit" in await only_dead_letter(kafka, running, "msg_header_heavy")
