@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import resource
 import signal
 import time
 from collections.abc import Awaitable, Callable, Iterator
@@ -27,6 +26,7 @@ from bridge.dedupe import RedeliveryCache
 from bridge.errors import Overloaded, PayloadTooLarge, PublishFailed, ShuttingDown, VerificationFailed
 from bridge.guard import RETRY_AFTER_SECONDS, ConnectionGuard, GuardedProtocol
 from bridge.pipeline import Pipeline, where
+from bridge.process import raise_open_file_limit, return_freed_memory_to_the_kernel
 from bridge.publish import KafkaPublisher, Publisher
 from bridge.verify import Verifier
 
@@ -111,7 +111,16 @@ BRIDGE = web.AppKey("bridge", Bridge)
 def create_app(bridge: Bridge) -> web.Application:
     """The public listener: one POST route for Scalekit."""
     app = web.Application(
-        middlewares=[_errors], client_max_size=bridge.settings.max_body_bytes
+        middlewares=[_errors],
+        client_max_size=bridge.settings.max_body_bytes,
+        # Wherever the app runs: bodies are never decompressed (a bomb costs nothing), request
+        # heads stay small, and a refused body is not read on for seconds after the answer.
+        handler_args={
+            "auto_decompress": False,
+            "max_headers": 64,
+            "lingering_time": 0,
+            "keepalive_timeout": bridge.settings.keepalive_timeout,
+        },
     )
     app[BRIDGE] = bridge
     app.router.add_post(bridge.settings.webhook_path, _receive)
@@ -317,14 +326,7 @@ async def listen(bridge: Bridge, *, cleanup_timeout: float = 1.0) -> Listeners:
     log_filter = _QuietParserErrors(bridge.metrics)
     logging.getLogger("aiohttp.server").addFilter(log_filter)
     public = web.AppRunner(
-        create_app(bridge),
-        handle_signals=False,
-        access_log=None,
-        auto_decompress=False,
-        keepalive_timeout=settings.keepalive_timeout,
-        max_headers=64,
-        lingering_time=0,
-        shutdown_timeout=cleanup_timeout,
+        create_app(bridge), handle_signals=False, access_log=None, shutdown_timeout=cleanup_timeout
     )
     admin = web.AppRunner(
         create_admin_app(bridge), handle_signals=False, access_log=None, shutdown_timeout=cleanup_timeout
@@ -347,6 +349,7 @@ async def serve(settings: Settings, *, on_listening: Callable[[], None] | None =
     The whole drain, from the signal to the return, fits inside `settings.drain_seconds`.
     """
     raise_open_file_limit()
+    return_freed_memory_to_the_kernel()
     publisher = KafkaPublisher(
         settings.kafka, timeout=settings.publish_timeout, max_record_bytes=settings.max_body_bytes
     )
@@ -390,14 +393,6 @@ async def serve(settings: Settings, *, on_listening: Callable[[], None] | None =
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(signum)
         log.info("stopped")
-
-
-def raise_open_file_limit() -> None:
-    """Every connection is a file descriptor: take all the kernel allows us (the soft limit is often 1024)."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft != hard:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-        log.debug("raised the open-file limit", extra={"from": soft, "to": hard})
 
 
 async def _connect(publisher: KafkaPublisher, stop: asyncio.Event) -> None:

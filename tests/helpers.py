@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 import time
 import uuid
 from datetime import datetime, timezone
@@ -28,3 +29,10 @@ def signed_headers(secret: str, body: bytes, *, webhook_id: str | None = None, t
 
 def body_of(envelope: dict[str, Any]) -> bytes:
     return json.dumps(envelope).encode("utf-8")
+
+
+def free_port() -> int:
+    """A loopback port nobody listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])

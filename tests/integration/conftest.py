@@ -9,11 +9,11 @@ from typing import Any
 
 import pytest
 
-from bridge.app import Bridge, create_admin_app, create_app
+from bridge.app import Bridge, Listeners, create_admin_app, create_app, listen
 from bridge.config import Settings
 from bridge.metrics import Metrics
 from bridge.publish import KafkaPublisher
-from tests.helpers import body_of, signed_headers
+from tests.helpers import body_of, free_port, signed_headers
 
 SECRET = "whsec_" + base64.b64encode(b"integration-secret-bytes-32-long").decode()
 
@@ -73,4 +73,60 @@ async def start_bridge(kafka_bootstrap, unique, aiohttp_client) -> AsyncIterator
 
     yield start
     for publisher in publishers:
+        await publisher.stop()
+
+
+@dataclass
+class ListeningBridge:
+    """A bridge on real sockets, with the public port's limits in force (what `serve` runs)."""
+
+    bridge: Bridge
+    port: int
+    admin_port: int
+    prefix: str
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}{self.bridge.settings.webhook_path}"
+
+    def refusals(self, reason: str) -> float:
+        return self.bridge.metrics.http_refusals.labels(reason=reason)._value.get()
+
+
+ListeningFactory = Callable[..., Awaitable[ListeningBridge]]
+
+
+@pytest.fixture
+async def listening_bridge(kafka_bootstrap, unique) -> AsyncIterator[ListeningFactory]:
+    """Start `bridge.app.listen` on free loopback ports against the session broker; env overrides."""
+    started: list[tuple[Listeners, KafkaPublisher]] = []
+
+    async def start(**env: str) -> ListeningBridge:
+        prefix = f"h{unique}."
+        settings = Settings.from_env(
+            {
+                "SCALEKIT_WEBHOOK_SECRET": SECRET,
+                "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap,
+                "BRIDGE_HOST": "127.0.0.1",
+                "BRIDGE_ADMIN_HOST": "127.0.0.1",
+                "BRIDGE_PORT": str(free_port()),
+                "BRIDGE_ADMIN_PORT": str(free_port()),
+                "BRIDGE_TOPIC_PREFIX": prefix,
+                "BRIDGE_DEADLETTER_TOPIC": f"{prefix}deadletter",
+                **env,
+            }
+        )
+        publisher = KafkaPublisher(
+            settings.kafka, timeout=settings.publish_timeout, max_record_bytes=settings.max_body_bytes
+        )
+        await publisher.start()
+        bridge = Bridge.assemble(settings, publisher, Metrics(process_metrics=False))
+        listeners = await listen(bridge)
+        started.append((listeners, publisher))
+        port, admin_port = listeners.ports
+        return ListeningBridge(bridge, port, admin_port, prefix)
+
+    yield start
+    for listeners, publisher in started:
+        await listeners.close(timeout=1.0)
         await publisher.stop()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import re
 import signal
@@ -19,16 +20,10 @@ import pytest
 from bridge.devkafka import LocalKafka
 from bridge.sendtest import sample
 from tests.conftest import KafkaTool
-from tests.helpers import body_of, signed_headers
+from tests.helpers import body_of, free_port, signed_headers
 from tests.integration.conftest import SECRET
 
 pytestmark = pytest.mark.integration
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 class BridgeProcess:
@@ -204,3 +199,70 @@ async def test_dev_uses_a_given_broker_and_never_prints_a_given_secret(bridge_pr
     assert "SCALEKIT_WEBHOOK_SECRET=$SCALEKIT_WEBHOOK_SECRET scalekit-bridge send-test" in output
     assert "Starting a local Apache Kafka" not in output
     assert len(await kafka.read_all(bridge.prefix + "role.created")) == 1
+
+
+def rss_mib(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    raise AssertionError("no VmRSS")
+
+
+async def test_sigterm_closes_idle_and_stalled_connections_and_exits_inside_the_grace(bridge_process, kafka_bootstrap):
+    """The whole drain, connections included, fits in BRIDGE_SHUTDOWN_GRACE: not the grace plus aiohttp's own."""
+    bridge = bridge_process("serve", KAFKA_BOOTSTRAP_SERVERS=kafka_bootstrap, BRIDGE_SHUTDOWN_GRACE="3",
+                            BRIDGE_BODY_TIMEOUT="60", BRIDGE_HEADER_TIMEOUT="60", BRIDGE_KEEPALIVE_TIMEOUT="60")
+    await bridge.wait_for_readiness(200, timeout=30)
+    idle = [await asyncio.open_connection("127.0.0.1", bridge.port) for _ in range(5)]
+    half_head = [await asyncio.open_connection("127.0.0.1", bridge.port) for _ in range(5)]
+    for _, writer in half_head:
+        writer.write(b"POST /webhooks/scalekit HTTP/1.1\r\nHost: x\r\n")
+    stalled = [await asyncio.open_connection("127.0.0.1", bridge.port) for _ in range(5)]
+    for _, writer in stalled:
+        writer.write(b"POST /webhooks/scalekit HTTP/1.1\r\nHost: x\r\nContent-Length: 5000\r\n\r\n{")
+    await asyncio.sleep(0.5)
+
+    started = time.monotonic()
+    bridge.process.send_signal(signal.SIGTERM)
+    code, output = await asyncio.to_thread(bridge.output_after_exit, 30)
+    took = time.monotonic() - started
+
+    assert code == 0, output
+    assert took < 3.5, f"drain took {took:.1f}s with a 3 s grace"
+    for reader, writer in idle + half_head + stalled:
+        assert await asyncio.wait_for(reader.read(), 1) is not None  # closed by the server: EOF, not a hang
+        writer.close()
+
+
+async def test_memory_comes_back_after_slow_clients_leave(bridge_process, kafka_bootstrap):
+    """Hundreds of clients that send big bodies slowly raise RSS within the stated bound, which then falls back."""
+    bridge = bridge_process("serve", KAFKA_BOOTSTRAP_SERVERS=kafka_bootstrap, BRIDGE_BODY_TIMEOUT="3",
+                            BRIDGE_HEADER_TIMEOUT="3")
+    await bridge.wait_for_readiness(200, timeout=30)
+    for _ in range(3):  # warm the allocator and the code paths
+        assert (await bridge.deliver(sample("role.created")))[0] == 201
+    before = rss_mib(bridge.process.pid)
+    chunk = b'{"pad": "' + b"x" * (200 * 1024)
+    clients = []
+    for _ in range(300):
+        reader, writer = await asyncio.open_connection("127.0.0.1", bridge.port)
+        writer.write(b"POST /webhooks/scalekit HTTP/1.1\r\nHost: x\r\nContent-Length: 262144\r\n\r\n" + chunk)
+        clients.append((reader, writer))
+    await asyncio.sleep(1.0)
+    peak = rss_mib(bridge.process.pid)
+    for reader, writer in clients:
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(reader.read(), 5)
+        writer.close()
+    await asyncio.sleep(1.0)
+    after = rss_mib(bridge.process.pid)
+
+    with open(f"/proc/{bridge.process.pid}/limits") as limits:
+        soft, hard = next(line for line in limits if line.startswith("Max open files")).split()[3:5]
+    assert soft == hard, "serve raises its open-file soft limit to the hard limit"
+    print(f"RSS before {before:.1f} MiB, with 300 slow 200 KiB bodies {peak:.1f} MiB, after {after:.1f} MiB")
+    # In flight at most 64 bodies of at most 256 KiB (twice while the last chunk is joined): 32 MiB.
+    assert peak - before < 64, (before, peak)
+    assert after - before < 16, (before, peak, after)
+    assert (await bridge.deliver(sample("role.created")))[0] == 201

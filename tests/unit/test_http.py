@@ -101,8 +101,9 @@ async def test_a_draining_instance_answers_503_and_writes_nothing(client, bridge
     assert bridge.publisher.attempts == []
 
 
-async def test_wrong_method_is_405_and_other_paths_404(client):
-    assert (await client.get("/webhooks/scalekit")).status == 405
+async def test_wrong_method_is_405_with_allow_and_other_paths_404(client):
+    wrong = await client.get("/webhooks/scalekit")
+    assert (wrong.status, wrong.headers["Allow"]) == (405, "POST")
     missing = await client.post("/elsewhere", data=b"{}")
     assert missing.status == 404 and (await missing.json())["error"] == "not_found"
 
@@ -121,3 +122,34 @@ async def test_metrics_count_rejections_by_reason(client, admin):
     assert 'scalekit_bridge_verification_failures_total{reason="timestamp_too_old"} 1.0' in text
     assert 'scalekit_bridge_deliveries_total{event_type="unknown",outcome="rejected"} 1.0' in text
     assert "scalekit_bridge_ready 0.0" in text
+
+
+async def test_a_compressed_body_is_refused_with_415_and_never_verified(client, bridge):
+    body = body_of(ENVELOPE)
+    headers = signed_headers(SECRET, body) | {"Content-Encoding": "br"}
+    status, answer, _ = await post(client, body, headers)
+    assert (status, answer["error"]) == (415, "unsupported_content_encoding")
+    assert bridge.publisher.attempts == []
+
+
+class BrokenPublisher(RefusingPublisher):
+    """A publisher with a bug: it raises something nobody planned for."""
+
+    async def publish(self, message: KafkaMessage) -> Ack:
+        raise RuntimeError("a bug, with input in its message: v1,c2VjcmV0")
+
+
+async def test_an_unexpected_exception_is_answered_counted_and_logged_without_its_message(aiohttp_client, caplog):
+    settings = Settings.from_env({"SCALEKIT_WEBHOOK_SECRET": SECRET})
+    broken = Bridge.assemble(settings, BrokenPublisher(), Metrics(process_metrics=False))
+    client = await aiohttp_client(create_app(broken))
+    body = body_of(ENVELOPE)
+
+    status, answer, _ = await post(client, body, signed_headers(SECRET, body))
+
+    assert (status, answer["error"]) == (500, "internal_error")
+    assert broken.metrics.registry.get_sample_value(
+        "scalekit_bridge_internal_errors_total", {"error": "RuntimeError"}
+    ) == 1
+    logged = "\n".join(str(vars(record)) for record in caplog.records)
+    assert "RuntimeError" in logged and "c2VjcmV0" not in logged
