@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: run test bench kafka asyncapi clean
+.PHONY: run test bench kafka asyncapi clean fuzz soak
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -33,3 +33,7 @@ kafka: $(VENV)/.installed
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis *.egg-info
+
+# 100,000 hypothesis examples against a real serve and broker; prints its figures.
+fuzz: $(VENV)/.installed
+	BRIDGE_FUZZ_EXAMPLES=100000 $(BIN)/python -m pytest -s -p no:cacheprovider tests/integration/test_fuzz.py

@@ -221,7 +221,7 @@ async def _answer(
     except ShuttingDown:
         return _error(503, "shutting_down", "this instance is draining; retry", retry=True, close=True)
     except web.HTTPException as exc:
-        response = _error(exc.status, exc.reason.lower().replace(" ", "_"), exc.reason)
+        response = _error(exc.status, exc.reason.lower().replace(" ", "_"), exc.reason, close=True)
         if hdrs.ALLOW in exc.headers:
             response.headers[hdrs.ALLOW] = exc.headers[hdrs.ALLOW]
         return response

@@ -180,6 +180,9 @@ def _encode(
         headers: Headers = (("content-type", STRUCTURED_CONTENT_TYPE.encode()),)
     else:
         value = _dumps(envelope["data"]) if has_data else None
+        if value is None and key is None:
+            # Kafka clients refuse a record with neither; Scalekit's envelopes always carry an environment.
+            raise MalformedDelivery("envelope has no data and no organization or environment id")
         headers = tuple((f"ce_{name}", text.encode("utf-8")) for name, text in attributes.items())
         if has_data:
             headers += (("content-type", JSON_CONTENT_TYPE.encode()),)

@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import os
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
+import aiohttp
 import pytest
 
 from bridge.app import Bridge, Listeners, create_admin_app, create_app, listen
@@ -130,3 +138,84 @@ async def listening_bridge(kafka_bootstrap, unique) -> AsyncIterator[ListeningFa
     for listeners, publisher in started:
         await listeners.close(timeout=1.0)
         await publisher.stop()
+
+
+class BridgeProcess:
+    """`python -m bridge <command>` in a child process, with its own ports and topics."""
+
+    def __init__(self, command: str, **env: str) -> None:
+        self.port, self.admin_port = free_port(), free_port()
+        self.prefix = f"p{uuid.uuid4().hex[:8]}."
+        child_env = {
+            **{k: v for k, v in os.environ.items() if k != "KAFKA_BOOTSTRAP_SERVERS"},
+            "PYTHONUNBUFFERED": "1",
+            "SCALEKIT_WEBHOOK_SECRET": SECRET,
+            "BRIDGE_HOST": "127.0.0.1",
+            "BRIDGE_PORT": str(self.port),
+            "BRIDGE_ADMIN_PORT": str(self.admin_port),
+            "BRIDGE_TOPIC_PREFIX": self.prefix,
+            "BRIDGE_DEADLETTER_TOPIC": self.prefix + "deadletter",
+            **env,
+        }
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "bridge", command],
+            env=child_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        )
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/webhooks/scalekit"
+
+    async def readiness(self) -> int | None:
+        try:
+            async with aiohttp.ClientSession() as session:
+                async with session.get(f"http://127.0.0.1:{self.admin_port}/readyz") as response:
+                    return response.status
+        except aiohttp.ClientError:
+            return None
+
+    async def metrics(self) -> str:
+        async with aiohttp.ClientSession() as session:
+            async with session.get(f"http://127.0.0.1:{self.admin_port}/metrics") as response:
+                return await response.text()
+
+    async def wait_for_readiness(self, status: int, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise AssertionError(f"bridge exited early:\n{self.process.stdout.read()}")
+            if await self.readiness() == status:
+                return
+            await asyncio.sleep(0.2)
+        raise AssertionError(f"/readyz never answered {status} within {timeout}s")
+
+    async def deliver(self, envelope: dict, webhook_id: str | None = None) -> tuple[int, dict]:
+        body = body_of(envelope)
+        async with aiohttp.ClientSession() as session:
+            async with session.post(self.url, data=body, headers=signed_headers(SECRET, body, webhook_id=webhook_id)) as response:
+                return response.status, await response.json()
+
+    def output_after_exit(self, timeout: float) -> tuple[int, str]:
+        output, _ = self.process.communicate(timeout=timeout)
+        return self.process.returncode, output
+
+    def kill(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.communicate()
+
+
+@pytest.fixture
+def bridge_process() -> Iterator[type[BridgeProcess]]:
+    started: list[BridgeProcess] = []
+
+    class Tracked(BridgeProcess):
+        def __init__(self, command: str, **env: str) -> None:
+            super().__init__(command, **env)
+            started.append(self)
+
+    yield Tracked
+    for process in started:
+        process.kill()
+
+

@@ -110,13 +110,13 @@ def test_unusual_envelope_fields_survive_the_round_trip():
     """Non-string spec_version, a bad timestamp, unknown fields and no data: nothing is lost."""
     envelope = {
         "id": "evt_9", "type": "organization.created", "spec_version": 1, "occurred_at": "yesterday",
-        "display_name": "Org created", "future_field": {"nested": [1, 2.5, None]},
+        "display_name": "Org created", "future_field": {"nested": [1, 2.5, None]}, "environment_id": "env_1",
     }
     for mode in ("binary", "structured"):
         message = build_route(delivery(envelope), topic_prefix="scalekit.", mode=mode).message
         assert rebuild_delivery(message.headers, message.value) == envelope
     binary = build_route(delivery(envelope), topic_prefix="scalekit.", mode="binary").message
-    assert binary.value is None and binary.key is None
+    assert binary.value is None and binary.key == b"env_1"
     assert "ce_time" not in dict(binary.headers)
 
 

@@ -33,13 +33,14 @@ def nested(depth: int) -> bytes:
         (b'{"id":"evt_1","type":"role.created","data":{"n":-Infinity}}', "NaN and Infinity are not JSON numbers"),
         (b'{"id":"evt_1","type":"role.created","data":{"n":1e400}}', "a number is out of JSON's range"),
         (b'{"id":"evt_1","type":"role.created","data":{"s":"\\ud800"}}', "not valid Unicode"),
-        (b'{"id":"evt_\\udfff","type":"role.created"}', "not valid Unicode"),
-        (b'{"id":"evt_1","type":"role.created","extra":"\\udbff"}', "not valid Unicode"),
+        (b'{"id":"evt_\\udfff","type":"role.created","data":{}}', "not valid Unicode"),
+        (b'{"id":"evt_1","type":"role.created","extra":"\\udbff","data":{}}', "not valid Unicode"),
         (b'{"id":"evt_1","type":"role.created\\n"}', "event type is not a valid topic name"),
         (b'{"id":"evt_1","type":"role.created "}', "event type is not a valid topic name"),
         (b'{"id":"evt_1","type":"deadletter"}', "would be the dead-letter topic"),
         (b'{"id":"evt_1","type":"' + b"a" * 250 + b'"}', "event type is not a valid topic name"),
         (b'{"id":"evt_1","type":"role.created","data":' + b"9" * 5000 + b"}", "body is not JSON"),
+        (b'{"id":"evt_1","type":"role.created"}', "no data and no organization or environment id"),
     ],
 )
 def test_a_hostile_but_signed_body_is_malformed_with_a_reason(body, reason):
