@@ -398,11 +398,14 @@ async def serve(settings: Settings, *, on_listening: Callable[[], None] | None =
 async def _connect(publisher: KafkaPublisher, stop: asyncio.Event) -> None:
     """Keep trying to reach Kafka; meanwhile /readyz says 503 and deliveries get 503."""
     delay = 0.5
+    last_reason = None
     while not stop.is_set():
         try:
             await publisher.start()
         except PublishFailed as exc:
-            log.warning("kafka not reachable yet; retrying", extra={"reason": exc.reason, "retry_in_s": delay})
+            if exc.reason != last_reason:  # one line per cause, not one per attempt
+                log.warning("kafka not reachable yet; retrying", extra={"reason": exc.reason})
+                last_reason = exc.reason
             await asyncio.sleep(delay)
             delay = min(delay * 2, _CONNECT_BACKOFF_MAX)
         else:

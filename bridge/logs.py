@@ -43,6 +43,12 @@ def configure(level: str, fmt: str) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
-    # aiokafka narrates every reconnect at INFO; our own readiness log says it once.
+    # aiokafka narrates every reconnect at INFO, and every failed bootstrap at ERROR; our own
+    # readiness lines say it once, with the cause.
     logging.getLogger("aiokafka").setLevel(max(logging.WARNING, root.level))
+    logging.getLogger("aiokafka.client").addFilter(_no_bootstrap_chatter)
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+
+
+def _no_bootstrap_chatter(record: logging.LogRecord) -> bool:
+    return not str(record.msg).startswith("Unable connect to")

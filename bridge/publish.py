@@ -27,6 +27,7 @@ from aiokafka.errors import (
     UnknownTopicOrPartitionError,
     for_code,
 )
+from aiokafka.conn import create_conn
 from aiokafka.helpers import create_ssl_context
 from aiokafka.record.default_records import DefaultRecordBatchBuilder
 
@@ -40,6 +41,7 @@ log = logging.getLogger(__name__)
 _RECORD_OVERHEAD_BYTES = 64 * 1024
 _PROBE_INTERVAL_SECONDS = 2.0
 _MAX_MESSAGE_BYTES = "max.message.bytes"
+_SASL_AUTHENTICATION_FAILED = 58
 # Refusals that will repeat for the same record whatever the cluster's health.
 _PERMANENT = (
     MessageSizeTooLargeError,
@@ -108,11 +110,39 @@ class KafkaPublisher:
             await self._admin.start()
         except KafkaError as exc:
             await self._close_quietly()
+            cause = await self._diagnose(common)
             raise PublishFailed(
-                f"cannot reach Kafka at {self._settings.bootstrap_servers}: {type(exc).__name__}"
+                f"cannot reach Kafka at {self._settings.bootstrap_servers}: {cause or type(exc).__name__}"
             ) from exc
         self._ready = True
         self._probe = asyncio.create_task(self._watch_broker(), name="kafka-readiness-probe")
+
+    async def _diagnose(self, options: dict[str, Any]) -> str | None:
+        """Why the first bootstrap server refused us, in words an operator can act on; None if unknown.
+
+        The client's bootstrap error says only that no server answered; one direct
+        connection shows the real cause (an untrusted certificate, bad credentials).
+        """
+        host, _, port = self._settings.bootstrap_servers.split(",")[0].strip().rpartition(":")
+        connection_options = {k: v for k, v in options.items() if k != "bootstrap_servers"}
+        try:
+            async with asyncio.timeout(5):
+                connection = await create_conn(host or "localhost", int(port), **connection_options)
+            connection.close()
+        except ssl.SSLCertVerificationError as exc:
+            return f"the broker's TLS certificate is not trusted ({exc.verify_message}); check KAFKA_SSL_CAFILE"
+        except ssl.SSLError as exc:
+            return f"TLS handshake failed ({exc.reason}); check KAFKA_SECURITY_PROTOCOL and the broker's listener"
+        except KafkaError as exc:
+            if getattr(exc, "errno", None) == _SASL_AUTHENTICATION_FAILED:
+                return (
+                    f"SASL {self._settings.sasl_mechanism} authentication failed for user "
+                    f"{self._settings.sasl_username!r}; check KAFKA_SASL_USERNAME and KAFKA_SASL_PASSWORD"
+                )
+            return type(exc).__name__
+        except (OSError, TimeoutError, ValueError) as exc:
+            return type(exc).__name__
+        return None
 
     async def stop(self) -> None:
         """Flush what is pending, then close. Safe to call twice."""

@@ -1,0 +1,88 @@
+"""Deliveries through TLS and SASL_SSL listeners (PLAIN, SCRAM-SHA-512), and clear refusals when trust or login fails."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+
+import pytest
+
+from bridge.devkafka import LocalKafka, Secured
+from bridge.sendtest import sample
+from tests.conftest import KafkaTool
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def secured_kafka() -> Iterator[LocalKafka]:
+    """A broker of this module's own with PLAINTEXT, SSL and SASL_SSL listeners (certificates from trustme)."""
+    with LocalKafka(secured=True) as kafka:
+        yield kafka
+
+
+def secured(kafka: LocalKafka) -> Secured:
+    assert kafka.security is not None
+    return kafka.security
+
+
+def sasl_env(security: Secured, mechanism: str, password: str | None = None) -> dict[str, str]:
+    return {
+        "KAFKA_BOOTSTRAP_SERVERS": security.sasl_ssl_bootstrap,
+        "KAFKA_SECURITY_PROTOCOL": "SASL_SSL",
+        "KAFKA_SASL_MECHANISM": mechanism,
+        "KAFKA_SASL_USERNAME": security.username,
+        "KAFKA_SASL_PASSWORD": password if password is not None else security.password,
+        "KAFKA_SSL_CAFILE": str(security.cafile),
+    }
+
+
+@pytest.mark.parametrize(
+    "listener",
+    ["SASL_SSL with PLAIN", "SASL_SSL with SCRAM-SHA-512", "SSL"],
+)
+async def test_a_delivery_through_a_secured_listener_is_in_kafka(secured_kafka, bridge_process, listener):
+    security = secured(secured_kafka)
+    if listener == "SSL":
+        env = {"KAFKA_BOOTSTRAP_SERVERS": security.ssl_bootstrap, "KAFKA_SECURITY_PROTOCOL": "SSL",
+               "KAFKA_SSL_CAFILE": str(security.cafile)}
+    else:
+        env = sasl_env(security, listener.rsplit(" ", 1)[1])
+    bridge = bridge_process("serve", **env)
+    await bridge.wait_for_readiness(200, timeout=60)
+
+    status, _ = await bridge.deliver(sample("organization.sso_enabled"), webhook_id=f"msg_{listener}")
+
+    assert status == 201
+    records = await KafkaTool(secured_kafka.bootstrap_servers).read_all(bridge.prefix + "organization.sso_enabled")
+    assert [record.header("ce_webhookid") for record in records] == [f"msg_{listener}".encode()]
+
+
+@pytest.mark.parametrize(
+    ("case", "cause"),
+    [
+        ("wrong password, PLAIN", "SASL PLAIN authentication failed for user 'bridge'"),
+        ("wrong password, SCRAM-SHA-512", "SASL SCRAM-SHA-512 authentication failed for user 'bridge'"),
+        ("untrusted certificate", "the broker's TLS certificate is not trusted"),
+    ],
+)
+async def test_a_broker_we_cannot_trust_or_log_in_to_means_not_ready_503_and_one_clear_line(
+    secured_kafka, bridge_process, case, cause
+):
+    security = secured(secured_kafka)
+    wrong_password = "not-the-password-" + security.password[:4]
+    if case == "untrusted certificate":
+        env = {"KAFKA_BOOTSTRAP_SERVERS": security.ssl_bootstrap, "KAFKA_SECURITY_PROTOCOL": "SSL"}
+    else:
+        env = sasl_env(security, case.rsplit(" ", 1)[1], password=wrong_password)
+    bridge = bridge_process("serve", **env)
+    await asyncio.sleep(4)  # a few connection attempts
+
+    assert await bridge.readiness() == 503
+    status, answer = await bridge.deliver(sample("role.created"))
+    assert (status, answer["error"]) == (503, "kafka_unavailable")
+    bridge.process.terminate()
+    _, output = await asyncio.to_thread(bridge.output_after_exit, 30)
+    lines = [line for line in output.splitlines() if cause in line]
+    assert len(lines) == 1, output
+    assert wrong_password not in output and security.password not in output
