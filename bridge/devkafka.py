@@ -305,10 +305,22 @@ class LocalKafka:
 
     def restart(self, node_id: int, timeout: float = 120.0) -> None:
         """Start a stopped or killed node again on its own ports and data; wait until it listens."""
+        self.launch(node_id)
+        self.wait_listening(node_id, timeout)
+
+    def launch(self, node_id: int) -> None:
+        """Start a stopped or killed node again, without waiting.
+
+        Call it from the thread that will outlive the node: the node is told to
+        stop when the thread that launched it ends (PR_SET_PDEATHSIG is per thread).
+        """
         node = self._nodes[node_id]
         if node.running:
             raise LocalKafkaError(f"node {node_id} is still running")
         self._launch(node)
+
+    def wait_listening(self, node_id: int, timeout: float = 120.0) -> None:
+        node = self._nodes[node_id]
         deadline = time.monotonic() + timeout
         port = node.ports.get("PLAINTEXT") or node.ports["CONTROLLER"]
         while not _port_open(port):

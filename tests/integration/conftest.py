@@ -7,6 +7,7 @@ import base64
 import os
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import Iterator
@@ -157,10 +158,16 @@ class BridgeProcess:
             "BRIDGE_DEADLETTER_TOPIC": self.prefix + "deadletter",
             **env,
         }
+        # A file, not a pipe: a chatty bridge must never block on a pipe nobody reads.
+        self._output = tempfile.TemporaryFile()
         self.process = subprocess.Popen(
             [sys.executable, "-m", "bridge", command],
-            env=child_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            env=child_env, stdout=self._output, stderr=subprocess.STDOUT,
         )
+
+    def output(self) -> str:
+        self._output.seek(0)
+        return self._output.read().decode("utf-8", "replace")
 
     @property
     def url(self) -> str:
@@ -183,7 +190,7 @@ class BridgeProcess:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise AssertionError(f"bridge exited early:\n{self.process.stdout.read()}")
+                raise AssertionError(f"bridge exited early:\n{self.output()}")
             if await self.readiness() == status:
                 return
             await asyncio.sleep(0.2)
@@ -196,13 +203,13 @@ class BridgeProcess:
                 return response.status, await response.json()
 
     def output_after_exit(self, timeout: float) -> tuple[int, str]:
-        output, _ = self.process.communicate(timeout=timeout)
-        return self.process.returncode, output
+        self.process.wait(timeout=timeout)
+        return self.process.returncode, self.output()
 
     def kill(self) -> None:
         if self.process.poll() is None:
             self.process.kill()
-            self.process.communicate()
+            self.process.wait()
 
 
 @pytest.fixture
