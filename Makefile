@@ -28,8 +28,10 @@ bench: $(VENV)/.installed
 asyncapi: $(VENV)/.installed
 	$(BIN)/python -m bridge.asyncapi schemas/asyncapi.yaml
 
+# BROKERS=3 starts three brokers and one controller.
+BROKERS ?= 1
 kafka: $(VENV)/.installed
-	$(BIN)/python -m bridge.devkafka
+	$(BIN)/python -m bridge.devkafka --brokers $(BROKERS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis *.egg-info
@@ -37,3 +39,9 @@ clean:
 # 100,000 hypothesis examples against a real serve and broker; prints its figures.
 fuzz: $(VENV)/.installed
 	BRIDGE_FUZZ_EXAMPLES=100000 $(BIN)/python -m pytest -s -p no:cacheprovider tests/integration/test_fuzz.py
+
+# A fixed rate against a local 3-broker cluster; prints deliveries, errors, p99 and RSS over time.
+SOAK_MINUTES ?= 10
+SOAK_RATE ?= 200
+soak: $(VENV)/.installed
+	$(BIN)/python bench/soak.py --minutes $(SOAK_MINUTES) --rate $(SOAK_RATE)

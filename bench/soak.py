@@ -1,0 +1,134 @@
+"""Soak: `scalekit-bridge serve` at a fixed rate against a local 3-broker cluster, for minutes.
+
+Prints, every 30 s: deliveries acknowledged, errors, p99 latency and the bridge's RSS; at the end,
+how RSS moved (last third of the samples against the first third). Open loop: deliveries start on
+the clock whatever the answers do, so a slow bridge shows as latency, not as a lower rate. Usage: `make soak` (SOAK_MINUTES, SOAK_RATE) or `python bench/soak.py --minutes 10 --rate 200`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import json
+import os
+import secrets
+import socket
+import statistics
+import subprocess
+import sys
+import time
+import uuid
+
+import aiohttp
+
+from bridge.devkafka import LocalKafka
+from bridge.sendtest import sample
+from bridge.verify import SigningKey, signature_header
+
+SECRET = "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()
+KEY = SigningKey.from_secret(SECRET)
+EVENT_TYPE = "organization.directory.user_created"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def rss_mib(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as status:
+        return next(int(line.split()[1]) for line in status if line.startswith("VmRSS:")) / 1024
+
+
+async def soak(bootstrap: str, minutes: float, rate: float) -> int:
+    port, admin = free_port(), free_port()
+    prefix = f"soak{uuid.uuid4().hex[:6]}."
+    env = {**os.environ, "SCALEKIT_WEBHOOK_SECRET": SECRET, "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
+           "BRIDGE_HOST": "127.0.0.1", "BRIDGE_PORT": str(port), "BRIDGE_ADMIN_PORT": str(admin),
+           "BRIDGE_TOPIC_PREFIX": prefix, "BRIDGE_DEADLETTER_TOPIC": prefix + "deadletter",
+           "BRIDGE_LOG_LEVEL": "WARNING"}
+    bridge = subprocess.Popen([sys.executable, "-m", "bridge", "serve"], env=env, stdout=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}/webhooks/scalekit"
+    try:
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=256)) as session:
+            for _ in range(300):
+                try:
+                    async with session.get(f"http://127.0.0.1:{admin}/readyz") as response:
+                        if response.status == 200:
+                            break
+                except aiohttp.ClientError:
+                    pass
+                await asyncio.sleep(0.2)
+            latencies: list[float] = []
+            errors = acknowledged = 0
+            window_start = time.monotonic()
+            rss_samples: list[float] = []
+            end = time.monotonic() + minutes * 60
+            pending: set[asyncio.Task[None]] = set()
+
+            async def one(n: int) -> None:
+                nonlocal errors, acknowledged
+                envelope = sample(EVENT_TYPE) | {"id": f"evt_soak_{n}", "organization_id": f"org_{n % 50}"}
+                body = json.dumps(envelope).encode()
+                webhook_id, stamp = f"msg_soak_{n}", str(int(time.time()))
+                headers = {"webhook-id": webhook_id, "webhook-timestamp": stamp, "content-type": "application/json",
+                           "webhook-signature": signature_header(KEY, webhook_id, stamp, body)}
+                started = time.monotonic()
+                try:
+                    async with session.post(url, data=body, headers=headers) as response:
+                        ok = response.status == 201
+                except aiohttp.ClientError:
+                    ok = False
+                latencies.append(time.monotonic() - started)
+                if ok:
+                    acknowledged += 1
+                else:
+                    errors += 1
+
+            print(f"soak: {rate:g} deliveries/s for {minutes:g} min against {bootstrap}", flush=True)
+            print("  t(s)  acknowledged  errors  p99(ms)  RSS(MiB)", flush=True)
+            n = 0
+            began = time.monotonic()
+            while time.monotonic() < end:
+                # Open loop: deliveries start on the clock, whatever the answers are doing.
+                due = began + n / rate
+                await asyncio.sleep(max(0.0, due - time.monotonic()))
+                task = asyncio.create_task(one(n))
+                pending.add(task)
+                task.add_done_callback(pending.discard)
+                n += 1
+                if time.monotonic() - window_start >= 30:
+                    rss = rss_mib(bridge.pid)
+                    rss_samples.append(rss)
+                    p99 = statistics.quantiles(latencies, n=100)[98] * 1000 if len(latencies) > 100 else 0.0
+                    print(f"{time.monotonic() - began:6.0f}  {acknowledged:12d}  {errors:6d}  {p99:7.1f}  {rss:8.1f}",
+                          flush=True)
+                    latencies.clear()
+                    window_start = time.monotonic()
+            await asyncio.gather(*pending)
+        third = max(1, len(rss_samples) // 3)
+        first, last = statistics.mean(rss_samples[:third] or [0]), statistics.mean(rss_samples[-third:] or [0])
+        print(f"RSS first third {first:.1f} MiB, last third {last:.1f} MiB ({last - first:+.1f} MiB); "
+              f"{acknowledged} acknowledged, {errors} errors", flush=True)
+        return 0 if errors == 0 else 1
+    finally:
+        bridge.terminate()
+        bridge.wait(30)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--minutes", type=float, default=10.0)
+    parser.add_argument("--rate", type=float, default=200.0)
+    args = parser.parse_args()
+    bootstrap = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
+    if bootstrap:
+        sys.exit(asyncio.run(soak(bootstrap, args.minutes, args.rate)))
+    with LocalKafka(brokers=3) as kafka:
+        sys.exit(asyncio.run(soak(kafka.bootstrap_servers, args.minutes, args.rate)))
+
+
+if __name__ == "__main__":
+    main()
