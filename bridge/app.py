@@ -229,7 +229,7 @@ async def _answer(
         raise
     except Exception as exc:  # noqa: BLE001 - the error boundary: count it, log where, never the input
         error = type(exc).__name__
-        bridge.metrics.internal_errors.labels(error=error).inc()
+        bridge.metrics.internal_errors.inc()
         log.error("unexpected error while handling a request", extra={"error": error, "at": where(exc)})
         return _error(500, "internal_error", "the bridge failed unexpectedly; this is a bug", close=True)
 

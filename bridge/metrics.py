@@ -87,8 +87,7 @@ class Metrics:
         )
         self.internal_errors = Counter(
             "scalekit_bridge_internal_errors",
-            "Unexpected exceptions caught at the error boundary, by class (each one is a bug).",
-            ("error",),
+            "Unexpected exceptions caught at the error boundary (each one is a bug; the log line names it).",
             registry=self.registry,
         )
         self.open_connections = Gauge(

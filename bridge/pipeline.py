@@ -124,7 +124,7 @@ class Pipeline:
             return self._plan_event(delivery)
         except Exception as exc:  # noqa: BLE001 - the one boundary for verified deliveries
             error = type(exc).__name__
-            self._metrics.internal_errors.labels(error=error).inc()
+            self._metrics.internal_errors.inc()
             trouble.error(
                 "unexpected error while mapping a verified delivery; dead-lettering it",
                 extra={"webhook_id": delivery.webhook_id, "error": error, "at": where(exc)},

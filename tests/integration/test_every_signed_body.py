@@ -98,3 +98,19 @@ async def test_a_big_extra_field_moved_into_headers_is_sized_on_the_real_record(
     assert status == 201
     assert await kafka.read_all(topic) == []
     assert "6000-byte limit" in await only_dead_letter(kafka, running, "msg_header_heavy")
+
+
+async def test_a_bug_while_mapping_a_verified_delivery_dead_letters_it_instead_of_answering_500(
+    start_bridge, kafka, monkeypatch
+):
+    running = await start_bridge()
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("a bug whose message quotes the input: v1,c2VjcmV0")
+
+    monkeypatch.setattr("bridge.pipeline.build_route", broken)
+    status, _ = await running.deliver(sample("role.created"), webhook_id="msg_hits_a_bug")
+
+    assert status == 201
+    assert await only_dead_letter(kafka, running, "msg_hits_a_bug") == "internal error: RuntimeError"
+    assert running.bridge.metrics.registry.get_sample_value("scalekit_bridge_internal_errors_total") == 1
