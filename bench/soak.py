@@ -63,9 +63,9 @@ async def soak(bootstrap: str, minutes: float, rate: float) -> int:
                 await asyncio.sleep(0.2)
             latencies: list[float] = []
             errors = acknowledged = 0
+            error_statuses: dict[str, int] = {}
             window_start = time.monotonic()
             rss_samples: list[float] = []
-            end = time.monotonic() + minutes * 60
             pending: set[asyncio.Task[None]] = set()
 
             async def one(n: int) -> None:
@@ -78,19 +78,23 @@ async def soak(bootstrap: str, minutes: float, rate: float) -> int:
                 started = time.monotonic()
                 try:
                     async with session.post(url, data=body, headers=headers) as response:
-                        ok = response.status == 201
-                except aiohttp.ClientError:
-                    ok = False
+                        status = str(response.status)
+                except aiohttp.ClientError as exc:
+                    status = type(exc).__name__
                 latencies.append(time.monotonic() - started)
-                if ok:
+                if status == "201":
                     acknowledged += 1
                 else:
                     errors += 1
+                    error_statuses[status] = error_statuses.get(status, 0) + 1
 
+            await one(-1)  # creates the topic before the clock starts
+            acknowledged = 0
             print(f"soak: {rate:g} deliveries/s for {minutes:g} min against {bootstrap}", flush=True)
             print("  t(s)  acknowledged  errors  p99(ms)  RSS(MiB)", flush=True)
             n = 0
             began = time.monotonic()
+            end = began + minutes * 60
             while time.monotonic() < end:
                 # Open loop: deliveries start on the clock, whatever the answers are doing.
                 due = began + n / rate
@@ -111,7 +115,7 @@ async def soak(bootstrap: str, minutes: float, rate: float) -> int:
         third = max(1, len(rss_samples) // 3)
         first, last = statistics.mean(rss_samples[:third] or [0]), statistics.mean(rss_samples[-third:] or [0])
         print(f"RSS first third {first:.1f} MiB, last third {last:.1f} MiB ({last - first:+.1f} MiB); "
-              f"{acknowledged} acknowledged, {errors} errors", flush=True)
+              f"{acknowledged} acknowledged, {errors} errors {error_statuses}", flush=True)
         return 0 if errors == 0 else 1
     finally:
         bridge.terminate()

@@ -26,13 +26,19 @@ from bridge.dedupe import RedeliveryCache
 from bridge.errors import Overloaded, PayloadTooLarge, PublishFailed, ShuttingDown, VerificationFailed
 from bridge.guard import RETRY_AFTER_SECONDS, ConnectionGuard, GuardedProtocol
 from bridge.pipeline import Pipeline, where
-from bridge.process import raise_open_file_limit, return_freed_memory_to_the_kernel
+from bridge.process import (
+    freeze_startup_objects,
+    raise_open_file_limit,
+    return_freed_memory_to_the_kernel,
+    trim_memory_every,
+)
 from bridge.publish import KafkaPublisher, Publisher
 from bridge.verify import Verifier
 
 log = logging.getLogger(__name__)
 
 _CONNECT_BACKOFF_MAX = 10.0
+_TRIM_INTERVAL_SECONDS = 5.0
 
 
 @dataclass
@@ -363,12 +369,14 @@ async def serve(settings: Settings, *, on_listening: Callable[[], None] | None =
     # Kept back from the in-flight wait for closing connections and flushing the producer.
     reserve = min(2.0, grace / 2)
     listeners = await listen(bridge, cleanup_timeout=reserve / 2)
+    freeze_startup_objects()
     log.info(
         "listening",
         extra={"webhook": f"http://{settings.host}:{settings.port}{settings.webhook_path}",
                "admin": f"{settings.admin_host}:{settings.admin_port}"},
     )
     connecting = asyncio.create_task(_connect(publisher, stop), name="kafka-connect")
+    trimming = asyncio.create_task(trim_memory_every(_TRIM_INTERVAL_SECONDS), name="malloc-trim")
     if on_listening is not None:
         on_listening()
     try:
@@ -382,8 +390,9 @@ async def serve(settings: Settings, *, on_listening: Callable[[], None] | None =
         drained = await bridge.lifecycle.drained(max(0.0, deadline - reserve - loop.time()))
         if not drained:
             log.warning("shutdown grace ran out with deliveries in flight", extra={"inflight": bridge.lifecycle.inflight})
-        connecting.cancel()
-        await asyncio.gather(connecting, return_exceptions=True)
+        for task in (connecting, trimming):
+            task.cancel()
+        await asyncio.gather(connecting, trimming, return_exceptions=True)
         await listeners.close(timeout=reserve / 2)
         try:
             async with asyncio.timeout(max(0.1, deadline - loop.time())):
