@@ -309,8 +309,9 @@ class Listeners:
         public, admin = (server.sockets[0].getsockname()[1] for server in self.servers)
         return int(public), int(admin)
 
-    async def close(self, timeout: float) -> None:
-        """Stop listening, close every connection; handlers still running after `timeout` are cancelled."""
+    async def close(self) -> None:
+        """Stop listening, close every connection; handlers still running after the runners'
+        shutdown timeout (`listen`'s `cleanup_timeout`) are cancelled."""
         for server in self.servers:
             server.close()
         self.guard.close_idle()
@@ -393,7 +394,7 @@ async def serve(settings: Settings, *, on_listening: Callable[[], None] | None =
         for task in (connecting, trimming):
             task.cancel()
         await asyncio.gather(connecting, trimming, return_exceptions=True)
-        await listeners.close(timeout=reserve / 2)
+        await listeners.close()
         try:
             async with asyncio.timeout(max(0.1, deadline - loop.time())):
                 await publisher.stop()

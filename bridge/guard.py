@@ -61,9 +61,9 @@ class ConnectionGuard:
         on_refusal: Callable[[str], None],
     ) -> None:
         self._max_connections = max_connections
-        self._header_timeout = header_timeout
-        self._keepalive_timeout = keepalive_timeout
-        self._on_refusal = on_refusal
+        self.header_timeout = header_timeout
+        self.keepalive_timeout = keepalive_timeout
+        self.refused = on_refusal
         self._open: set[GuardedProtocol] = set()
 
     @property
@@ -80,14 +80,15 @@ class ConnectionGuard:
             if connection.state is not _State.REQUEST:
                 connection.close()
 
-    def _admit(self, connection: GuardedProtocol) -> bool:
+    def admit(self, connection: GuardedProtocol) -> bool:
+        """Count a new connection in; False (and counted as refused) when the cap is reached."""
         if len(self._open) >= self._max_connections:
-            self._on_refusal(CONNECTION_LIMIT)
+            self.refused(CONNECTION_LIMIT)
             return False
         self._open.add(connection)
         return True
 
-    def _forget(self, connection: GuardedProtocol) -> None:
+    def forget(self, connection: GuardedProtocol) -> None:
         self._open.discard(connection)
 
 
@@ -109,20 +110,20 @@ class GuardedProtocol(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         self._transport = transport
-        if not self._guard._admit(self):
+        if not self._guard.admit(self):
             transport.write(_TOO_MANY)
             transport.close()
             return
         self._inner = self._factory()
         self._inner.connection_made(transport)
-        self._arm(self._guard._header_timeout)
+        self._arm(self._guard.header_timeout)
 
     def data_received(self, data: bytes) -> None:
         if self._inner is None:
             return  # refused at the door; the socket is closing
         if self.state is _State.IDLE or self.state is _State.WAITING:
             if self.state is _State.IDLE:
-                self._arm(self._guard._header_timeout)
+                self._arm(self._guard.header_timeout)
             self.state = _State.HEAD
             self._head_bytes, self._tail = 0, b""
         if self.state is _State.HEAD and not self._count_head(data):
@@ -143,7 +144,7 @@ class GuardedProtocol(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
-        self._guard._forget(self)
+        self._guard.forget(self)
         if self._inner is not None:
             self._inner.connection_lost(exc)
             self._inner = None
@@ -157,8 +158,8 @@ class GuardedProtocol(asyncio.Protocol):
     def request_finished(self) -> None:
         """The app has its answer; it is written after this, so only a timer may close the socket."""
         self.state = _State.IDLE
-        if self._guard._keepalive_timeout > 0:
-            self._arm(self._guard._keepalive_timeout)
+        if self._guard.keepalive_timeout > 0:
+            self._arm(self._guard.keepalive_timeout)
 
     def close(self) -> None:
         if self._transport is not None:
@@ -196,7 +197,7 @@ class GuardedProtocol(asyncio.Protocol):
             self._refuse(_HEADER_TIMEOUT, HEADER_TIMEOUT)
 
     def _refuse(self, answer: bytes, reason: str) -> None:
-        self._guard._on_refusal(reason)
+        self._guard.refused(reason)
         self._disarm()
         if self._transport is not None:
             self._transport.write(answer)

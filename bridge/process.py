@@ -72,6 +72,3 @@ async def trim_memory_every(seconds: float) -> None:
         gc.collect()
         if libc is not None:
             libc.malloc_trim(0)
-        await asyncio.sleep(seconds)
-        gc.collect()
-        libc.malloc_trim(0)

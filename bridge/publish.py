@@ -182,7 +182,7 @@ class KafkaPublisher:
             raise RecordRejected(f"Kafka refused the record: {type(exc).__name__}") from exc
         except KafkaError as exc:
             raise PublishFailed(f"Kafka refused the write: {type(exc).__name__}") from exc
-        except (RecordRejected, asyncio.CancelledError):
+        except RecordRejected:
             raise
         except Exception as exc:  # noqa: BLE001 - the client's own bugs must still end in an answer
             log.error("unexpected error from the Kafka client", extra={"error": type(exc).__name__})

@@ -137,7 +137,7 @@ async def listening_bridge(kafka_bootstrap, unique) -> AsyncIterator[ListeningFa
 
     yield start
     for listeners, publisher in started:
-        await listeners.close(timeout=1.0)
+        await listeners.close()
         await publisher.stop()
 
 

@@ -177,3 +177,18 @@ async def test_the_admin_listener_binds_its_own_host(listening_bridge):
             assert response.status == 200
         with pytest.raises(aiohttp.ClientConnectionError):
             await session.get(f"http://127.0.0.1:{bridge.admin_port}/healthz")
+
+
+async def test_a_reused_connection_gets_the_header_timeout_for_its_next_request_head(listening_bridge):
+    """After an answer, the idle timer is the keep-alive one; the first byte of a new head starts the head timer."""
+    bridge = await listening_bridge(BRIDGE_HEADER_TIMEOUT="1", BRIDGE_KEEPALIVE_TIMEOUT="30")
+    body = body_of(sample("role.created"))
+    reader, writer = await raw(bridge.port, head(len(body), **signed_headers(SECRET, body)) + body)
+    first = await reader.readuntil(b'{"received": true}')
+    assert first.startswith(b"HTTP/1.1 201")
+    await asyncio.sleep(1.5)  # idle past the head timeout, inside keep-alive: still open
+    writer.write(b"POST /webhooks/scalekit HTTP/1.1\r\nHost: x\r\n")
+    answer, waited = await answer_and_close(reader, timeout=5)
+    writer.close()
+    assert answer.startswith(b"HTTP/1.1 408")
+    assert 0.9 < waited < 2.5
