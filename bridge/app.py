@@ -277,9 +277,10 @@ async def _metrics(request: web.Request) -> web.Response:
 
 
 class _QuietParserErrors(logging.Filter):
-    """aiohttp logs a malformed request at ERROR with the offending bytes (a signature, say).
+    """aiohttp logs a malformed request with the offending bytes (a signature, say): at ERROR, or at
+    DEBUG when it is the connection's first request (TLS or garbage sent to a plain port).
 
-    Count it instead, and let through only its class name, at DEBUG.
+    Count each instead, and say only its class name, at DEBUG, on our own logger.
     """
 
     def __init__(self, metrics: m.Metrics) -> None:
@@ -287,12 +288,10 @@ class _QuietParserErrors(logging.Filter):
         self._metrics = metrics
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if record.levelno < logging.WARNING:
-            return False  # aiohttp's debug narration quotes requests too
-        self._metrics.http_refusals.labels(reason="bad_request").inc()
-        error = record.exc_info[0].__name__ if record.exc_info and record.exc_info[0] else "unknown"
-        log.debug("malformed HTTP request refused", extra={"error": error})
-        return False
+        if record.exc_info and record.exc_info[0] is not None:
+            self._metrics.http_refusals.labels(reason="bad_request").inc()
+            log.debug("malformed HTTP request refused", extra={"error": record.exc_info[0].__name__})
+        return False  # nothing aiohttp's server says reaches a handler: its narration quotes requests too
 
 
 @dataclass
@@ -331,7 +330,9 @@ async def listen(bridge: Bridge, *, cleanup_timeout: float = 1.0) -> Listeners:
     )
     bridge.metrics.open_connections.set_function(lambda: float(guard.open_connections))
     log_filter = _QuietParserErrors(bridge.metrics)
-    logging.getLogger("aiohttp.server").addFilter(log_filter)
+    server_log = logging.getLogger("aiohttp.server")
+    server_log.addFilter(log_filter)
+    server_log.setLevel(logging.DEBUG)  # so that every parser error reaches the filter to be counted
     public = web.AppRunner(
         create_app(bridge), handle_signals=False, access_log=None, shutdown_timeout=cleanup_timeout
     )

@@ -192,3 +192,15 @@ async def test_a_reused_connection_gets_the_header_timeout_for_its_next_request_
     writer.close()
     assert answer.startswith(b"HTTP/1.1 408")
     assert 0.9 < waited < 2.5
+
+
+async def test_tls_or_garbage_sent_to_the_plain_port_is_counted_and_not_logged(listening_bridge, caplog):
+    bridge = await listening_bridge()
+    caplog.set_level(logging.INFO)
+    client_hello = bytes.fromhex("1603010200010001fc0303") + b"\x00" * 40
+    reader, writer = await raw(bridge.port, client_hello)
+    answer, _ = await answer_and_close(reader, timeout=5)
+    writer.close()
+    assert answer.split(b" ", 2)[1] == b"400"
+    assert bridge.refusals("bad_request") == 1
+    assert [r for r in caplog.records if r.name.startswith("aiohttp")] == []
