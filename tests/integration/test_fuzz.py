@@ -28,7 +28,7 @@ from tests.integration.conftest import SECRET
 
 pytestmark = pytest.mark.integration
 
-EXAMPLES = int(os.environ.get("BRIDGE_FUZZ_EXAMPLES", "2000"))
+EXAMPLES = int(os.environ.get("BRIDGE_FUZZ_EXAMPLES", "3000"))
 SERIAL = itertools.count()
 KEY = SigningKey.from_secret(SECRET)
 WRONG_KEY = SigningKey.from_secret("whsec_" + base64.b64encode(b"not-the-secret-not-the-secret!!!").decode())
