@@ -136,6 +136,8 @@ async def end_to_end(bootstrap: str, deliveries: int, concurrencies: list[int]) 
         "BRIDGE_ADMIN_PORT": str(admin_port),
         "BRIDGE_TOPIC_PREFIX": f"bench{uuid.uuid4().hex[:6]}.",
         "BRIDGE_LOG_LEVEL": "WARNING",
+        # Measure throughput, not the in-flight cap (64 by default): let every client in.
+        "BRIDGE_MAX_INFLIGHT": str(2 * max(concurrencies)),
     }
     server = subprocess.Popen([sys.executable, "-m", "bridge", "serve"], env=env)
     try:

@@ -47,8 +47,16 @@ def configure(level: str, fmt: str) -> None:
     # readiness lines say it once, with the cause.
     logging.getLogger("aiokafka").setLevel(max(logging.WARNING, root.level))
     logging.getLogger("aiokafka.client").addFilter(_no_bootstrap_chatter)
+    # The producer's metadata does not know a topic the bridge has just created: aiokafka says so at
+    # ERROR once per new topic, then refreshes. A missing topic the bridge may not create is
+    # dead-lettered with its own reason before anything is sent, so this line never means trouble.
+    logging.getLogger("aiokafka.cluster").addFilter(_no_unknown_topic_chatter)
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
 
 
 def _no_bootstrap_chatter(record: logging.LogRecord) -> bool:
     return not str(record.msg).startswith("Unable connect to")
+
+
+def _no_unknown_topic_chatter(record: logging.LogRecord) -> bool:
+    return "not found in cluster metadata" not in str(record.msg)
