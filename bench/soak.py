@@ -9,11 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
-import json
 import os
-import secrets
-import socket
 import statistics
 import subprocess
 import sys
@@ -21,20 +17,12 @@ import time
 import uuid
 
 import aiohttp
+from run import SECRET, free_port, signed, wait_ready  # bench/run.py, beside this script
 
 from bridge.devkafka import LocalKafka
 from bridge.sendtest import sample
-from bridge.verify import SigningKey, signature_header
 
-SECRET = "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()
-KEY = SigningKey.from_secret(SECRET)
 EVENT_TYPE = "organization.directory.user_created"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def rss_mib(pid: int) -> float:
@@ -52,15 +40,8 @@ async def soak(bootstrap: str, minutes: float, rate: float) -> int:
     bridge = subprocess.Popen([sys.executable, "-m", "bridge", "serve"], env=env, stdout=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}/webhooks/scalekit"
     try:
+        await wait_ready(admin)
         async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=256)) as session:
-            for _ in range(300):
-                try:
-                    async with session.get(f"http://127.0.0.1:{admin}/readyz") as response:
-                        if response.status == 200:
-                            break
-                except aiohttp.ClientError:
-                    pass
-                await asyncio.sleep(0.2)
             latencies: list[float] = []
             errors = acknowledged = 0
             error_statuses: dict[str, int] = {}
@@ -70,11 +51,7 @@ async def soak(bootstrap: str, minutes: float, rate: float) -> int:
 
             async def one(n: int) -> None:
                 nonlocal errors, acknowledged
-                envelope = sample(EVENT_TYPE) | {"id": f"evt_soak_{n}", "organization_id": f"org_{n % 50}"}
-                body = json.dumps(envelope).encode()
-                webhook_id, stamp = f"msg_soak_{n}", str(int(time.time()))
-                headers = {"webhook-id": webhook_id, "webhook-timestamp": stamp, "content-type": "application/json",
-                           "webhook-signature": signature_header(KEY, webhook_id, stamp, body)}
+                body, headers = signed(sample(EVENT_TYPE) | {"id": f"evt_soak_{n}", "organization_id": f"org_{n % 50}"})
                 started = time.monotonic()
                 try:
                     async with session.post(url, data=body, headers=headers) as response:

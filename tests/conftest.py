@@ -69,11 +69,13 @@ class KafkaTool:
     def __init__(self, bootstrap: str) -> None:
         self.bootstrap = bootstrap
 
-    async def create_topic(self, name: str, partitions: int = 1) -> str:
+    async def create_topic(self, name: str, partitions: int = 1, configs: dict[str, str] | None = None) -> str:
         admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap)
         await admin.start()
         try:
-            await admin.create_topics([NewTopic(name, num_partitions=partitions, replication_factor=1)])
+            await admin.create_topics(
+                [NewTopic(name, num_partitions=partitions, replication_factor=1, topic_configs=configs or {})]
+            )
         finally:
             await admin.close()
         return name

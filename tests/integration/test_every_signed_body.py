@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 
 import pytest
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from bridge.envelope import MAX_DEPTH
 from bridge.sendtest import sample
@@ -42,13 +41,8 @@ async def test_a_signed_body_that_is_no_event_is_dead_lettered_with_its_reason(s
 async def test_a_record_too_large_for_its_existing_topic_is_dead_lettered_not_retried(start_bridge, kafka):
     """The body fits the bridge's limit, but the topic an operator made takes less: no retry can help."""
     running = await start_bridge()
-    topic = running.topic("organization.directory.group_updated")
-    admin = AIOKafkaAdminClient(bootstrap_servers=kafka.bootstrap)
-    await admin.start()
-    try:
-        await admin.create_topics([NewTopic(topic, 1, 1, topic_configs={"max.message.bytes": "2048"})])
-    finally:
-        await admin.close()
+    topic = await kafka.create_topic(running.topic("organization.directory.group_updated"),
+                                     configs={"max.message.bytes": "2048"})
     delivery = sample("organization.directory.group_updated")
     delivery["data"]["description"] = "x" * 4000
 
@@ -84,13 +78,7 @@ async def test_a_missing_topic_the_bridge_may_not_create_is_dead_lettered(start_
 async def test_a_big_extra_field_moved_into_headers_is_sized_on_the_real_record(start_bridge, kafka):
     """Top-level extras travel in a header; the record is sized as written, headers included."""
     running = await start_bridge(BRIDGE_MAX_BODY_BYTES="8192")
-    topic = running.topic("permission.updated")
-    admin = AIOKafkaAdminClient(bootstrap_servers=kafka.bootstrap)
-    await admin.start()
-    try:
-        await admin.create_topics([NewTopic(topic, 1, 1, topic_configs={"max.message.bytes": "6000"})])
-    finally:
-        await admin.close()
+    topic = await kafka.create_topic(running.topic("permission.updated"), configs={"max.message.bytes": "6000"})
     delivery = sample("permission.updated") | {"display_name": "y" * 5800}
 
     status, _ = await running.deliver(json.dumps(delivery).encode(), webhook_id="msg_header_heavy")
