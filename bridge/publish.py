@@ -17,6 +17,7 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import (
+    ClusterAuthorizationFailedError,
     CorruptRecordException,
     InvalidTopicError,
     KafkaError,
@@ -24,6 +25,7 @@ from aiokafka.errors import (
     RecordListTooLargeError,
     RecordTooLargeError,
     TopicAlreadyExistsError,
+    TopicAuthorizationFailedError,
     UnknownTopicOrPartitionError,
     for_code,
 )
@@ -42,6 +44,7 @@ _RECORD_OVERHEAD_BYTES = 64 * 1024
 _PROBE_INTERVAL_SECONDS = 2.0
 _MAX_MESSAGE_BYTES = "max.message.bytes"
 _SASL_AUTHENTICATION_FAILED = 58
+_NOT_ALLOWED = (TopicAuthorizationFailedError, ClusterAuthorizationFailedError)
 # Refusals that will repeat for the same record whatever the cluster's health.
 _PERMANENT = (
     MessageSizeTooLargeError,
@@ -233,6 +236,9 @@ class KafkaPublisher:
             if error is InvalidTopicError:
                 # Kafka's word for a name that collides with an existing one ('.' against '_').
                 raise RecordRejected(f"Kafka will not create topic {topic}: it collides with an existing name")
+            if error in _NOT_ALLOWED:
+                log.warning("not allowed to create topics; using %s if it exists", topic, extra={"topic": topic})
+                return False
             if code:
                 raise error(f"creating topic {topic}")
         log.info("topic created", extra={"topic": topic, "replication": replication, "min_insync": min_insync})
@@ -245,9 +251,15 @@ class KafkaPublisher:
         (response,) = await self._admin.describe_configs([resource])
         for code, _message, _type, _name, entries, *_rest in response.resources:
             if for_code(code) is UnknownTopicOrPartitionError:
-                raise RecordRejected(f"topic {topic} does not exist and BRIDGE_CREATE_TOPICS is off")
+                raise RecordRejected(f"topic {topic} does not exist and the bridge may not create it")
             if code:
-                raise for_code(code)(f"describing topic {topic}")
+                # Not allowed to read topic configs (a tight ACL): the broker's own size check still
+                # refuses an oversized record, and that refusal is dead-lettered too.
+                log.warning(
+                    "cannot read the topic's max.message.bytes (%s); assuming %d",
+                    for_code(code).__name__, self._max_record_bytes, extra={"topic": topic},
+                )
+                return self._max_record_bytes
             for name, value, *_ in entries:
                 if name == _MAX_MESSAGE_BYTES and value is not None:
                     return int(value)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from types import SimpleNamespace
 
 import pytest
 
@@ -72,7 +73,7 @@ async def test_a_missing_topic_the_bridge_may_not_create_is_dead_lettered(start_
     status, _ = await running.deliver(sample("role.deleted"), webhook_id="msg_no_topic")
 
     assert status == 201
-    assert "does not exist and BRIDGE_CREATE_TOPICS is off" in await only_dead_letter(kafka, running, "msg_no_topic")
+    assert "does not exist and the bridge may not create it" in await only_dead_letter(kafka, running, "msg_no_topic")
 
 
 async def test_a_big_extra_field_moved_into_headers_is_sized_on_the_real_record(start_bridge, kafka):
@@ -102,3 +103,32 @@ async def test_a_bug_while_mapping_a_verified_delivery_dead_letters_it_instead_o
     assert status == 201
     assert await only_dead_letter(kafka, running, "msg_hits_a_bug") == "internal error: RuntimeError"
     assert running.bridge.metrics.registry.get_sample_value("scalekit_bridge_internal_errors_total") == 1
+
+
+TOPIC_AUTHORIZATION_FAILED = 29
+
+
+@pytest.mark.parametrize("denied", ["CreateTopics", "DescribeConfigs"])
+async def test_a_tight_acl_on_topic_admin_still_publishes_to_an_existing_topic(start_bridge, kafka, monkeypatch,
+                                                                              denied):
+    """Clusters that let the bridge write but not create topics or read their configs (MSK, Confluent ACLs)."""
+    running = await start_bridge()
+    topic = await kafka.create_topic(running.topic("organization.sso_deleted"))
+    admin = running.bridge.publisher._admin
+
+    async def refuse_creation(new_topics):
+        return SimpleNamespace(topic_errors=[(t.name, TOPIC_AUTHORIZATION_FAILED, "denied") for t in new_topics])
+
+    async def refuse_description(resources):
+        return [SimpleNamespace(resources=[(TOPIC_AUTHORIZATION_FAILED, "denied", 2, r.name, []) for r in resources])]
+
+    if denied == "CreateTopics":
+        monkeypatch.setattr(admin, "create_topics", refuse_creation)
+    else:
+        monkeypatch.setattr(admin, "describe_configs", refuse_description)
+
+    status, _ = await running.deliver(sample("organization.sso_deleted"), webhook_id=f"msg_acl_{denied}")
+
+    assert status == 201
+    (record,) = await kafka.read_all(topic)
+    assert record.header("ce_webhookid") == f"msg_acl_{denied}".encode()
