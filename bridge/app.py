@@ -154,7 +154,7 @@ async def _receive(request: web.Request) -> web.Response:
         encoding = request.headers.get(hdrs.CONTENT_ENCODING, "identity").strip().lower()
         if encoding not in ("", "identity"):
             # Scalekit sends plain bodies; decompressing a stranger's bytes is how bombs go off.
-            raise _Refused(415, "unsupported_content_encoding", "request bodies must not be compressed")
+            raise _Refused(415, m.UNSUPPORTED_ENCODING, "request bodies must not be compressed")
         if request.content_length is not None and request.content_length > settings.max_body_bytes:
             raise PayloadTooLarge()
         try:
@@ -163,7 +163,7 @@ async def _receive(request: web.Request) -> web.Response:
         except web.HTTPRequestEntityTooLarge:
             raise PayloadTooLarge() from None
         except TimeoutError:
-            raise _Refused(408, "body_timeout", f"the body did not arrive within {settings.body_timeout:g}s") from None
+            raise _Refused(408, m.BODY_TIMEOUT, f"the body did not arrive within {settings.body_timeout:g}s") from None
         await bridge.pipeline.handle(request.headers, body)
     return web.json_response({"received": True}, status=201)
 
@@ -219,9 +219,9 @@ async def _answer(
         bridge.metrics.http_refusals.labels(reason=exc.error).inc()
         return _error(exc.status, exc.error, exc.detail, close=True)
     except Overloaded:
-        bridge.metrics.http_refusals.labels(reason="overloaded").inc()
+        bridge.metrics.http_refusals.labels(reason=m.OVERLOADED).inc()
         detail = f"over {bridge.settings.max_inflight} deliveries in flight; retry"
-        return _error(503, "overloaded", detail, retry=True, close=True)
+        return _error(503, m.OVERLOADED, detail, retry=True, close=True)
     except PublishFailed as exc:
         return _error(503, "kafka_unavailable", exc.reason, retry=True)
     except ShuttingDown:
@@ -289,7 +289,7 @@ class _QuietParserErrors(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         if record.exc_info and record.exc_info[0] is not None:
-            self._metrics.http_refusals.labels(reason="bad_request").inc()
+            self._metrics.http_refusals.labels(reason=m.BAD_REQUEST).inc()
             log.debug("malformed HTTP request refused", extra={"error": record.exc_info[0].__name__})
         return False  # nothing aiohttp's server says reaches a handler: its narration quotes requests too
 
@@ -302,6 +302,7 @@ class Listeners:
     runners: tuple[web.AppRunner, web.AppRunner]
     servers: tuple[asyncio.Server, asyncio.Server]
     log_filter: logging.Filter
+    server_log_level: int
 
     @property
     def ports(self) -> tuple[int, int]:
@@ -316,7 +317,9 @@ class Listeners:
         self.guard.close_idle()
         for runner in self.runners:
             await runner.cleanup()
-        logging.getLogger("aiohttp.server").removeFilter(self.log_filter)
+        server_log = logging.getLogger("aiohttp.server")
+        server_log.removeFilter(self.log_filter)
+        server_log.setLevel(self.server_log_level)
 
 
 async def listen(bridge: Bridge, *, cleanup_timeout: float = 1.0) -> Listeners:
@@ -331,6 +334,7 @@ async def listen(bridge: Bridge, *, cleanup_timeout: float = 1.0) -> Listeners:
     bridge.metrics.open_connections.set_function(lambda: float(guard.open_connections))
     log_filter = _QuietParserErrors(bridge.metrics)
     server_log = logging.getLogger("aiohttp.server")
+    server_log_level = server_log.level
     server_log.addFilter(log_filter)
     server_log.setLevel(logging.DEBUG)  # so that every parser error reaches the filter to be counted
     public = web.AppRunner(
@@ -348,7 +352,7 @@ async def listen(bridge: Bridge, *, cleanup_timeout: float = 1.0) -> Listeners:
         await runner.setup()
         assert runner.server is not None
         servers.append(await loop.create_server(wrap(runner.server), host, port, reuse_address=True, backlog=1024))
-    return Listeners(guard, (public, admin), (servers[0], servers[1]), log_filter)
+    return Listeners(guard, (public, admin), (servers[0], servers[1]), log_filter, server_log_level)
 
 
 async def serve(settings: Settings, *, on_listening: Callable[[], None] | None = None) -> None:

@@ -28,7 +28,7 @@ SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
 # Kafka's legal topic characters; the prefix and the dead-letter topic must use only these.
-_TOPIC_CHARS = re.compile(r"^[A-Za-z0-9._-]+$")
+_TOPIC_CHARS = re.compile(r"[A-Za-z0-9._-]+")
 _MAX_TOPIC_LENGTH = 249
 
 T = TypeVar("T")
@@ -286,9 +286,9 @@ def _kafka_settings(reader: _Reader) -> KafkaSettings:
 def _check_names(settings: Settings) -> None:
     if not settings.webhook_path.startswith("/"):
         raise ConfigError("BRIDGE_WEBHOOK_PATH", "must start with '/'")
-    if not _TOPIC_CHARS.match(settings.topic_prefix) or len(settings.topic_prefix) > 200:
+    if not _TOPIC_CHARS.fullmatch(settings.topic_prefix) or len(settings.topic_prefix) > 200:
         raise ConfigError("BRIDGE_TOPIC_PREFIX", "may use only letters, digits, '.', '_' and '-' (at most 200)")
-    if not _TOPIC_CHARS.match(settings.deadletter_topic) or len(settings.deadletter_topic) > _MAX_TOPIC_LENGTH:
+    if not _TOPIC_CHARS.fullmatch(settings.deadletter_topic) or len(settings.deadletter_topic) > _MAX_TOPIC_LENGTH:
         raise ConfigError("BRIDGE_DEADLETTER_TOPIC", "must be a legal Kafka topic name")
     if settings.port == settings.admin_port and settings.host == settings.admin_host:
         raise ConfigError("BRIDGE_ADMIN_PORT", "must differ from BRIDGE_PORT on the same host")

@@ -303,11 +303,6 @@ class LocalKafka:
         """Stop one node cleanly (SIGTERM: controlled shutdown moves its leaderships first)."""
         self._terminate(self._nodes[node_id], timeout)
 
-    def restart(self, node_id: int, timeout: float = 120.0) -> None:
-        """Start a stopped or killed node again on its own ports and data; wait until it listens."""
-        self.launch(node_id)
-        self.wait_listening(node_id, timeout)
-
     def launch(self, node_id: int) -> None:
         """Start a stopped or killed node again, without waiting.
 

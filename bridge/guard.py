@@ -31,15 +31,15 @@ def _canned(status: str, error: str, detail: str, *extra: str) -> bytes:
     return ("\r\n".join(head) + "\r\n\r\n").encode() + body
 
 
-_TOO_MANY = _canned("503 Service Unavailable", "too_many_connections", "connection limit reached",
-                    f"Retry-After: {RETRY_AFTER_SECONDS}")
-_HEADER_TIMEOUT = _canned("408 Request Timeout", "header_timeout", "the request head came too slowly")
-_HEADER_TOO_LARGE = _canned("431 Request Header Fields Too Large", "header_too_large", "the request head is too big")
-
-# Refusal reasons: a closed set, used as a metric label.
+# Refusal reasons: a closed set, used as the metric label and as the answer's "error".
 CONNECTION_LIMIT = "connection_limit"
 HEADER_TIMEOUT = "header_timeout"
 HEADER_TOO_LARGE = "header_too_large"
+
+_TOO_MANY = _canned("503 Service Unavailable", CONNECTION_LIMIT, "connection limit reached",
+                    f"Retry-After: {RETRY_AFTER_SECONDS}")
+_HEADER_TIMEOUT = _canned("408 Request Timeout", HEADER_TIMEOUT, "the request head came too slowly")
+_HEADER_TOO_LARGE = _canned("431 Request Header Fields Too Large", HEADER_TOO_LARGE, "the request head is too big")
 
 
 class _State(enum.Enum):

@@ -19,7 +19,7 @@ from prometheus_client import (
     generate_latest,
 )
 
-from bridge import __version__
+from bridge import __version__, guard
 from bridge.verify import REASONS
 
 PUBLISHED = "published"
@@ -30,15 +30,19 @@ FAILED = "failed"
 TOO_LARGE = "too_large"
 OUTCOMES = (PUBLISHED, DUPLICATE, DEADLETTERED, REJECTED, FAILED, TOO_LARGE)
 
-# Why the public port refused a request or connection (a closed set; see bridge.guard and bridge.app).
+# Why the public port refused a request or connection: the guard's reasons below HTTP, the app's above.
+BODY_TIMEOUT = "body_timeout"
+UNSUPPORTED_ENCODING = "unsupported_content_encoding"
+OVERLOADED = "overloaded"
+BAD_REQUEST = "bad_request"
 HTTP_REFUSALS = (
-    "connection_limit",
-    "header_timeout",
-    "header_too_large",
-    "body_timeout",
-    "unsupported_content_encoding",
-    "overloaded",
-    "bad_request",
+    guard.CONNECTION_LIMIT,
+    guard.HEADER_TIMEOUT,
+    guard.HEADER_TOO_LARGE,
+    BODY_TIMEOUT,
+    UNSUPPORTED_ENCODING,
+    OVERLOADED,
+    BAD_REQUEST,
 )
 
 # Event type label for deliveries whose type we do not know (yet) or cannot trust.

@@ -168,16 +168,12 @@ class KafkaPublisher:
         try:
             async with asyncio.timeout(self._timeout):
                 limit = await self._topic_limit(message.topic)
-                size = DefaultRecordBatchBuilder.estimate_size_in_bytes(
-                    message.key, message.value, list(message.headers)
-                )
+                headers = list(message.headers)
+                size = DefaultRecordBatchBuilder.estimate_size_in_bytes(message.key, message.value, headers)
                 if size > limit:
                     raise RecordRejected(f"the record is {size} bytes, over the {limit}-byte limit of its topic")
                 metadata = await producer.send_and_wait(
-                    message.topic,
-                    value=message.value,
-                    key=message.key,
-                    headers=list(message.headers),
+                    message.topic, value=message.value, key=message.key, headers=headers
                 )
         except TimeoutError:
             raise PublishFailed(f"no broker acknowledgement within {self._timeout:g}s") from None

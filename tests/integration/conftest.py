@@ -99,7 +99,8 @@ class ListeningBridge:
         return f"http://127.0.0.1:{self.port}{self.bridge.settings.webhook_path}"
 
     def refusals(self, reason: str) -> float:
-        return self.bridge.metrics.http_refusals.labels(reason=reason)._value.get()
+        value = self.bridge.metrics.registry.get_sample_value("scalekit_bridge_http_refusals_total", {"reason": reason})
+        return value or 0.0
 
 
 ListeningFactory = Callable[..., Awaitable[ListeningBridge]]
