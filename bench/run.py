@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import contextlib
 import functools
 import json
 import os
@@ -25,6 +26,8 @@ import sys
 import time
 import timeit
 import uuid
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
 
 import aiohttp
 
@@ -125,30 +128,59 @@ async def drive(url: str, deliveries: int, concurrency: int, organizations: int)
     )
 
 
-async def end_to_end(bootstrap: str, deliveries: int, concurrencies: list[int]) -> None:
+@dataclass(frozen=True)
+class Served:
+    """A `scalekit-bridge serve` process started for a benchmark."""
+
+    url: str
+    admin_port: int
+    pid: int
+
+
+@contextlib.asynccontextmanager
+async def serving(bootstrap: str, name: str, **env: str) -> AsyncIterator[Served]:
+    """Run `scalekit-bridge serve` against `bootstrap` with topics of its own until the block ends."""
     port, admin_port = free_port(), free_port()
-    env = {
+    prefix = f"{name}{uuid.uuid4().hex[:6]}."
+    child_env = {
         **os.environ,
         "SCALEKIT_WEBHOOK_SECRET": SECRET,
         "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
         "BRIDGE_HOST": "127.0.0.1",
         "BRIDGE_PORT": str(port),
         "BRIDGE_ADMIN_PORT": str(admin_port),
-        "BRIDGE_TOPIC_PREFIX": f"bench{uuid.uuid4().hex[:6]}.",
+        "BRIDGE_TOPIC_PREFIX": prefix,
+        "BRIDGE_DEADLETTER_TOPIC": prefix + "deadletter",
         "BRIDGE_LOG_LEVEL": "WARNING",
-        # Measure throughput, not the in-flight cap (64 by default): let every client in.
-        "BRIDGE_MAX_INFLIGHT": str(2 * max(concurrencies)),
+        **env,
     }
-    server = subprocess.Popen([sys.executable, "-m", "bridge", "serve"], env=env)
+    server = subprocess.Popen([sys.executable, "-m", "bridge", "serve"], env=child_env, stdout=subprocess.DEVNULL)
     try:
         await wait_ready(admin_port)
-        url = f"http://127.0.0.1:{port}/webhooks/scalekit"
-        await drive(url, 200, 8, 50)  # warm-up: creates the topic, fills connection pools
-        for concurrency in concurrencies:
-            await drive(url, deliveries, concurrency, organizations=50)
+        yield Served(f"http://127.0.0.1:{port}/webhooks/scalekit", admin_port, server.pid)
     finally:
         server.terminate()
         server.wait(30)
+
+
+@contextlib.contextmanager
+def kafka(brokers: int = 1) -> Iterator[str]:
+    """KAFKA_BOOTSTRAP_SERVERS when it is set, else a local Kafka of `brokers` brokers for the run."""
+    given = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
+    if given:
+        yield given
+        return
+    with LocalKafka(brokers=brokers) as local:
+        print(f"kafka: local Apache Kafka at {local.bootstrap_servers} (same machine)", flush=True)
+        yield local.bootstrap_servers
+
+
+async def end_to_end(bootstrap: str, deliveries: int, concurrencies: list[int]) -> None:
+    # Measure throughput, not the in-flight cap (64 by default): let every client in.
+    async with serving(bootstrap, "bench", BRIDGE_MAX_INFLIGHT=str(2 * max(concurrencies))) as served:
+        await drive(served.url, 200, 8, 50)  # warm-up: creates the topic, fills connection pools
+        for concurrency in concurrencies:
+            await drive(served.url, deliveries, concurrency, organizations=50)
 
 
 def main() -> None:
@@ -158,13 +190,8 @@ def main() -> None:
     args = parser.parse_args()
     print(f"machine: {platform.platform()}, {os.cpu_count()} CPUs, Python {platform.python_version()}")
     cpu_cost()
-    bootstrap = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
-    if bootstrap:
+    with kafka() as bootstrap:
         asyncio.run(end_to_end(bootstrap, args.deliveries, args.concurrency))
-        return
-    with LocalKafka() as kafka:
-        print(f"kafka: local Apache Kafka at {kafka.bootstrap_servers} (same machine)")
-        asyncio.run(end_to_end(kafka.bootstrap_servers, args.deliveries, args.concurrency))
 
 
 if __name__ == "__main__":

@@ -9,17 +9,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import statistics
-import subprocess
 import sys
 import time
-import uuid
 
 import aiohttp
-from run import SECRET, free_port, signed, wait_ready  # bench/run.py, beside this script
+from run import kafka, serving, signed  # bench/run.py, beside this script
 
-from bridge.devkafka import LocalKafka
 from bridge.sendtest import sample
 
 EVENT_TYPE = "organization.directory.user_created"
@@ -31,16 +27,8 @@ def rss_mib(pid: int) -> float:
 
 
 async def soak(bootstrap: str, minutes: float, rate: float) -> int:
-    port, admin = free_port(), free_port()
-    prefix = f"soak{uuid.uuid4().hex[:6]}."
-    env = {**os.environ, "SCALEKIT_WEBHOOK_SECRET": SECRET, "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
-           "BRIDGE_HOST": "127.0.0.1", "BRIDGE_PORT": str(port), "BRIDGE_ADMIN_PORT": str(admin),
-           "BRIDGE_TOPIC_PREFIX": prefix, "BRIDGE_DEADLETTER_TOPIC": prefix + "deadletter",
-           "BRIDGE_LOG_LEVEL": "WARNING"}
-    bridge = subprocess.Popen([sys.executable, "-m", "bridge", "serve"], env=env, stdout=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}/webhooks/scalekit"
-    try:
-        await wait_ready(admin)
+    async with serving(bootstrap, "soak") as served:
+        url = served.url
         async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=256)) as session:
             latencies: list[float] = []
             errors = acknowledged = 0
@@ -81,7 +69,7 @@ async def soak(bootstrap: str, minutes: float, rate: float) -> int:
                 task.add_done_callback(pending.discard)
                 n += 1
                 if time.monotonic() - window_start >= 30:
-                    rss = rss_mib(bridge.pid)
+                    rss = rss_mib(served.pid)
                     rss_samples.append(rss)
                     p99 = statistics.quantiles(latencies, n=100)[98] * 1000 if len(latencies) > 100 else 0.0
                     print(f"{time.monotonic() - began:6.0f}  {acknowledged:12d}  {errors:6d}  {p99:7.1f}  {rss:8.1f}",
@@ -94,9 +82,6 @@ async def soak(bootstrap: str, minutes: float, rate: float) -> int:
         print(f"RSS first third {first:.1f} MiB, last third {last:.1f} MiB ({last - first:+.1f} MiB); "
               f"{acknowledged} acknowledged, {errors} errors {error_statuses}", flush=True)
         return 0 if errors == 0 else 1
-    finally:
-        bridge.terminate()
-        bridge.wait(30)
 
 
 def main() -> None:
@@ -104,11 +89,9 @@ def main() -> None:
     parser.add_argument("--minutes", type=float, default=10.0)
     parser.add_argument("--rate", type=float, default=200.0)
     args = parser.parse_args()
-    bootstrap = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
-    if bootstrap:
-        sys.exit(asyncio.run(soak(bootstrap, args.minutes, args.rate)))
-    with LocalKafka(brokers=3) as kafka:
-        sys.exit(asyncio.run(soak(kafka.bootstrap_servers, args.minutes, args.rate)))
+    with kafka(brokers=3) as bootstrap:
+        code = asyncio.run(soak(bootstrap, args.minutes, args.rate))
+    sys.exit(code)
 
 
 if __name__ == "__main__":
