@@ -21,11 +21,10 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 from bridge import metrics as m
 from bridge.config import Settings
-from bridge.contract import Contract
 from bridge.dedupe import RedeliveryCache
 from bridge.errors import Overloaded, PayloadTooLarge, PublishFailed, ShuttingDown, VerificationFailed
 from bridge.guard import RETRY_AFTER_SECONDS, ConnectionGuard, GuardedProtocol
-from bridge.pipeline import Pipeline, where
+from bridge.pipeline import Pipeline, Writer, where
 from bridge.process import (
     freeze_startup_objects,
     raise_open_file_limit,
@@ -90,14 +89,8 @@ class Bridge:
         lifecycle = Lifecycle()
         pipeline = Pipeline(
             verifier=Verifier(settings.signing_keys, settings.timestamp_tolerance),
-            publisher=publisher,
             cache=cache,
-            metrics=metrics,
-            topic_prefix=settings.topic_prefix,
-            deadletter_topic=settings.deadletter_topic,
-            cloudevents_mode=settings.cloudevents_mode,
-            contract=Contract.load(),
-            schema_validation=settings.schema_validation,
+            writer=Writer.configured(settings, publisher, metrics),
         )
         bridge = cls(settings, publisher, pipeline, cache, metrics, lifecycle)
         # Read at scrape time, so the gauges cannot drift from the truth.

@@ -42,15 +42,23 @@ HEADERS: dict[str, str] = {
     "ce_scalekitspecversion": "Envelope `spec_version`.",
     "ce_scalekitextra": "JSON object of any other top-level envelope field (or of the above when not strings).",
     "ce_partitionkey": "The record key.",
-    "ce_webhookid": "The delivery's `webhook-id` header.",
+    "ce_webhookid": "The delivery's `webhook-id` header; absent on a backfilled record.",
+    "ce_backfilledat": (
+        "Present only on a record written by `scalekit-bridge backfill` from Scalekit's Events API "
+        "(RFC 3339: when that run began); such a record has no `ce_webhookid`."
+    ),
 }
-_REQUIRED_HEADERS = ["ce_specversion", "ce_id", "ce_type", "ce_source", "ce_webhookid"]
+_REQUIRED_HEADERS = ["ce_specversion", "ce_id", "ce_type", "ce_source"]
+# Every record says how it reached the bridge: delivered by webhook, or recovered by a backfill.
+_PROVENANCE_HEADERS = ("ce_webhookid", "ce_backfilledat")
 
 DEADLETTER_HEADERS: dict[str, str] = {
-    "webhook-id": "The delivery's `webhook-id` (also the record key).",
-    "webhook-timestamp": "The delivery's `webhook-timestamp` (Unix seconds).",
+    "webhook-id": "The delivery's `webhook-id` (also the record key); absent on a backfilled dead letter.",
+    "webhook-timestamp": "The delivery's `webhook-timestamp` (Unix seconds); absent on a backfilled dead letter.",
+    "backfilled-at": "Only on a dead letter written by `backfill` (RFC 3339: when that run began).",
     "deadletter-reason": "Why the delivery could not be published as an event.",
 }
+_DEADLETTER_PROVENANCE: tuple[list[str], ...] = (["webhook-id", "webhook-timestamp"], ["backfilled-at"])
 
 
 def document(contract: Contract | None = None) -> dict[str, Any]:
@@ -88,7 +96,9 @@ def document(contract: Contract | None = None) -> dict[str, Any]:
                 "(BRIDGE_CLOUDEVENTS_MODE=structured puts the whole CloudEvent in the value instead). "
                 "Each record was acknowledged by all in-sync replicas before Scalekit got its 201. Delivery is "
                 "at least once: deduplicate on `ce_id`. Event types not documented when this bridge was built "
-                "are published to their own topic too, without `ce_dataschema`."
+                "are published to their own topic too, without `ce_dataschema`. Events that Scalekit stopped "
+                "retrying can be recovered from its Events API by `scalekit-bridge backfill`: such a record is "
+                "the one the webhook would have written, with `ce_backfilledat` in place of `ce_webhookid`."
             ),
             "license": {"name": "Apache-2.0"},
         },
@@ -155,12 +165,24 @@ def _deadletter_message() -> dict[str, Any]:
         "contentType": "application/octet-stream",
         "headers": {
             "type": "object",
-            "required": list(DEADLETTER_HEADERS),
+            "required": ["deadletter-reason"],
+            "oneOf": [{"required": names} for names in _DEADLETTER_PROVENANCE],
             "properties": {name: {"type": "string", "description": text} for name, text in DEADLETTER_HEADERS.items()},
         },
-        "payload": {"description": "The delivery's body exactly as received: any bytes, possibly not JSON."},
+        "payload": {
+            "description": (
+                "The delivery's body exactly as received: any bytes, possibly not JSON. A backfilled dead "
+                "letter holds the event as Scalekit's Events API returned it, shaped like a delivery's body."
+            )
+        },
         "bindings": {
-            "kafka": {"key": {"type": "string", "description": "The delivery's `webhook-id`."}, "bindingVersion": BINDING_VERSION}
+            "kafka": {
+                "key": {
+                    "type": "string",
+                    "description": "The delivery's `webhook-id`; the event id for a backfilled dead letter.",
+                },
+                "bindingVersion": BINDING_VERSION,
+            }
         },
     }
 
@@ -187,6 +209,7 @@ def _headers_schema() -> dict[str, Any]:
         "description": "The Kafka headers of an event record in binary content mode.",
         "type": "object",
         "required": list(_REQUIRED_HEADERS),
+        "oneOf": [{"required": [name]} for name in _PROVENANCE_HEADERS],
         "properties": properties,
     }
 

@@ -42,7 +42,9 @@ _EXTENSIONS = {
 # Everything else at the top level of the envelope (other than the fields that
 # become core attributes) travels as a JSON object in this one extension.
 EXTRA_EXTENSION = "scalekitextra"
+# How the event reached the bridge: a webhook delivery's id, or when a backfill run recovered it.
 WEBHOOK_ID_EXTENSION = "webhookid"
+BACKFILLED_AT_EXTENSION = "backfilledat"
 PARTITION_KEY_EXTENSION = "partitionkey"
 
 # Where each event keeps its organization; environment-wide events fall back to
@@ -66,6 +68,19 @@ class KafkaMessage:
     key: bytes | None
     value: bytes | None
     headers: Headers
+
+
+@dataclass(frozen=True)
+class Recovered:
+    """An event read back from Scalekit's Events API by a backfill run, not delivered by webhook."""
+
+    event_id: str
+    body: bytes  # the envelope as JSON, shaped like a webhook delivery's body
+    backfilled_at: str  # RFC 3339: when the backfill run began
+
+
+# Where an event came from; it says so in its record and in a dead letter.
+Origin = VerifiedDelivery | Recovered
 
 
 @dataclass(frozen=True)
@@ -139,7 +154,7 @@ def partition_key_source(envelope: Mapping[str, Any]) -> tuple[str, str] | None:
 
 
 def build_route(
-    delivery: VerifiedDelivery,
+    delivery: Origin,
     *,
     topic_prefix: str,
     mode: str,
@@ -147,7 +162,7 @@ def build_route(
     dataschema: str | None = None,
     deadletter_topic: str | None = None,
 ) -> Route:
-    """Map a verified delivery (and its envelope, if already parsed) to its CloudEvent record.
+    """Map a verified delivery or a recovered event (and its envelope, if parsed) to its record.
 
     Raises MalformedDelivery. `dataschema` is the `$id` of the schema the data adheres to.
     """
@@ -155,7 +170,7 @@ def build_route(
         envelope = parse_envelope(delivery.body)
     topic = topic_for(topic_prefix, envelope["type"], deadletter_topic=deadletter_topic)
     try:
-        return _encode(envelope, delivery.webhook_id, topic, mode, dataschema)
+        return _encode(envelope, _provenance(delivery), topic, mode, dataschema)
     except UnicodeEncodeError:
         raise MalformedDelivery(MalformedDelivery.LONE_SURROGATE) from None
     except ValueError:
@@ -164,10 +179,10 @@ def build_route(
 
 
 def _encode(
-    envelope: Mapping[str, Any], webhook_id: str, topic: str, mode: str, dataschema: str | None
+    envelope: Mapping[str, Any], provenance: tuple[str, str], topic: str, mode: str, dataschema: str | None
 ) -> Route:
     key = partition_key(envelope)
-    attributes = _attributes(envelope, webhook_id, key)
+    attributes = _attributes(envelope, provenance, key)
     has_data = "data" in envelope
     if has_data and dataschema is not None:
         attributes["dataschema"] = dataschema
@@ -198,10 +213,18 @@ def _encode(
     )
 
 
-def deadletter_message(
-    delivery: VerifiedDelivery, *, topic: str, reason: str
-) -> KafkaMessage:
-    """The raw delivery, untouched, with why it could not be routed."""
+def deadletter_message(delivery: Origin, *, topic: str, reason: str) -> KafkaMessage:
+    """The raw delivery (or recovered envelope), untouched, with why it could not be routed."""
+    if isinstance(delivery, Recovered):
+        return KafkaMessage(
+            topic=topic,
+            key=delivery.event_id.encode("utf-8"),
+            value=delivery.body,
+            headers=(
+                ("backfilled-at", delivery.backfilled_at.encode("ascii")),
+                ("deadletter-reason", reason.encode("utf-8")),
+            ),
+        )
     return KafkaMessage(
         topic=topic,
         key=delivery.webhook_id.encode("utf-8"),
@@ -212,6 +235,13 @@ def deadletter_message(
             ("deadletter-reason", reason.encode("utf-8")),
         ),
     )
+
+
+def _provenance(origin: Origin) -> tuple[str, str]:
+    """The CloudEvents extension that says how the event reached the bridge."""
+    if isinstance(origin, Recovered):
+        return BACKFILLED_AT_EXTENSION, origin.backfilled_at
+    return WEBHOOK_ID_EXTENSION, origin.webhook_id
 
 
 def rebuild_delivery(headers: Iterable[tuple[str, bytes]], value: bytes | None) -> dict[str, Any]:
@@ -243,7 +273,7 @@ def rebuild_delivery(headers: Iterable[tuple[str, bytes]], value: bytes | None) 
     return envelope
 
 
-def _attributes(envelope: Mapping[str, Any], webhook_id: str, key: str | None) -> dict[str, str]:
+def _attributes(envelope: Mapping[str, Any], provenance: tuple[str, str], key: str | None) -> dict[str, str]:
     environment = envelope.get("environment_id")
     source = "/scalekit"
     if isinstance(environment, str) and environment:
@@ -266,7 +296,7 @@ def _attributes(envelope: Mapping[str, Any], webhook_id: str, key: str | None) -
             extra[name] = value
     if extra:
         attributes[EXTRA_EXTENSION] = json.dumps(extra, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
-    attributes[WEBHOOK_ID_EXTENSION] = webhook_id
+    attributes[provenance[0]] = provenance[1]
     if key is not None:
         attributes[PARTITION_KEY_EXTENSION] = key
     return attributes
@@ -291,3 +321,26 @@ def _depth(value: Any) -> int:
             return deepest
         stack.extend((child, level + 1) for child in node)
     return deepest
+
+
+def event_id_of_record(headers: Iterable[tuple[str, bytes]], value: bytes | None) -> str | None:
+    """The Scalekit event id a record carries, whatever wrote it; None if it names none.
+
+    Event records in binary mode have `ce_id`; in structured mode the value's `id`.
+    A dead letter holds the body as received, whose `id` is read when it is JSON.
+    """
+    structured = False
+    for name, raw in headers:
+        lowered = name.lower()
+        if lowered == "ce_id":
+            return raw.decode("utf-8", "replace")
+        if lowered == "content-type" and raw == STRUCTURED_CONTENT_TYPE.encode():
+            structured = True
+    if value is None or (not structured and not value.lstrip().startswith(b"{")):
+        return None
+    try:
+        document = json.loads(value)
+    except (ValueError, RecursionError):
+        return None
+    found = document.get("id") if isinstance(document, dict) else None
+    return found if isinstance(found, str) and found else None

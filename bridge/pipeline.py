@@ -1,7 +1,8 @@
 """One delivery's way through the bridge: verify → envelope → contract → route → publish.
 
 HTTP-free: the app hands in headers and the raw body and turns the returned
-`Receipt` (or a raised `BridgeError`) into a response. Every path that ends in
+`Receipt` (or a raised `BridgeError`) into a response. `Writer` is the part
+after verification, shared with `backfill` so both write the same records. Every path that ends in
 a Receipt other than DUPLICATE has awaited the broker's acknowledgement; a
 DUPLICATE is only returned once an earlier attempt's acknowledgement exists.
 """
@@ -16,9 +17,9 @@ from dataclasses import dataclass, replace
 
 from bridge import metrics as m
 from bridge.dedupe import RedeliveryCache
-from bridge.config import SchemaValidation
+from bridge.config import BackfillSettings, SchemaValidation, Settings
 from bridge.contract import Contract, Verdict
-from bridge.envelope import KafkaMessage, build_route, deadletter_message, parse_envelope
+from bridge.envelope import KafkaMessage, Origin, build_route, deadletter_message, parse_envelope
 from bridge.errors import MalformedDelivery, PublishFailed, RecordRejected, VerificationFailed
 from bridge.publish import Ack, Publisher
 from bridge.verify import VerifiedDelivery, Verifier
@@ -41,28 +42,18 @@ class Receipt:
 
 
 class Pipeline:
+    """A webhook delivery's way: verify, claim against redelivery, then the writer's."""
+
     def __init__(
         self,
         *,
         verifier: Verifier,
-        publisher: Publisher,
         cache: RedeliveryCache,
-        metrics: m.Metrics,
-        topic_prefix: str,
-        deadletter_topic: str,
-        cloudevents_mode: str,
-        contract: Contract,
-        schema_validation: SchemaValidation,
+        writer: Writer,
     ) -> None:
         self._verifier = verifier
-        self._publisher = publisher
         self._cache = cache
-        self._metrics = metrics
-        self._topic_prefix = topic_prefix
-        self._deadletter_topic = deadletter_topic
-        self._mode = cloudevents_mode
-        self._contract = contract
-        self._validation = schema_validation
+        self._writer = writer
 
     async def handle(self, headers: Mapping[str, str], body: bytes) -> Receipt:
         """Deliver one webhook; raises VerificationFailed (401) or PublishFailed (503)."""
@@ -70,50 +61,103 @@ class Pipeline:
         try:
             delivery = self._verifier.verify(headers, body)
         except VerificationFailed as exc:
-            self._metrics.verification_failures.labels(reason=exc.reason).inc()
+            self._writer.metrics.verification_failures.labels(reason=exc.reason).inc()
             # The webhook-id of an unverified request is the caller's text, not ours to log.
-            self._record(Receipt(m.REJECTED, None), started, reason=exc.reason)
+            self._writer.record(Receipt(m.REJECTED, None), started, reason=exc.reason)
             raise
 
         if not await self._cache.claim(delivery.webhook_id):
-            return self._record(Receipt(m.DUPLICATE, delivery.webhook_id), started)
+            return self._writer.record(Receipt(m.DUPLICATE, delivery.webhook_id), started)
 
         acknowledged = False
         try:
-            message, planned, reason = self._plan(delivery)
-            try:
-                ack, planned, reason = await self._write(delivery, message, planned, reason)
-            except PublishFailed as exc:
-                self._record(replace(planned, outcome=m.FAILED), started, reason=exc.reason)
-                raise
+            receipt = await self._writer.write(delivery, started)
             acknowledged = True
         finally:
             self._cache.release(delivery.webhook_id, acknowledged=acknowledged)
-        return self._record(replace(planned, ack=ack), started, reason=reason)
+        return receipt
 
-    async def _write(
-        self, delivery: VerifiedDelivery, message: KafkaMessage, planned: Receipt, reason: str | None
-    ) -> tuple[Ack, Receipt, str | None]:
-        """Publish; a record Kafka will never take is dead-lettered instead. Raises PublishFailed."""
+    def refuse_oversized(self, started: float) -> Receipt:
+        """Account for a body refused before verification (413); nothing was read or written."""
+        return self._writer.record(Receipt(m.TOO_LARGE, None), started)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The record an event earns before it is written: its own, or a dead letter (with why)."""
+
+    message: KafkaMessage
+    receipt: Receipt
+    reason: str | None
+
+
+class Writer:
+    """Envelope → contract → route → publish, for webhook deliveries and backfilled events alike.
+
+    One mapping and one set of dead-letter rules, so a backfilled event's record is
+    the one its webhook would have written.
+    """
+
+    def __init__(
+        self,
+        *,
+        publisher: Publisher,
+        metrics: m.Metrics,
+        topic_prefix: str,
+        deadletter_topic: str,
+        cloudevents_mode: str,
+        contract: Contract,
+        schema_validation: SchemaValidation,
+    ) -> None:
+        self._publisher = publisher
+        self.metrics = metrics
+        self._topic_prefix = topic_prefix
+        self._deadletter_topic = deadletter_topic
+        self._mode = cloudevents_mode
+        self._contract = contract
+        self._validation = schema_validation
+
+    @classmethod
+    def configured(cls, settings: Settings | BackfillSettings, publisher: Publisher, metrics: m.Metrics) -> Writer:
+        """A writer shaping records as `settings` say (prefix, mode, validation, dead-letter topic)."""
+        return cls(
+            publisher=publisher,
+            metrics=metrics,
+            topic_prefix=settings.topic_prefix,
+            deadletter_topic=settings.deadletter_topic,
+            cloudevents_mode=settings.cloudevents_mode,
+            contract=Contract.load(),
+            schema_validation=settings.schema_validation,
+        )
+
+    async def write(self, origin: Origin, started: float) -> Receipt:
+        """Write the event's record (or its dead letter) and wait for the ack; raises PublishFailed."""
+        planned = self.plan(origin)
         try:
-            return await self._publish(message), planned, reason
+            ack, planned = await self._write(origin, planned)
+        except PublishFailed as exc:
+            self.record(replace(planned.receipt, outcome=m.FAILED), started, reason=exc.reason)
+            raise
+        return self.record(replace(planned.receipt, ack=ack), started, reason=planned.reason)
+
+    async def _write(self, origin: Origin, planned: Plan) -> tuple[Ack, Plan]:
+        """Publish; a record Kafka will never take is dead-lettered instead. Raises PublishFailed."""
+        message = planned.message
+        try:
+            return await self._publish(message), planned
         except RecordRejected as exc:
             if message.topic == self._deadletter_topic:
                 raise PublishFailed(f"the dead-letter topic refused the delivery: {exc.reason}") from exc
             reason = f"Kafka refused the record: {exc.reason}"
-        letter = deadletter_message(delivery, topic=self._deadletter_topic, reason=reason)
+        letter = deadletter_message(origin, topic=self._deadletter_topic, reason=reason)
         try:
             ack = await self._publish(letter)
         except RecordRejected as exc:
             trouble.error("the dead-letter topic refuses deliveries", extra={"reason": exc.reason})
             raise PublishFailed(f"the dead-letter topic refused the delivery: {exc.reason}") from exc
-        return ack, replace(planned, outcome=m.DEADLETTERED), reason
+        return ack, Plan(letter, replace(planned.receipt, outcome=m.DEADLETTERED), reason)
 
-    def refuse_oversized(self, started: float) -> Receipt:
-        """Account for a body refused before verification (413); nothing was read or written."""
-        return self._record(Receipt(m.TOO_LARGE, None), started)
-
-    def _plan(self, delivery: VerifiedDelivery) -> tuple[KafkaMessage, Receipt, str | None]:
+    def plan(self, origin: Origin) -> Plan:
         """The record to write and the receipt it earns: the event's own, or a dead letter.
 
         Never raises: a verified delivery always has a record to write. A bug in
@@ -121,30 +165,31 @@ class Pipeline:
         rather than answering 500 until Scalekit gives up and the event is lost.
         """
         try:
-            return self._plan_event(delivery)
+            return self._plan_event(origin)
         except Exception as exc:  # noqa: BLE001 - the one boundary for verified deliveries
             error = type(exc).__name__
-            self._metrics.internal_errors.inc()
+            self.metrics.internal_errors.inc()
             trouble.error(
                 "unexpected error while mapping a verified delivery; dead-lettering it",
-                extra={"webhook_id": delivery.webhook_id, "error": error, "at": where(exc)},
+                extra={"webhook_id": _webhook_id(origin), "error": error, "at": where(exc)},
             )
             reason = f"internal error: {error}"
-            message = deadletter_message(delivery, topic=self._deadletter_topic, reason=reason)
-            return message, Receipt(m.DEADLETTERED, delivery.webhook_id), reason
+            message = deadletter_message(origin, topic=self._deadletter_topic, reason=reason)
+            return Plan(message, Receipt(m.DEADLETTERED, _webhook_id(origin)), reason)
 
-    def _plan_event(self, delivery: VerifiedDelivery) -> tuple[KafkaMessage, Receipt, str | None]:
+    def _plan_event(self, origin: Origin) -> Plan:
         verdict: Verdict | None = None
         event_id = event_type = None
+        webhook_id = _webhook_id(origin)
         try:
-            envelope = parse_envelope(delivery.body)
+            envelope = parse_envelope(origin.body)
             verdict = self._contract.check(envelope, validate=self._validation != "off")
             if verdict.violation is not None and self._validation == "enforce":
                 # A documented type, so its id and type are fit for logs and labels.
                 event_id, event_type = envelope["id"], envelope["type"]
                 raise MalformedDelivery(f"schema violation: {verdict.violation}")
             route = build_route(
-                delivery,
+                origin,
                 topic_prefix=self._topic_prefix,
                 mode=self._mode,
                 envelope=envelope,
@@ -152,21 +197,21 @@ class Pipeline:
                 deadletter_topic=self._deadletter_topic,
             )
         except MalformedDelivery as exc:
-            message = deadletter_message(delivery, topic=self._deadletter_topic, reason=exc.reason)
-            receipt = Receipt(m.DEADLETTERED, delivery.webhook_id, event_id, event_type, verdict=verdict)
-            return message, receipt, exc.reason
-        receipt = Receipt(m.PUBLISHED, delivery.webhook_id, route.event_id, route.event_type, verdict=verdict)
-        return route.message, receipt, None
+            message = deadletter_message(origin, topic=self._deadletter_topic, reason=exc.reason)
+            receipt = Receipt(m.DEADLETTERED, webhook_id, event_id, event_type, verdict=verdict)
+            return Plan(message, receipt, exc.reason)
+        receipt = Receipt(m.PUBLISHED, webhook_id, route.event_id, route.event_type, verdict=verdict)
+        return Plan(route.message, receipt, None)
 
     async def _publish(self, message: KafkaMessage) -> Ack:
         sent = time.perf_counter()
         ack = await self._publisher.publish(message)
-        self._metrics.publish_duration.observe(time.perf_counter() - sent)
+        self.metrics.publish_duration.observe(time.perf_counter() - sent)
         return ack
 
-    def _record(self, receipt: Receipt, started: float, *, reason: str | None = None) -> Receipt:
+    def record(self, receipt: Receipt, started: float, *, reason: str | None = None) -> Receipt:
         """Count the outcome and write the delivery's one log line."""
-        self._metrics.deliveries.labels(
+        self.metrics.deliveries.labels(
             outcome=receipt.outcome, event_type=receipt.event_type or m.UNKNOWN_TYPE
         ).inc()
         fields: dict[str, object] = {
@@ -182,15 +227,19 @@ class Pipeline:
         if verdict is not None and receipt.outcome in (m.PUBLISHED, m.DEADLETTERED):
             fields["schema"] = verdict.status
             if verdict.violation is not None:
-                self._metrics.schema_violations.labels(event_type=receipt.event_type).inc()
+                self.metrics.schema_violations.labels(event_type=receipt.event_type).inc()
                 if reason is None:  # a dead letter's reason already says it
                     fields["schema_violation"] = verdict.violation
             elif not verdict.known and receipt.event_type is not None:
-                self._metrics.unknown_event_types.labels(event_type=receipt.event_type).inc()
+                self.metrics.unknown_event_types.labels(event_type=receipt.event_type).inc()
         if receipt.ack is not None:
             fields.update(topic=receipt.ack.topic, partition=receipt.ack.partition, offset=receipt.ack.offset)
         log.info("delivery %s", receipt.outcome, extra={"delivery": fields})
         return receipt
+
+
+def _webhook_id(origin: Origin) -> str | None:
+    return origin.webhook_id if isinstance(origin, VerifiedDelivery) else None
 
 
 def where(exc: BaseException) -> str:

@@ -13,7 +13,7 @@ import yaml
 from bridge.asyncapi import DEADLETTER, DEADLETTER_HEADERS, HEADERS, document, render
 from bridge.config import Settings
 from bridge.contract import Contract
-from bridge.envelope import build_route, deadletter_message, partition_key
+from bridge.envelope import Origin, Recovered, build_route, deadletter_message, partition_key
 from bridge.sendtest import sample, sample_types
 from bridge.verify import VerifiedDelivery
 from tests import tools
@@ -36,11 +36,21 @@ def validator(pointer: str) -> jsonschema_rs.Validator:
     return jsonschema_rs.Draft7Validator({"$ref": f"{DOC_URI}#{pointer}"}, registry=REGISTRY)
 
 
-def record_of(event_type: str, **changes: Any):
+WEBHOOK = "webhook"
+BACKFILL = "backfill"
+
+
+def origin_of(envelope: dict[str, Any], how: str = WEBHOOK) -> Origin:
+    body = json.dumps(envelope).encode()
+    if how == BACKFILL:
+        return Recovered(envelope.get("id", "evt_1"), body, "2026-11-27T03:00:00Z")
+    return VerifiedDelivery("msg_1", "1760000000", body)
+
+
+def record_of(event_type: str, how: str = WEBHOOK, **changes: Any):
     envelope = sample(event_type) | changes
-    delivery = VerifiedDelivery("msg_1", "1760000000", json.dumps(envelope).encode())
     return build_route(
-        delivery,
+        origin_of(envelope, how),
         topic_prefix=Settings.topic_prefix,
         mode="binary",
         envelope=envelope,
@@ -82,15 +92,26 @@ def test_each_channel_has_one_send_operation_with_kafka_bindings():
         assert operation["action"] == "send"
 
 
+@pytest.mark.parametrize("how", [WEBHOOK, BACKFILL])
 @pytest.mark.parametrize("event_type", sample_types())
-def test_the_headers_the_bridge_writes_match_the_documented_headers(event_type):
-    message = record_of(event_type)
+def test_the_headers_the_bridge_writes_match_the_documented_headers(event_type, how):
+    message = record_of(event_type, how)
     headers = {name: value.decode() for name, value in message.headers}
     headers_schema = validator(f"/components/messages/{event_type}/headers")
 
     assert set(headers) <= set(HEADERS)
     assert headers_schema.is_valid(headers)
     assert not headers_schema.is_valid(headers | {"ce_type": "role.created" if event_type != "role.created" else "x"})
+
+
+def test_a_record_must_say_how_it_reached_the_bridge_and_only_one_way():
+    headers = {name: value.decode() for name, value in record_of("role.created").headers}
+    headers_schema = validator("/components/messages/role.created/headers")
+    neither = {name: value for name, value in headers.items() if name != "ce_webhookid"}
+
+    assert headers_schema.is_valid(headers)
+    assert not headers_schema.is_valid(neither)
+    assert not headers_schema.is_valid(headers | {"ce_backfilledat": "2026-11-27T03:00:00Z"})
 
 
 @pytest.mark.parametrize("event_type", sample_types())
@@ -114,11 +135,17 @@ def test_the_documented_key_is_where_the_bridge_takes_it_from(event_type):
 
 
 def test_the_deadletter_channel_documents_the_headers_the_bridge_writes():
-    delivery = VerifiedDelivery("msg_1", "1760000000", b"not json")
-    message = deadletter_message(delivery, topic=Settings.deadletter_topic, reason="body is not JSON")
-    headers = {name: value.decode() for name, value in message.headers}
-    assert set(headers) == set(DEADLETTER_HEADERS)
-    assert validator(f"/components/messages/{DEADLETTER}/headers").is_valid(headers)
+    schema = validator(f"/components/messages/{DEADLETTER}/headers")
+    written: set[str] = set()
+    for how in (WEBHOOK, BACKFILL):
+        message = deadletter_message(
+            origin_of({"id": "evt_1"}, how), topic=Settings.deadletter_topic, reason="body is not JSON"
+        )
+        headers = {name: value.decode() for name, value in message.headers}
+        assert schema.is_valid(headers), how
+        assert not schema.is_valid({name: v for name, v in headers.items() if name != "deadletter-reason"})
+        written |= set(headers)
+    assert written == set(DEADLETTER_HEADERS)
 
 
 def test_the_readme_header_table_lists_every_documented_header():
