@@ -1,4 +1,4 @@
-"""Command line: `serve` (production), `dev` (with a local Kafka), `send-test`."""
+"""Command line: `serve` (production), `backfill` (recover events), `dev` (with a local Kafka), `send-test`."""
 
 from __future__ import annotations
 
@@ -23,6 +23,18 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--version", action="version", version=__version__)
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("serve", help="run the bridge; configuration comes from the environment")
+    recover = commands.add_parser(
+        "backfill",
+        help="publish a time window's events from Scalekit's Events API that Kafka does not hold yet",
+        description="Publish every event of a time window that is not already in Kafka, as the record its "
+        "webhook would have written (marked with ce_backfilledat). Configuration comes from the environment: "
+        "SCALEKIT_ENVIRONMENT_URL, SCALEKIT_CLIENT_ID, SCALEKIT_CLIENT_SECRET and the KAFKA_*/BRIDGE_* settings.",
+    )
+    recover.add_argument("--since", required=True, help="window start: an RFC 3339 time, or a duration back from now (90m, 2h, 3d)")
+    recover.add_argument("--until", help="window end, exclusive: an RFC 3339 time (default: now)")
+    recover.add_argument("--type", action="append", default=[], dest="types", metavar="TYPE", help="only this event type (repeatable)")
+    recover.add_argument("--organization", help="only this organization's events")
+    recover.add_argument("--dry-run", action="store_true", help="print what would be published (type, id, topic, key); write nothing")
     commands.add_parser("dev", help="run a local Kafka (unless KAFKA_BOOTSTRAP_SERVERS is set) and the bridge")
     send = commands.add_parser("send-test", help="sign a sample delivery with SCALEKIT_WEBHOOK_SECRET and POST it")
     send.add_argument("--type", required=True, dest="event_type", help="a documented Scalekit event type")
@@ -31,6 +43,8 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     if args.command == "serve":
         sys.exit(_serve(os.environ))
+    if args.command == "backfill":
+        sys.exit(_backfill(parser, args))
     if args.command == "dev":
         sys.exit(_dev())
     sys.exit(_send_test(args.event_type, args.url))
@@ -54,6 +68,31 @@ def _serve(env: os._Environ[str] | dict[str, str]) -> int:
     logs.configure(settings.log_level, settings.log_format)
     asyncio.run(serve(settings))
     return 0
+
+
+def _backfill(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    from datetime import datetime, timezone
+
+    from bridge import backfill, logs
+    from bridge.config import BackfillSettings
+    from bridge.eventsapi import EventQuery
+
+    now = datetime.now(timezone.utc)
+    try:
+        start = backfill.parse_since(args.since, now)
+        end = backfill.parse_time(args.until) if args.until else now
+    except ValueError as exc:
+        parser.error(str(exc))
+    if start >= end:
+        parser.error(f"--since ({start.isoformat()}) must be before --until ({end.isoformat()})")
+    try:
+        settings = BackfillSettings.from_env(os.environ)
+    except ConfigError as exc:
+        print(f"scalekit-bridge: configuration error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    logs.configure(settings.log_level, settings.log_format)
+    query = EventQuery(start=start, end=end, types=tuple(args.types), organization_id=args.organization)
+    return backfill.main(settings, backfill.Request(query=query, dry_run=args.dry_run))
 
 
 def _dev() -> int:

@@ -12,6 +12,7 @@ import re
 from collections.abc import Callable, Mapping
 from dataclasses import MISSING, dataclass, field, fields
 from typing import Any, Literal, TypeVar
+from urllib.parse import urlsplit
 
 from bridge.errors import ConfigError
 from bridge.verify import SigningKey
@@ -141,23 +142,12 @@ class Settings:
             admin_host=reader.text("BRIDGE_ADMIN_HOST", d["admin_host"]),
             admin_port=reader.number("BRIDGE_ADMIN_PORT", d["admin_port"], int, low=1, high=65535),
             webhook_path=reader.text("BRIDGE_WEBHOOK_PATH", d["webhook_path"]),
-            topic_prefix=reader.text("BRIDGE_TOPIC_PREFIX", d["topic_prefix"]),
-            deadletter_topic=reader.text("BRIDGE_DEADLETTER_TOPIC", d["deadletter_topic"]),
-            publish_timeout=reader.number("BRIDGE_PUBLISH_TIMEOUT", d["publish_timeout"], float, low=0.1, high=60.0),
-            max_body_bytes=reader.number("BRIDGE_MAX_BODY_BYTES", d["max_body_bytes"], int, low=1024, high=16 << 20),
             max_inflight=reader.number("BRIDGE_MAX_INFLIGHT", d["max_inflight"], int, low=1, high=100_000),
             max_connections=reader.number("BRIDGE_MAX_CONNECTIONS", d["max_connections"], int, low=1, high=1_000_000),
             header_timeout=reader.number("BRIDGE_HEADER_TIMEOUT", d["header_timeout"], float, low=0.1, high=300.0),
             body_timeout=reader.number("BRIDGE_BODY_TIMEOUT", d["body_timeout"], float, low=0.1, high=300.0),
             keepalive_timeout=reader.number(
                 "BRIDGE_KEEPALIVE_TIMEOUT", d["keepalive_timeout"], float, low=0.0, high=3600.0
-            ),
-            timestamp_tolerance=reader.number(
-                "BRIDGE_TIMESTAMP_TOLERANCE", d["timestamp_tolerance"], int, low=1, high=3600
-            ),
-            cloudevents_mode=reader.choice("BRIDGE_CLOUDEVENTS_MODE", d["cloudevents_mode"], CLOUDEVENTS_MODES),
-            schema_validation=reader.choice(
-                "BRIDGE_SCHEMA_VALIDATION", d["schema_validation"], SCHEMA_VALIDATION_MODES
             ),
             redelivery_cache_size=reader.number(
                 "BRIDGE_REDELIVERY_CACHE_SIZE", d["redelivery_cache_size"], int, low=0, high=10_000_000
@@ -166,11 +156,88 @@ class Settings:
                 "BRIDGE_REDELIVERY_CACHE_TTL", d["redelivery_cache_ttl"], float, low=0.0, high=86_400.0
             ),
             shutdown_grace=reader.optional_number("BRIDGE_SHUTDOWN_GRACE", float, low=0.0, high=600.0),
-            log_level=reader.choice("BRIDGE_LOG_LEVEL", d["log_level"], LOG_LEVELS, fold=str.upper),
-            log_format=reader.choice("BRIDGE_LOG_FORMAT", d["log_format"], LOG_FORMATS),
+            **_record_shaping(reader),
         )
         _check_names(settings)
         return settings
+
+
+def _record_shaping(reader: _Reader) -> dict[str, Any]:
+    """The settings `serve` and `backfill` share: what a record looks like and where it goes."""
+    d = _defaults(Settings)
+    shared = {
+        "topic_prefix": reader.text("BRIDGE_TOPIC_PREFIX", d["topic_prefix"]),
+        "deadletter_topic": reader.text("BRIDGE_DEADLETTER_TOPIC", d["deadletter_topic"]),
+        "publish_timeout": reader.number(
+            "BRIDGE_PUBLISH_TIMEOUT", d["publish_timeout"], float, low=0.1, high=60.0
+        ),
+        "max_body_bytes": reader.number("BRIDGE_MAX_BODY_BYTES", d["max_body_bytes"], int, low=1024, high=16 << 20),
+        "timestamp_tolerance": reader.number(
+            "BRIDGE_TIMESTAMP_TOLERANCE", d["timestamp_tolerance"], int, low=1, high=3600
+        ),
+        "cloudevents_mode": reader.choice("BRIDGE_CLOUDEVENTS_MODE", d["cloudevents_mode"], CLOUDEVENTS_MODES),
+        "schema_validation": reader.choice(
+            "BRIDGE_SCHEMA_VALIDATION", d["schema_validation"], SCHEMA_VALIDATION_MODES
+        ),
+        "log_level": reader.choice("BRIDGE_LOG_LEVEL", d["log_level"], LOG_LEVELS, fold=str.upper),
+        "log_format": reader.choice("BRIDGE_LOG_FORMAT", d["log_format"], LOG_FORMATS),
+    }
+    _check_topics(shared["topic_prefix"], shared["deadletter_topic"])
+    return shared
+
+
+@dataclass(frozen=True)
+class ScalekitApi:
+    """Where Scalekit's API is and the client credentials it takes (an API client, not a webhook secret)."""
+
+    environment_url: str
+    client_id: str
+    client_secret: Secret
+
+
+@dataclass(frozen=True)
+class BackfillSettings:
+    """Everything `backfill` runs on: API credentials, Kafka, and the settings that shape records.
+
+    No webhook secret: a backfill verifies no signatures, so its CronJob needs none.
+    """
+
+    api: ScalekitApi
+    kafka: KafkaSettings
+    topic_prefix: str
+    deadletter_topic: str
+    publish_timeout: float
+    max_body_bytes: int
+    # Also the margin before the window's start when looking for records already in Kafka.
+    timestamp_tolerance: int
+    cloudevents_mode: CloudEventsMode
+    schema_validation: SchemaValidation
+    log_level: str
+    log_format: LogFormat
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> BackfillSettings:
+        """Build settings from `env` (default: `os.environ`); raise ConfigError on the first problem."""
+        reader = _Reader(os.environ if env is None else env)
+        return cls(api=_scalekit_api(reader), kafka=_kafka_settings(reader), **_record_shaping(reader))
+
+
+def _scalekit_api(reader: _Reader) -> ScalekitApi:
+    url = reader.required("SCALEKIT_ENVIRONMENT_URL").rstrip("/")
+    parts = urlsplit(url)
+    try:
+        parts.port  # noqa: B018 - raises ValueError for a port that is not a number
+    except ValueError:
+        raise ConfigError("SCALEKIT_ENVIRONMENT_URL", f"has a bad port: {url!r}") from None
+    if parts.scheme != "https" or not parts.hostname or parts.path or parts.query or parts.username:
+        raise ConfigError(
+            "SCALEKIT_ENVIRONMENT_URL", f"must look like https://<your-env>.scalekit.com, got {url!r}"
+        )
+    return ScalekitApi(
+        environment_url=url,
+        client_id=reader.required("SCALEKIT_CLIENT_ID"),
+        client_secret=Secret(reader.required("SCALEKIT_CLIENT_SECRET")),
+    )
 
 
 def _defaults(cls: type) -> dict[str, Any]:
@@ -283,12 +350,15 @@ def _kafka_settings(reader: _Reader) -> KafkaSettings:
     )
 
 
+def _check_topics(prefix: str, deadletter_topic: str) -> None:
+    if not _TOPIC_CHARS.fullmatch(prefix) or len(prefix) > 200:
+        raise ConfigError("BRIDGE_TOPIC_PREFIX", "may use only letters, digits, '.', '_' and '-' (at most 200)")
+    if not _TOPIC_CHARS.fullmatch(deadletter_topic) or len(deadletter_topic) > _MAX_TOPIC_LENGTH:
+        raise ConfigError("BRIDGE_DEADLETTER_TOPIC", "must be a legal Kafka topic name")
+
+
 def _check_names(settings: Settings) -> None:
     if not settings.webhook_path.startswith("/"):
         raise ConfigError("BRIDGE_WEBHOOK_PATH", "must start with '/'")
-    if not _TOPIC_CHARS.fullmatch(settings.topic_prefix) or len(settings.topic_prefix) > 200:
-        raise ConfigError("BRIDGE_TOPIC_PREFIX", "may use only letters, digits, '.', '_' and '-' (at most 200)")
-    if not _TOPIC_CHARS.fullmatch(settings.deadletter_topic) or len(settings.deadletter_topic) > _MAX_TOPIC_LENGTH:
-        raise ConfigError("BRIDGE_DEADLETTER_TOPIC", "must be a legal Kafka topic name")
     if settings.port == settings.admin_port and settings.host == settings.admin_host:
         raise ConfigError("BRIDGE_ADMIN_PORT", "must differ from BRIDGE_PORT on the same host")

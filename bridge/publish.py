@@ -1,8 +1,9 @@
-"""Writing records to Kafka and knowing whether Kafka is there.
+"""Writing records to Kafka and knowing whether Kafka is there (and, for backfill, what it holds).
 
 The only module that imports aiokafka. It owns the producer's settings
 (acks=all, idempotence), the per-publish deadline, topic creation on first
-use, and the readiness probe; aiokafka's errors become `PublishFailed` here.
+use, the readiness probe and the scan of event ids already written; aiokafka's
+errors become `PublishFailed` here.
 """
 
 from __future__ import annotations
@@ -10,10 +11,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from aiokafka import AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import (
@@ -34,7 +36,7 @@ from aiokafka.helpers import create_ssl_context
 from aiokafka.record.default_records import DefaultRecordBatchBuilder
 
 from bridge.config import KafkaSettings
-from bridge.envelope import KafkaMessage
+from bridge.envelope import KafkaMessage, event_id_of_record
 from bridge.errors import PublishFailed, RecordRejected
 
 log = logging.getLogger(__name__)
@@ -298,6 +300,99 @@ class KafkaPublisher:
                 await (client.stop() if isinstance(client, AIOKafkaProducer) else client.close())
             except Exception:  # noqa: BLE001 - closing must finish even when the broker is gone
                 log.debug("error while closing a Kafka client", exc_info=True)
+
+
+async def event_ids_since(
+    settings: KafkaSettings, topics: Iterable[str], since_ms: int, *, timeout: float
+) -> tuple[set[str], int]:
+    """Every event id in `topics` written at or after `since_ms` (the broker's time index), up to now.
+
+    Returns the ids and how many records were read. Reads without a consumer group
+    (nothing is committed, no group ACL needed); topics that do not exist hold nothing.
+    Raises PublishFailed when Kafka cannot be reached or stops answering for `timeout`.
+    """
+    common = _connection_options(settings)
+    request_timeout_ms = int(timeout * 1000)
+    consumer = AIOKafkaConsumer(
+        group_id=None,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",  # a start offset retention has just deleted: begin at what is left
+        request_timeout_ms=request_timeout_ms,
+        client_id="scalekit-bridge-backfill",
+        **common,
+    )
+    admin = AIOKafkaAdminClient(request_timeout_ms=request_timeout_ms, client_id="scalekit-bridge-backfill", **common)
+    try:
+        try:
+            await consumer.start()
+            await admin.start()
+        except KafkaError as exc:
+            raise PublishFailed(f"cannot reach Kafka at {settings.bootstrap_servers}: {type(exc).__name__}") from exc
+        try:
+            async with asyncio.timeout(timeout):
+                partitions = await _partitions(consumer, admin, topics)
+            return await _scan(consumer, partitions, since_ms, timeout)
+        except (KafkaError, TimeoutError) as exc:
+            raise PublishFailed(f"reading the topics failed: {type(exc).__name__}") from exc
+    finally:
+        await consumer.stop()
+        await admin.close()
+
+
+async def _partitions(
+    consumer: AIOKafkaConsumer, admin: AIOKafkaAdminClient, topics: Iterable[str]
+) -> list[TopicPartition]:
+    # Describe only topics that exist: asking for a missing one may have the broker auto-create it.
+    existing = sorted(set(topics) & await consumer.topics())
+    if not existing:
+        return []
+    described = await admin.describe_topics(existing)
+    return [
+        TopicPartition(topic["topic"], partition["partition"])
+        for topic in described
+        if not topic["error_code"]
+        for partition in topic["partitions"]
+    ]
+
+
+async def _scan(
+    consumer: AIOKafkaConsumer, partitions: list[TopicPartition], since_ms: int, timeout: float
+) -> tuple[set[str], int]:
+    if not partitions:
+        return set(), 0
+    async with asyncio.timeout(timeout):
+        starts = await consumer.offsets_for_times({partition: since_ms for partition in partitions})
+        ends = await consumer.end_offsets(partitions)
+    # Only partitions with records in the window are assigned, each from its first such record.
+    first = {
+        partition: start.offset
+        for partition, start in starts.items()
+        if start is not None and start.offset < ends[partition]
+    }
+    remaining = {partition: ends[partition] for partition in first}
+    consumer.assign(list(first))
+    for partition, offset in first.items():
+        consumer.seek(partition, offset)
+    ids: set[str] = set()
+    read = 0
+    loop = asyncio.get_running_loop()
+    progressed = loop.time()
+    while remaining:
+        # A deadline for progress, not for the scan: a long window may take a while, a dead broker may not.
+        if loop.time() - progressed > timeout:
+            raise TimeoutError
+        batches = await consumer.getmany(*remaining, timeout_ms=500)
+        for partition, records in batches.items():
+            read += len(records)
+            progressed = loop.time()
+            for record in records:
+                found = event_id_of_record(record.headers, record.value)
+                if found is not None:
+                    ids.add(found)
+        for partition in list(remaining):
+            if await consumer.position(partition) >= remaining[partition]:
+                del remaining[partition]
+    return ids, read
 
 
 def _connection_options(settings: KafkaSettings) -> dict[str, Any]:

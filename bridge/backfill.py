@@ -1,0 +1,229 @@
+"""`scalekit-bridge backfill`: write every event of a time window that Kafka does not hold yet.
+
+Scalekit stops retrying a delivery after about 22 minutes; its Events API keeps
+the events. A run lists the window's events (`bridge.eventsapi`, off the event
+loop), reads the ids already in the target topics from the window's start minus
+a margin (`bridge.publish.event_ids_since`), and writes the missing ones in
+`occurred_at` order through the webhook path's own `Writer`, so each record is
+the one the webhook would have written, marked with `ce_backfilledat`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import re
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from typing import Any, TextIO
+
+from bridge import metrics as m
+from bridge.config import BackfillSettings
+from bridge.envelope import Recovered, topic_for
+from bridge.errors import MalformedDelivery, PublishFailed
+from bridge.eventsapi import EventQuery, EventsApi, occurred_at
+from bridge.pipeline import Plan, Writer
+from bridge.publish import KafkaPublisher, event_ids_since
+
+log = logging.getLogger(__name__)
+
+_DURATION = re.compile(r"(\d+)([smhdw])")
+_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
+# How often a run that is not at a terminal says how far it got.
+PROGRESS_EVERY_SECONDS = 5.0
+
+
+@dataclass(frozen=True)
+class Request:
+    """What one run was asked to do."""
+
+    query: EventQuery
+    dry_run: bool = False
+
+
+@dataclass
+class Tally:
+    """What a run did; its last line and exit code are the job's interface."""
+
+    dry_run: bool = False
+    fetched: int = 0
+    present: int = 0
+    published: int = 0
+    deadlettered: int = 0
+    failed: list[str] = field(default_factory=list)
+
+    def summary(self) -> str:
+        if self.dry_run:
+            return (
+                f"dry run: fetched {self.fetched}, already in Kafka {self.present}, "
+                f"would publish {self.published}, would dead-letter {self.deadlettered}"
+            )
+        return (
+            f"fetched {self.fetched}, already in Kafka {self.present}, published {self.published}, "
+            f"dead-lettered {self.deadlettered}, failed {len(self.failed)}"
+        )
+
+
+def parse_since(text: str, now: datetime) -> datetime:
+    """An RFC 3339 time, or a duration back from `now` (90m, 2h, 3d, 1w); raises ValueError."""
+    duration = _DURATION.fullmatch(text.strip())
+    if duration is not None:
+        return now - timedelta(**{_UNITS[duration[2]]: int(duration[1])})
+    return parse_time(text)
+
+
+def parse_time(text: str) -> datetime:
+    """An RFC 3339 time with a zone (`Z` or an offset); raises ValueError."""
+    try:
+        moment = datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise ValueError(f"{text!r} is neither an RFC 3339 time nor a duration such as 90m, 2h or 3d") from None
+    if moment.tzinfo is None:
+        raise ValueError(f"{text!r} has no time zone; add Z or an offset such as +02:00")
+    return moment.astimezone(timezone.utc)
+
+
+class Progress:
+    """Says how far a run got: a bar at a terminal, a log line every few seconds otherwise."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self._stream = stream
+        self._terminal = stream.isatty()
+        self._said = 0.0
+
+    def update(self, phase: str, done: int, total: int | None = None, *, final: bool = False) -> None:
+        if self._terminal:
+            self._draw(phase, done, total, final)
+            return
+        now = time.monotonic()
+        if final or now - self._said >= PROGRESS_EVERY_SECONDS:
+            self._said = now
+            log.info("backfill %s", phase, extra={"progress": {"phase": phase, "done": done, "total": total}})
+
+    def _draw(self, phase: str, done: int, total: int | None, final: bool) -> None:
+        if total:
+            filled = 30 * done // total
+            line = f"{phase:<10} [{'#' * filled}{'.' * (30 - filled)}] {done}/{total}"
+        else:
+            line = f"{phase:<10} {done}"
+        self._stream.write("\r" + line + ("\n" if final else ""))
+        self._stream.flush()
+
+
+async def backfill(settings: BackfillSettings, request: Request, progress: Progress, out: TextIO) -> Tally:
+    """Run once; raises ApiError or PublishFailed (nothing written) when a service cannot be used."""
+    backfilled_at = datetime.now(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
+    tally = Tally(dry_run=request.dry_run)
+    events = await _fetch(settings, request.query, progress)
+    tally.fetched = len(events)
+
+    margin = timedelta(seconds=settings.timestamp_tolerance)
+    since_ms = int((request.query.start - margin).timestamp() * 1000)
+    present, _read = await event_ids_since(
+        settings.kafka, _topics(settings, events), since_ms, timeout=settings.publish_timeout
+    )
+    missing = [event for event in events if event["id"] not in present]
+    tally.present = len(events) - len(missing)
+    progress.update("checked", tally.present, len(events), final=True)
+
+    publisher = KafkaPublisher(
+        settings.kafka, timeout=settings.publish_timeout, max_record_bytes=settings.max_body_bytes
+    )
+    writer = Writer.configured(settings, publisher, m.Metrics(process_metrics=False))
+    recovered = [_recovered(event, backfilled_at) for event in missing]
+    if request.dry_run:
+        for origin in recovered:
+            _show(origin, writer.plan(origin), out, tally)
+        return tally
+    if recovered:
+        await publisher.start()
+        try:
+            await _publish(writer, recovered, progress, tally)
+        finally:
+            await publisher.stop()
+    return tally
+
+
+async def _fetch(settings: BackfillSettings, query: EventQuery, progress: Progress) -> list[dict[str, Any]]:
+    """The window's events, each once, oldest first (the API pages newest first; order is not relied on)."""
+    api = EventsApi(settings.api)
+    await asyncio.to_thread(api.connect)
+    pages: Iterator[list[dict[str, Any]]] = api.pages(query)
+    found: dict[str, dict[str, Any]] = {}
+    while (page := await asyncio.to_thread(next, pages, None)) is not None:
+        found.update((event["id"], event) for event in page if query.matches(event))
+        progress.update("fetching", len(found))
+    progress.update("fetched", len(found), final=True)
+    return sorted(found.values(), key=lambda event: (occurred_at(event) or query.start, event["id"]))
+
+
+def _topics(settings: BackfillSettings, events: list[dict[str, Any]]) -> set[str]:
+    """Where these events' records would be: their type topics and the dead-letter topic."""
+    topics = {settings.deadletter_topic}
+    for event_type in {event["type"] for event in events}:
+        try:
+            topics.add(topic_for(settings.topic_prefix, event_type, deadletter_topic=settings.deadletter_topic))
+        except MalformedDelivery:
+            pass  # such an event can only have been dead-lettered
+    return topics
+
+
+def _recovered(event: dict[str, Any], backfilled_at: str) -> Recovered:
+    body = json.dumps(event, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+    return Recovered(event_id=event["id"], body=body, backfilled_at=backfilled_at)
+
+
+def _show(origin: Recovered, plan: Plan, out: TextIO, tally: Tally) -> None:
+    """One dry-run line: type, id, topic, key (and why, for a dead letter)."""
+    message, receipt = plan.message, plan.receipt
+    key = message.key.decode("utf-8", "replace") if message.key is not None else "-"
+    line = f"{receipt.event_type or '-'}\t{origin.event_id}\t{message.topic}\t{key}"
+    if receipt.outcome == m.DEADLETTERED:
+        tally.deadlettered += 1
+        line += f"\t(dead letter: {plan.reason})"
+    else:
+        tally.published += 1
+    print(line, file=out)
+
+
+async def _publish(writer: Writer, recovered: list[Recovered], progress: Progress, tally: Tally) -> None:
+    """Write in order; stop at the first failure so a later event never overtakes an earlier one."""
+    for position, origin in enumerate(recovered):
+        try:
+            receipt = await writer.write(origin, time.perf_counter())
+        except PublishFailed as exc:
+            tally.failed = [event.event_id for event in recovered[position:]]
+            log.error("backfill stopped: a write failed", extra={"event_id": origin.event_id, "reason": exc.reason})
+            break
+        if receipt.outcome == m.DEADLETTERED:
+            tally.deadlettered += 1
+            log.warning("backfilled event dead-lettered", extra={"event_id": origin.event_id})
+        else:
+            tally.published += 1
+        progress.update("publishing", position + 1, len(recovered))
+    progress.update("published", tally.published + tally.deadlettered, len(recovered), final=True)
+
+
+def main(settings: BackfillSettings, request: Request) -> int:
+    """Run and report; 0 when every missing event was written, 1 otherwise."""
+    from bridge.eventsapi import ApiError
+
+    # One line per event would drown the progress; the summary and the failures say what matters.
+    if settings.log_level != "DEBUG":
+        logging.getLogger("bridge.delivery").setLevel(logging.WARNING)
+    try:
+        tally = asyncio.run(backfill(settings, request, Progress(sys.stderr), sys.stdout))
+    except (ApiError, PublishFailed) as exc:
+        print(f"scalekit-bridge backfill: {exc}; nothing was written", file=sys.stderr)
+        return 1
+    if tally.failed:
+        print(
+            f"scalekit-bridge backfill: {len(tally.failed)} event(s) not written: {', '.join(tally.failed)}",
+            file=sys.stderr,
+        )
+    print(tally.summary(), flush=True)
+    return 1 if tally.failed else 0

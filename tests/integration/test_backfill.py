@@ -1,0 +1,279 @@
+"""`scalekit-bridge backfill` against a local Scalekit (the SDK's own protocols) and the real Kafka.
+
+The stand-in speaks OAuth client credentials and the SDK's gRPC EventsService on one
+TLS port, and pages at most `page_limit` events at a time, so every run here crosses
+page boundaries. Each test runs the command as a user would, in its own process.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+import pytest
+
+from bridge.envelope import event_id_of_record
+from tests.conftest import KafkaTool, Record
+from tests.fake_scalekit import FakeScalekit, sample_events
+from tests.helpers import free_port
+
+NOW = datetime.now(timezone.utc)
+SUMMARY_PREFIX = "fetched "
+
+
+@pytest.fixture
+def scalekit() -> Iterator[FakeScalekit]:
+    fake = FakeScalekit(page_limit=7)
+    fake.start()
+    yield fake
+    fake.stop()
+
+
+@dataclass
+class Run:
+    returncode: int
+    stdout: str
+    stderr: str
+
+    @property
+    def summary(self) -> str:
+        return self.stdout.strip().splitlines()[-1]
+
+
+@pytest.fixture
+def backfill(scalekit: FakeScalekit, kafka_bootstrap: str, unique: str):
+    """Run `python -m bridge backfill ARGS` with the fake's credentials and this test's topics."""
+
+    def run(*args: str, **env: str) -> Run:
+        child_env = {
+            **{k: v for k, v in os.environ.items() if not k.startswith(("SCALEKIT_", "BRIDGE_"))},
+            **scalekit.env(),
+            "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap,
+            "BRIDGE_TOPIC_PREFIX": f"t{unique}.",
+            "BRIDGE_DEADLETTER_TOPIC": f"t{unique}.deadletter",
+            **env,
+        }
+        done = subprocess.run(
+            [sys.executable, "-m", "bridge", "backfill", *args],
+            env=child_env, capture_output=True, text=True, timeout=120,
+        )
+        return Run(done.returncode, done.stdout, done.stderr)
+
+    return run
+
+
+async def records_by_event(kafka: KafkaTool, prefix: str, event_types: set[str]) -> dict[str, list[Record]]:
+    """Every record in the event types' topics and the dead-letter topic, by the event id it carries."""
+    found: dict[str, list[Record]] = {}
+    for topic in sorted({prefix + t for t in event_types} | {prefix + "deadletter"}):
+        for record in await kafka.read_all(topic):
+            found.setdefault(event_id_of_record(record.headers, record.value) or "?", []).append(record)
+    return found
+
+
+def seed(scalekit: FakeScalekit, count: int, **options: Any) -> list[dict[str, Any]]:
+    events = sample_events(count, start=options.pop("start", NOW - timedelta(minutes=90)), **options)
+    for envelope in events:
+        scalekit.add(envelope)
+    return events
+
+
+async def test_after_an_outage_backfill_writes_exactly_the_lost_events_each_once(
+    scalekit, backfill, start_bridge, kafka
+):
+    """Deliveries before and after an outage reach Kafka by webhook; backfill writes only the rest."""
+    events = seed(scalekit, 40)
+    bridge = await start_bridge()
+    delivered, lost = events[:15] + events[30:], events[15:30]
+    for envelope in delivered:
+        assert (await bridge.deliver(envelope))[0] == 201
+
+    run = backfill("--since", "2h")
+
+    assert run.returncode == 0, run.stderr
+    assert run.summary == "fetched 40, already in Kafka 25, published 15, dead-lettered 0, failed 0"
+    found = await records_by_event(kafka, bridge.prefix, {e["type"] for e in events})
+    assert {event_id: len(records) for event_id, records in found.items()} == {e["id"]: 1 for e in events}
+    for envelope in lost:
+        (record,) = found[envelope["id"]]
+        assert record.header("ce_backfilledat") is not None and record.header("ce_webhookid") is None
+    for envelope in delivered:
+        (record,) = found[envelope["id"]]
+        assert record.header("ce_webhookid") is not None and record.header("ce_backfilledat") is None
+
+
+async def test_a_second_identical_run_writes_nothing(scalekit, backfill, kafka, unique):
+    """Everything the first run wrote is found again by the second, through the broker's time index."""
+    events = seed(scalekit, 30)
+    first = backfill("--since", "2h")
+    assert first.summary == "fetched 30, already in Kafka 0, published 30, dead-lettered 0, failed 0"
+    before = await records_by_event(kafka, f"t{unique}.", {e["type"] for e in events})
+
+    second = backfill("--since", "2h")
+
+    assert second.returncode == 0
+    assert second.summary == "fetched 30, already in Kafka 30, published 0, dead-lettered 0, failed 0"
+    assert await records_by_event(kafka, f"t{unique}.", {e["type"] for e in events}) == before
+
+
+@pytest.mark.parametrize("mode", ["binary", "structured"])
+async def test_a_backfilled_record_is_the_record_the_webhook_would_have_written(
+    scalekit, backfill, start_bridge, kafka, unique, mode
+):
+    """Same topic, key, ce_id, type, source, time instant, extensions and value, for every documented type.
+
+    Only the provenance differs (ce_webhookid against ce_backfilledat), and ce_time's text
+    where Scalekit's differs from the protobuf Timestamp's rendering of the same instant.
+    """
+    events = seed(scalekit, 28)
+    events[0]["occurred_at"] = _with_offset(events[0]["occurred_at"])  # same instant, other text
+    bridge = await start_bridge(BRIDGE_CLOUDEVENTS_MODE=mode)  # topics t<unique>.
+    for envelope in events:
+        assert (await bridge.deliver(envelope))[0] == 201
+
+    run = backfill("--since", "2h", BRIDGE_TOPIC_PREFIX=f"b{unique}.", BRIDGE_DEADLETTER_TOPIC=f"b{unique}.deadletter",
+                   BRIDGE_CLOUDEVENTS_MODE=mode)
+
+    assert run.summary == "fetched 28, already in Kafka 0, published 28, dead-lettered 0, failed 0"
+    types = {e["type"] for e in events}
+    delivered = await records_by_event(kafka, bridge.prefix, types)
+    backfilled = await records_by_event(kafka, f"b{unique}.", types)
+    for envelope in events:
+        (webhook,), (recovered,) = delivered[envelope["id"]], backfilled[envelope["id"]]
+        assert recovered.topic.removeprefix(f"b{unique}.") == webhook.topic.removeprefix(bridge.prefix)
+        assert recovered.key == webhook.key
+        assert _comparable(recovered, "backfilledat") == _comparable(webhook, "webhookid")
+
+
+async def test_type_organization_and_window_filters_reach_the_api_and_the_result(scalekit, backfill):
+    """--type, --organization, --since and --until narrow the API's query and what is published."""
+    events = seed(scalekit, 56, step=timedelta(minutes=1))
+    since, until = events[10]["occurred_at"], events[40]["occurred_at"]
+    wanted_types = ("organization.directory.user_created", "organization.directory.user_deleted")
+    expected = [
+        e for e in events[10:40] if e["type"] in wanted_types and e.get("organization_id") == "org_beta"
+    ]
+    assert expected, "the seed must put some wanted events in the window"
+
+    run = backfill("--since", since, "--until", until, "--organization", "org_beta",
+                   "--type", wanted_types[0], "--type", wanted_types[1], "--dry-run")
+
+    assert run.returncode == 0, run.stderr
+    listed = [line.split("\t")[1] for line in run.stdout.strip().splitlines()[:-1]]
+    assert listed == [e["id"] for e in expected]
+    asked = scalekit.seen.page_requests[-1].filter
+    assert list(asked.event_types) == list(wanted_types) and asked.organization_id == "org_beta"
+    assert asked.start_time.ToJsonString() == since and asked.end_time.ToJsonString() == until
+
+
+async def test_dry_run_lists_type_id_topic_and_key_and_writes_nothing(scalekit, backfill, kafka, unique):
+    """A dry run shows, oldest first, what the real run then writes, and writes nothing itself."""
+    events = seed(scalekit, 9)
+
+    dry = backfill("--since", "2h", "--dry-run")
+
+    assert dry.returncode == 0, dry.stderr
+    *lines, summary = dry.stdout.strip().splitlines()
+    assert summary == "dry run: fetched 9, already in Kafka 0, would publish 9, would dead-letter 0"
+    assert [line.split("\t")[1] for line in lines] == [e["id"] for e in events]
+    assert not {t for t in await kafka.topics() if t.startswith(f"t{unique}.")}
+
+    assert backfill("--since", "2h").returncode == 0
+    written = await records_by_event(kafka, f"t{unique}.", {e["type"] for e in events})
+    for line in lines:
+        event_type, event_id, topic, key = line.split("\t")
+        (record,) = written[event_id]
+        assert (record.header("ce_type"), record.topic, record.key) == (event_type.encode(), topic, key.encode())
+
+
+async def test_events_are_published_oldest_first_across_pages(scalekit, backfill, kafka, unique):
+    """The API pages newest first; one organization's records still land in occurred_at order."""
+    events = seed(scalekit, 20, types=["organization.directory.user_updated"], organizations=["org_one"])
+
+    run = backfill("--since", "2h")
+
+    assert run.returncode == 0, run.stderr
+    records = await kafka.read_all(f"t{unique}.organization.directory.user_updated")
+    assert [event_id_of_record(r.headers, r.value) for r in records] == [e["id"] for e in events]
+    assert len(scalekit.seen.page_requests) == 3  # 7 + 7 + 6
+
+
+async def test_dead_letter_rules_are_the_webhooks_and_a_rerun_finds_the_dead_letter(scalekit, backfill, kafka, unique):
+    """With validation enforced, data that breaks its schema is dead-lettered, marked as backfilled, once."""
+    (broken,) = seed(scalekit, 1, types=["organization.directory.user_created"])
+    scalekit.add(broken | {"id": broken["id"] + "_b", "data": {"active": "not a boolean"}})
+
+    first = backfill("--since", "2h", BRIDGE_SCHEMA_VALIDATION="enforce")
+    second = backfill("--since", "2h", BRIDGE_SCHEMA_VALIDATION="enforce")
+
+    assert first.summary == "fetched 2, already in Kafka 0, published 1, dead-lettered 1, failed 0"
+    assert second.summary == "fetched 2, already in Kafka 2, published 0, dead-lettered 0, failed 0"
+    (letter,) = await kafka.read_all(f"t{unique}.deadletter")
+    assert letter.key == (broken["id"] + "_b").encode()
+    assert letter.header("backfilled-at") is not None
+    assert letter.header("deadletter-reason").startswith(b"schema violation")
+
+
+async def test_wrong_credentials_exit_non_zero_with_one_line_and_write_nothing(scalekit, backfill, kafka, unique):
+    seed(scalekit, 3)
+
+    run = backfill("--since", "2h", SCALEKIT_CLIENT_SECRET="not-the-secret")
+
+    assert run.returncode == 1
+    assert run.stderr.strip().splitlines() == [
+        f"scalekit-bridge backfill: Scalekit at {scalekit.url} refused the API credentials (401); "
+        "check SCALEKIT_CLIENT_ID and SCALEKIT_CLIENT_SECRET; nothing was written"
+    ]
+    assert "not-the-secret" not in run.stdout + run.stderr
+    assert not {t for t in await kafka.topics() if t.startswith(f"t{unique}.")}
+
+
+@pytest.mark.parametrize("broken", ["scalekit", "kafka"])
+async def test_an_unreachable_service_is_one_line_and_a_non_zero_exit(scalekit, backfill, kafka, unique, broken):
+    seed(scalekit, 3)
+    nobody = f"127.0.0.1:{free_port()}"
+    env = {"SCALEKIT_ENVIRONMENT_URL": f"https://{nobody}"} if broken == "scalekit" else {
+        "KAFKA_BOOTSTRAP_SERVERS": nobody, "BRIDGE_PUBLISH_TIMEOUT": "3"}
+
+    run = backfill("--since", "2h", **env)
+
+    assert run.returncode == 1
+    assert "Traceback" not in run.stderr
+    (line,) = [line for line in run.stderr.splitlines() if line.startswith("scalekit-bridge backfill:")]
+    assert f"cannot reach {'Scalekit' if broken == 'scalekit' else 'Kafka'} at" in line and nobody in line
+    assert not {t for t in await kafka.topics() if t.startswith(f"t{unique}.")}
+
+
+def test_no_webhook_secret_is_needed_but_missing_api_settings_are_named(backfill):
+    """A CronJob needs API credentials and Kafka settings only; a missing one is named, exit 2."""
+    run = backfill("--since", "2h", SCALEKIT_CLIENT_ID="")
+
+    assert run.returncode == 2
+    assert run.stderr.strip() == "scalekit-bridge: configuration error: SCALEKIT_CLIENT_ID: is required"
+
+
+def _with_offset(rfc3339: str) -> str:
+    """The same instant written with a +02:00 offset (as a webhook might; the API says Z)."""
+    moment = datetime.fromisoformat(rfc3339.replace("Z", "+00:00")).astimezone(timezone(timedelta(hours=2)))
+    return moment.isoformat()
+
+
+def _comparable(record: Record, provenance: str) -> dict[str, Any]:
+    """A record's CloudEvent without its provenance attribute, `time` as an instant, data parsed."""
+    headers = {name: value.decode() for name, value in record.headers}
+    if headers.get("content-type") == "application/cloudevents+json":
+        event = json.loads(record.value or b"null")
+    else:
+        event = {name[3:]: value for name, value in headers.items() if name.startswith("ce_")}
+        event["data"] = json.loads(record.value) if record.value is not None else None
+        event["content-type"] = headers.get("content-type")
+    assert provenance in event
+    event.pop(provenance)
+    event["time"] = datetime.fromisoformat(event["time"].replace("Z", "+00:00"))
+    return event

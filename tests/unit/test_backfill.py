@@ -1,0 +1,197 @@
+"""Backfill's pieces without a network: the window, the API's events as envelopes, ids in records, settings."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timedelta, timezone
+
+import pytest
+from scalekit.v1.events.events_pb2 import ScalekitEvent
+
+from bridge.backfill import Tally, parse_since, parse_time
+from bridge.config import BackfillSettings
+from bridge.envelope import (
+    BACKFILLED_AT_EXTENSION,
+    WEBHOOK_ID_EXTENSION,
+    Recovered,
+    build_route,
+    deadletter_message,
+    event_id_of_record,
+)
+from bridge.errors import ConfigError
+from bridge.eventsapi import EventQuery, envelope_of
+from bridge.sendtest import sample
+
+NOW = datetime(2026, 11, 27, 12, 0, tzinfo=timezone.utc)
+API_ENV = {
+    "SCALEKIT_ENVIRONMENT_URL": "https://acme.scalekit.example",
+    "SCALEKIT_CLIENT_ID": "skc_1",
+    "SCALEKIT_CLIENT_SECRET": "api-secret-value",
+}
+
+
+# --- the window ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("90m", NOW - timedelta(minutes=90)),
+        ("2h", NOW - timedelta(hours=2)),
+        ("3d", NOW - timedelta(days=3)),
+        ("1w", NOW - timedelta(weeks=1)),
+        ("2026-11-27T10:00:00Z", datetime(2026, 11, 27, 10, tzinfo=timezone.utc)),
+        ("2026-11-27T12:00:00+02:00", datetime(2026, 11, 27, 10, tzinfo=timezone.utc)),
+    ],
+)
+def test_since_is_a_duration_back_from_now_or_an_rfc3339_time(text, expected):
+    assert parse_since(text, NOW) == expected
+
+
+@pytest.mark.parametrize("text", ["yesterday", "2h30", "-2h", "2026-11-27T10:00:00", "2026-11-27"])
+def test_a_since_that_is_neither_or_has_no_zone_is_refused(text):
+    with pytest.raises(ValueError):
+        parse_since(text, NOW)
+
+
+def test_until_must_be_a_zoned_time():
+    with pytest.raises(ValueError, match="no time zone"):
+        parse_time("2026-11-27T10:00:00")
+
+
+def test_the_window_includes_its_start_and_excludes_its_end():
+    query = EventQuery(start=NOW - timedelta(hours=1), end=NOW)
+    at = {"type": "role.created", "id": "evt_1"}
+    assert query.matches(at | {"occurred_at": "2026-11-27T11:00:00Z"})
+    assert not query.matches(at | {"occurred_at": "2026-11-27T12:00:00Z"})
+    assert not query.matches(at | {"occurred_at": "2026-11-27T10:59:59.999999999Z"})
+    assert not query.matches(at | {"occurred_at": "not a time"})
+
+
+def test_type_and_organization_narrow_the_query():
+    query = EventQuery(start=NOW - timedelta(hours=1), end=NOW, types=("role.created",), organization_id="org_1")
+    event = {"id": "evt_1", "occurred_at": "2026-11-27T11:30:00Z", "type": "role.created", "organization_id": "org_1"}
+    assert query.matches(event)
+    assert not query.matches(event | {"type": "role.deleted"})
+    assert not query.matches(event | {"organization_id": "org_2"})
+
+
+# --- the API's events as envelopes ---------------------------------------------------------------
+
+
+def api_event(envelope: dict) -> ScalekitEvent:
+    fields = ("spec_version", "id", "type", "environment_id", "organization_id", "object")
+    event = ScalekitEvent(**{name: envelope[name] for name in fields if name in envelope})
+    event.occurred_at.FromJsonString(envelope["occurred_at"])
+    if "data" in envelope:
+        event.data.update(envelope["data"])
+    return event
+
+
+@pytest.mark.parametrize("event_type", ["organization.directory.user_created", "role.created", "user.login"])
+def test_an_api_event_becomes_the_envelope_its_webhook_carries(event_type):
+    envelope = sample(event_type)
+    assert envelope_of(api_event(envelope)) == envelope
+    assert list(envelope_of(api_event(envelope))) == list(envelope)  # the webhook's field order
+
+
+def test_whole_numbers_come_back_as_integers_where_a_double_holds_them_exactly():
+    envelope = sample("role.created") | {"data": {"count": 3, "ratio": 0.5, "big": 2**53 + 2, "list": [1, 2.5]}}
+    data = envelope_of(api_event(envelope))["data"]
+    assert data["count"] == 3 and isinstance(data["count"], int)
+    assert data["ratio"] == 0.5
+    assert isinstance(data["big"], float)  # rounded by the Struct already: kept visibly a float
+    assert data["list"] == [1, 2.5] and isinstance(data["list"][0], int)
+
+
+def test_the_api_only_display_name_and_empty_fields_are_left_out():
+    envelope = sample("role.created")
+    event = api_event(envelope)
+    event.display_name = "Role created"
+    event.organization_id = ""  # set, but empty: the webhook has no such field
+    assert envelope_of(event) == envelope
+
+
+def test_time_is_the_same_instant_in_protobufs_rendering():
+    envelope = sample("role.created") | {"occurred_at": "2025-01-15T10:55:22.1+02:00"}
+    assert envelope_of(api_event(envelope))["occurred_at"] == "2025-01-15T08:55:22.100Z"
+
+
+# --- what a backfilled record says ---------------------------------------------------------------
+
+
+def recovered(envelope: dict) -> Recovered:
+    return Recovered(envelope["id"], json.dumps(envelope).encode(), "2026-11-27T12:00:00Z")
+
+
+def test_a_backfilled_record_says_when_it_was_backfilled_instead_of_a_webhook_id():
+    message = build_route(recovered(sample("role.created")), topic_prefix="scalekit.", mode="binary").message
+    headers = dict(message.headers)
+    assert headers[f"ce_{BACKFILLED_AT_EXTENSION}"] == b"2026-11-27T12:00:00Z"
+    assert f"ce_{WEBHOOK_ID_EXTENSION}" not in headers
+
+
+def test_a_backfilled_dead_letter_is_keyed_by_event_id_and_says_when():
+    envelope = sample("role.created")
+    letter = deadletter_message(recovered(envelope), topic="scalekit.deadletter", reason="why")
+    assert letter.key == envelope["id"].encode()
+    assert dict(letter.headers) == {"backfilled-at": b"2026-11-27T12:00:00Z", "deadletter-reason": b"why"}
+    assert json.loads(letter.value or b"") == envelope
+
+
+@pytest.mark.parametrize("mode", ["binary", "structured"])
+def test_the_event_id_is_read_from_an_event_record_in_either_mode(mode):
+    envelope = sample("role.created")
+    message = build_route(recovered(envelope), topic_prefix="scalekit.", mode=mode).message
+    assert event_id_of_record(message.headers, message.value) == envelope["id"]
+
+
+def test_the_event_id_is_read_from_a_dead_letters_body_when_it_is_json():
+    envelope = sample("role.created")
+    letter = deadletter_message(recovered(envelope), topic="scalekit.deadletter", reason="why")
+    assert event_id_of_record(letter.headers, letter.value) == envelope["id"]
+    assert event_id_of_record(letter.headers, b"not json") is None
+    assert event_id_of_record(letter.headers, b'{"id": 7}') is None
+    assert event_id_of_record((), None) is None
+
+
+# --- settings and the report ---------------------------------------------------------------------
+
+
+def test_backfill_needs_no_webhook_secret_and_hides_the_api_secret():
+    settings = BackfillSettings.from_env(API_ENV)
+    assert settings.api.client_secret.reveal() == "api-secret-value"
+    assert "api-secret-value" not in repr(settings)
+
+
+@pytest.mark.parametrize(
+    ("change", "variable"),
+    [
+        ({"SCALEKIT_ENVIRONMENT_URL": ""}, "SCALEKIT_ENVIRONMENT_URL"),
+        ({"SCALEKIT_ENVIRONMENT_URL": "http://acme.scalekit.example"}, "SCALEKIT_ENVIRONMENT_URL"),
+        ({"SCALEKIT_ENVIRONMENT_URL": "https://acme.scalekit.example/api"}, "SCALEKIT_ENVIRONMENT_URL"),
+        ({"SCALEKIT_ENVIRONMENT_URL": "https://acme.scalekit.example:port"}, "SCALEKIT_ENVIRONMENT_URL"),
+        ({"SCALEKIT_CLIENT_ID": ""}, "SCALEKIT_CLIENT_ID"),
+        ({"SCALEKIT_CLIENT_SECRET": " "}, "SCALEKIT_CLIENT_SECRET"),
+        ({"BRIDGE_CLOUDEVENTS_MODE": "batch"}, "BRIDGE_CLOUDEVENTS_MODE"),
+        ({"BRIDGE_TOPIC_PREFIX": "no spaces"}, "BRIDGE_TOPIC_PREFIX"),
+    ],
+)
+def test_a_bad_backfill_setting_is_named(change, variable):
+    with pytest.raises(ConfigError) as raised:
+        BackfillSettings.from_env(API_ENV | change)
+    assert raised.value.variable == variable
+    assert "api-secret-value" not in str(raised.value)
+
+
+def test_a_trailing_slash_on_the_environment_url_is_dropped():
+    settings = BackfillSettings.from_env(API_ENV | {"SCALEKIT_ENVIRONMENT_URL": "https://acme.scalekit.example/"})
+    assert settings.api.environment_url == "https://acme.scalekit.example"
+
+
+def test_the_summary_line_counts_every_outcome():
+    tally = Tally(fetched=10, present=4, published=4, deadlettered=1, failed=["evt_9"])
+    assert tally.summary() == "fetched 10, already in Kafka 4, published 4, dead-lettered 1, failed 1"
+    assert Tally(dry_run=True, fetched=3, published=2, deadlettered=1).summary() == (
+        "dry run: fetched 3, already in Kafka 0, would publish 2, would dead-letter 1"
+    )
