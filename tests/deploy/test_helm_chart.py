@@ -22,7 +22,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from bridge.config import Settings
+from bridge.config import BackfillSettings, Settings
 from bridge.contract import Contract
 from bridge.sendtest import sample_types
 from tests import tools
@@ -77,13 +77,25 @@ def container(docs: list[dict[str, Any]]) -> dict[str, Any]:
     return main
 
 
-def rendered_env(docs: list[dict[str, Any]], secrets: dict[str, dict[str, str]] | None = None) -> dict[str, str]:
-    """The container's environment as the kubelet would build it (Secrets not rendered are passed in)."""
+def backfill_pod(docs: list[dict[str, Any]]) -> dict[str, Any]:
+    pod: dict[str, Any] = one(docs, "CronJob")["spec"]["jobTemplate"]["spec"]["template"]
+    return pod
+
+
+def rendered_env(
+    docs: list[dict[str, Any]],
+    secrets: dict[str, dict[str, str]] | None = None,
+    of: dict[str, Any] | None = None,
+) -> dict[str, str]:
+    """A container's environment (the bridge's by default) as the kubelet would build it.
+
+    Secrets the chart does not render are passed in.
+    """
     env = dict(bridge_config(docs))
     available = {doc["metadata"]["name"]: {k: base64.b64decode(v).decode() for k, v in doc.get("data", {}).items()}
                  for doc in docs if doc["kind"] == "Secret"}
     available.update(secrets or {})
-    for variable in container(docs)["env"]:
+    for variable in (of or container(docs))["env"]:
         if "value" in variable:
             env[variable["name"]] = variable["value"]
         else:
@@ -160,7 +172,8 @@ def test_a_minimal_install_is_the_core_and_nothing_optional(helm):
 def test_everything_enabled_adds_each_optional_piece(helm):
     docs = render(helm, "everything")
     assert set(kinds(docs)) >= {
-        "Ingress", "ServiceMonitor", "PrometheusRule", "HorizontalPodAutoscaler", "NetworkPolicy", "KafkaTopic"
+        "Ingress", "ServiceMonitor", "PrometheusRule", "HorizontalPodAutoscaler", "NetworkPolicy", "KafkaTopic",
+        "CronJob",
     }
     assert sorted(doc["metadata"]["name"] for doc in docs if doc["kind"] == "ConfigMap") == [
         "bridge-scalekit-bridge", "bridge-scalekit-bridge-dashboard"
@@ -201,7 +214,8 @@ def test_no_secret_value_is_written_outside_the_secret(helm):
     docs = render(helm, "everything")
     everything_but_secrets = yaml.safe_dump_all([doc for doc in docs if doc["kind"] != "Secret"])
     values = yaml.safe_load(VALUES["everything"].read_text())
-    for secret in [*values["webhook"]["secret"].split(), values["kafka"]["sasl"]["password"]]:
+    for secret in [*values["webhook"]["secret"].split(), values["kafka"]["sasl"]["password"],
+                   values["backfill"]["clientSecret"]]:
         assert secret not in everything_but_secrets
 
 
@@ -312,8 +326,13 @@ def test_kafka_topics_follow_a_custom_prefix_and_api_version(helm):
     assert "acme.scalekit.organization.directory.user_created" in {t["spec"]["topicName"] for t in topics}
 
 
+def named(docs: list[dict[str, Any]], kind: str, name: str) -> dict[str, Any]:
+    (found,) = [doc for doc in docs if doc["kind"] == kind and doc["metadata"]["name"] == name]
+    return found
+
+
 def test_the_network_policy_opens_only_the_two_ports_and_lets_helm_test_in(helm):
-    policy = one(render(helm, "everything"), "NetworkPolicy")["spec"]
+    policy = named(render(helm, "everything"), "NetworkPolicy", "bridge-scalekit-bridge")["spec"]
     webhook, admin = policy["ingress"]
     assert webhook["ports"] == [{"port": "webhook", "protocol": "TCP"}]
     assert {"app.kubernetes.io/component": "helm-test", "app.kubernetes.io/instance": "bridge"} in [
@@ -321,6 +340,65 @@ def test_the_network_policy_opens_only_the_two_ports_and_lets_helm_test_in(helm)
     ]
     assert admin["ports"] == [{"port": "admin", "protocol": "TCP"}]
     assert policy["policyTypes"] == ["Ingress", "Egress"]
+
+
+# --- the backfill CronJob ----------------------------------------------------------------------------
+
+BACKFILLED = ("everything", "existing-secret-sasl")
+
+
+@pytest.mark.parametrize("values", BACKFILLED)
+def test_the_backfill_environment_is_one_backfill_accepts_and_has_no_webhook_secret(helm, values, tmp_path):
+    docs = render(helm, values)
+    (job,) = backfill_pod(docs)["spec"]["containers"]
+    outside = {"scalekit-api-client": {"SCALEKIT_CLIENT_ID": "skc_1", "SCALEKIT_CLIENT_SECRET": "s"},
+               "kafka-credentials": {"username": "u", "password": "p"}}
+    env = rendered_env(docs, outside, of=job)
+    if "KAFKA_SSL_CAFILE" in env:
+        (tmp_path / "ca.crt").write_text("")
+        env["KAFKA_SSL_CAFILE"] = str(tmp_path / "ca.crt")
+    settings = BackfillSettings.from_env(env)
+    assert settings.api.environment_url == "https://acme.scalekit.example"
+    assert settings.topic_prefix == bridge_config(docs)["BRIDGE_TOPIC_PREFIX"]
+    assert "SCALEKIT_WEBHOOK_SECRET" not in env
+
+
+def test_the_backfill_runs_every_15_minutes_over_two_hours_never_twice_at_once(helm):
+    docs = render(helm, "everything")
+    cron = one(docs, "CronJob")["spec"]
+    (job,) = backfill_pod(docs)["spec"]["containers"]
+    assert cron["schedule"] == "*/15 * * * *"
+    assert cron["concurrencyPolicy"] == "Forbid"
+    assert job["command"] == ["scalekit-bridge", "backfill", "--since", "2h"]
+    assert job["image"] == container(docs)["image"]
+
+
+def test_the_backfill_pod_is_hardened_like_the_bridge(helm):
+    docs = render(helm, "everything")
+    pod, bridge_pod = backfill_pod(docs)["spec"], one(docs, "Deployment")["spec"]["template"]["spec"]
+    (job,) = pod["containers"]
+    assert pod["securityContext"] == bridge_pod["securityContext"]
+    assert job["securityContext"] == container(docs)["securityContext"]
+    assert pod["automountServiceAccountToken"] is False
+    assert pod["restartPolicy"] == "Never"
+    assert job["volumeMounts"] == container(docs)["volumeMounts"]  # the Kafka CA
+
+
+def test_nothing_that_selects_the_bridge_selects_a_backfill_pod(helm):
+    """The Service must not route deliveries to a backfill pod, nor the budget or policy count it."""
+    docs = render(helm, "everything")
+    labels = backfill_pod(docs)["metadata"]["labels"]
+    selectors = [
+        one(docs, "Service")["spec"]["selector"],
+        one(docs, "PodDisruptionBudget")["spec"]["selector"]["matchLabels"],
+        named(docs, "NetworkPolicy", "bridge-scalekit-bridge")["spec"]["podSelector"]["matchLabels"],
+    ]
+    for selector in selectors:
+        assert not selector.items() <= labels.items()
+    backfill_policy = named(docs, "NetworkPolicy", "bridge-scalekit-bridge-backfill")["spec"]
+    assert backfill_policy["podSelector"]["matchLabels"].items() <= labels.items()
+    assert backfill_policy["ingress"] == []
+    assert {"port": 443, "protocol": "TCP"} in [p for rule in backfill_policy["egress"] for p in rule["ports"]]
 
 
 def test_helm_test_sends_a_signed_sample_through_the_service(helm):
@@ -372,6 +450,8 @@ def test_the_notes_print_the_webhook_url_to_register_in_scalekit(helm, tmp_path)
         ("webhook.secret=hunter2", "at '/webhook/secret'"),
         ("replicas=3", "additional properties 'replicas' not allowed"),
         ("config.publishTimeoutSeconds=120", "at '/config/publishTimeoutSeconds': maximum: got 120, want 60"),
+        ("backfill.since=yesterday", "at '/backfill/since'"),
+        ("backfill.environmentUrl=http://acme.scalekit.example", "at '/backfill/environmentUrl'"),
     ],
 )
 def test_the_values_schema_refuses_a_bad_value_with_a_clear_message(helm, bad, message):
@@ -403,6 +483,11 @@ def test_a_bad_values_file_is_refused_by_lint_too(helm, tmp_path):
          "ingress.enabled needs ingress.host"),
         ({"webhook": {"existingSecret": "s"}, "kafka": {"bootstrapServers": "k:9092"}, "kafkaTopics": {"enabled": True}},
          "kafkaTopics.enabled needs kafkaTopics.clusterName"),
+        ({"webhook": {"existingSecret": "s"}, "kafka": {"bootstrapServers": "k:9092"}, "backfill": {"enabled": True}},
+         "backfill.enabled needs backfill.environmentUrl"),
+        ({"webhook": {"existingSecret": "s"}, "kafka": {"bootstrapServers": "k:9092"},
+          "backfill": {"enabled": True, "environmentUrl": "https://acme.scalekit.example", "clientId": "skc_1"}},
+         "backfill.enabled needs backfill.clientId and backfill.clientSecret (a Scalekit API client), or backfill.existingSecret"),
     ],
 )
 def test_a_missing_required_setting_is_named(helm, tmp_path, values, message):

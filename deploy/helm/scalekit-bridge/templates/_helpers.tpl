@@ -63,6 +63,74 @@ app.kubernetes.io/part-of: scalekit-bridge
 {{- default (include "scalekit-bridge.fullname" .) .Values.kafka.sasl.existingSecret }}
 {{- end }}
 
+{{/* Kafka credentials and CA: the same for the Deployment and the backfill CronJob. */}}
+{{- define "scalekit-bridge.saslEnv" -}}
+{{- if include "scalekit-bridge.sasl" . }}
+- name: KAFKA_SASL_USERNAME
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "scalekit-bridge.saslSecretName" . }}
+      key: {{ .Values.kafka.sasl.usernameKey }}
+- name: KAFKA_SASL_PASSWORD
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "scalekit-bridge.saslSecretName" . }}
+      key: {{ .Values.kafka.sasl.passwordKey }}
+{{- end }}
+{{- end }}
+
+{{- define "scalekit-bridge.kafkaCaMount" -}}
+{{- if .Values.kafka.caSecret }}
+volumeMounts:
+  - name: kafka-ca
+    mountPath: /etc/scalekit-bridge/kafka-ca
+    readOnly: true
+{{- end }}
+{{- end }}
+
+{{- define "scalekit-bridge.kafkaCaVolume" -}}
+{{- if .Values.kafka.caSecret }}
+volumes:
+  - name: kafka-ca
+    secret:
+      secretName: {{ .Values.kafka.caSecret }}
+{{- end }}
+{{- end }}
+
+{{/*
+The backfill's pods: their own name label, so the Service, the PodDisruptionBudget and the webhook
+NetworkPolicy (which select the bridge's pods) never pick them up.
+*/}}
+{{- define "scalekit-bridge.backfillSelectorLabels" -}}
+app.kubernetes.io/name: {{ printf "%s-backfill" (include "scalekit-bridge.name" .) | trunc 63 | trimSuffix "-" }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: backfill
+{{- end }}
+
+{{/* Egress rules shared by the bridge and the backfill: DNS, then the brokers. */}}
+{{- define "scalekit-bridge.egressToKafka" -}}
+# DNS, to resolve the brokers.
+- ports:
+    - port: 53
+      protocol: UDP
+    - port: 53
+      protocol: TCP
+- ports:
+    {{- range .Values.networkPolicy.egress.kafkaPorts }}
+    - port: {{ . }}
+      protocol: TCP
+    {{- end }}
+  {{- with .Values.networkPolicy.egress.kafkaPeers }}
+  to:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+{{- end }}
+
+{{/* The Secret holding the backfill's Scalekit API credentials. */}}
+{{- define "scalekit-bridge.backfillSecretName" -}}
+{{- default (printf "%s-backfill" (include "scalekit-bridge.fullname" .) | trunc 63 | trimSuffix "-") .Values.backfill.existingSecret }}
+{{- end }}
+
 {{/*
 Seconds the pod may take to stop: the preStop sleep, then the bridge's drain (BRIDGE_SHUTDOWN_GRACE),
 which must last at least the publish timeout so every in-flight delivery gets its answer, then a
@@ -105,5 +173,13 @@ which must last at least the publish timeout so every in-flight delivery gets it
 {{- end }}
 {{- if and .Values.kafkaTopics.enabled (not .Values.kafkaTopics.clusterName) }}
 {{- fail "kafkaTopics.enabled needs kafkaTopics.clusterName (the Strimzi Kafka cluster's name)" }}
+{{- end }}
+{{- if .Values.backfill.enabled }}
+{{- if not .Values.backfill.environmentUrl }}
+{{- fail "backfill.enabled needs backfill.environmentUrl (your Scalekit environment URL, https://<env>.scalekit.com)" }}
+{{- end }}
+{{- if and (not .Values.backfill.existingSecret) (or (not .Values.backfill.clientId) (not .Values.backfill.clientSecret)) }}
+{{- fail "backfill.enabled needs backfill.clientId and backfill.clientSecret (a Scalekit API client), or backfill.existingSecret" }}
+{{- end }}
 {{- end }}
 {{- end }}
