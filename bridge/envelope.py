@@ -216,24 +216,19 @@ def _encode(
 def deadletter_message(delivery: Origin, *, topic: str, reason: str) -> KafkaMessage:
     """The raw delivery (or recovered envelope), untouched, with why it could not be routed."""
     if isinstance(delivery, Recovered):
-        return KafkaMessage(
-            topic=topic,
-            key=delivery.event_id.encode("utf-8"),
-            value=delivery.body,
-            headers=(
-                ("backfilled-at", delivery.backfilled_at.encode("ascii")),
-                ("deadletter-reason", reason.encode("utf-8")),
-            ),
+        key = delivery.event_id
+        origin: Headers = (("backfilled-at", delivery.backfilled_at.encode("ascii")),)
+    else:
+        key = delivery.webhook_id
+        origin = (
+            ("webhook-id", delivery.webhook_id.encode("utf-8")),
+            ("webhook-timestamp", delivery.timestamp.encode("ascii")),
         )
     return KafkaMessage(
         topic=topic,
-        key=delivery.webhook_id.encode("utf-8"),
+        key=key.encode("utf-8"),
         value=delivery.body,
-        headers=(
-            ("webhook-id", delivery.webhook_id.encode("utf-8")),
-            ("webhook-timestamp", delivery.timestamp.encode("ascii")),
-            ("deadletter-reason", reason.encode("utf-8")),
-        ),
+        headers=(*origin, ("deadletter-reason", reason.encode("utf-8"))),
     )
 
 
