@@ -438,6 +438,12 @@ def test_the_notes_print_the_webhook_url_to_register_in_scalekit(helm, tmp_path)
     assert "kubectl -n prod port-forward svc/bridge-scalekit-bridge 8080" in minimal
 
 
+def test_the_notes_say_how_to_backfill_after_an_outage(helm, tmp_path):
+    notes = render_notes(helm, "everything", tmp_path)
+    assert "kubectl -n prod create job --from=cronjob/bridge-scalekit-bridge-backfill backfill-now" in notes
+    assert "set backfill.enabled" in render_notes(helm, "minimal", tmp_path / "minimal")
+
+
 # --- refusing bad values -----------------------------------------------------------------------------
 
 

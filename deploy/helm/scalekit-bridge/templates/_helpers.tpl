@@ -126,6 +126,11 @@ app.kubernetes.io/component: backfill
   {{- end }}
 {{- end }}
 
+{{/* The backfill CronJob's name: at most 52 characters, as Kubernetes asks of CronJobs. */}}
+{{- define "scalekit-bridge.backfillName" -}}
+{{- printf "%s-backfill" (include "scalekit-bridge.fullname" .) | trunc 52 | trimSuffix "-" }}
+{{- end }}
+
 {{/* The Secret holding the backfill's Scalekit API credentials. */}}
 {{- define "scalekit-bridge.backfillSecretName" -}}
 {{- default (printf "%s-backfill" (include "scalekit-bridge.fullname" .) | trunc 63 | trimSuffix "-") .Values.backfill.existingSecret }}
