@@ -220,6 +220,25 @@ async def test_dead_letter_rules_are_the_webhooks_and_a_rerun_finds_the_dead_let
     assert letter.header("deadletter-reason").startswith(b"schema violation")
 
 
+async def test_a_failed_write_stops_the_run_names_the_ids_not_written_and_exits_1(scalekit, backfill, kafka, unique):
+    """Nothing after a failed write is attempted, so no later event overtakes it; the rest are named."""
+    healthy, broken = "organization.directory.user_created", "organization.directory.user_deleted"
+    events = seed(scalekit, 6, types=[healthy, broken, healthy], organizations=["org_one"])
+    # Too small for any record, and so is the dead-letter topic: the write cannot land anywhere.
+    for topic in (f"t{unique}.{broken}", f"t{unique}.deadletter"):
+        await kafka.create_topic(topic, configs={"max.message.bytes": "100"})
+
+    run = backfill("--since", "2h", BRIDGE_PUBLISH_TIMEOUT="2")
+
+    assert run.returncode == 1
+    assert run.summary == "fetched 6, already in Kafka 0, published 1, dead-lettered 0, failed 5"
+    not_written = [e["id"] for e in events[1:]]
+    assert f"5 event(s) not written: {', '.join(not_written)}" in run.stderr
+    assert "Traceback" not in run.stderr
+    written = await kafka.read_all(f"t{unique}.{healthy}")
+    assert [event_id_of_record(r.headers, r.value) for r in written] == [events[0]["id"]]
+
+
 async def test_wrong_credentials_exit_non_zero_with_one_line_and_write_nothing(scalekit, backfill, kafka, unique):
     seed(scalekit, 3)
 

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import io
 import json
+import logging
 from datetime import datetime, timedelta, timezone
 
 import pytest
 from scalekit.v1.events.events_pb2 import ScalekitEvent
 
-from bridge.backfill import Tally, parse_since, parse_time
+from bridge.backfill import Progress, Tally, parse_since, parse_time
 from bridge.config import BackfillSettings
 from bridge.envelope import (
     BACKFILLED_AT_EXTENSION,
@@ -187,6 +189,34 @@ def test_a_bad_backfill_setting_is_named(change, variable):
 def test_a_trailing_slash_on_the_environment_url_is_dropped():
     settings = BackfillSettings.from_env(API_ENV | {"SCALEKIT_ENVIRONMENT_URL": "https://acme.scalekit.example/"})
     assert settings.api.environment_url == "https://acme.scalekit.example"
+
+
+class Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_at_a_terminal_progress_is_a_bar_redrawn_in_place():
+    screen = Terminal()
+    progress = Progress(screen)
+    progress.update("publishing", 15, 30)
+    progress.update("published", 30, 30, final=True)
+    assert screen.getvalue() == (
+        "\rpublishing [" + "#" * 15 + "." * 15 + "] 15/30" + "\rpublished  [" + "#" * 30 + "] 30/30\n"
+    )
+
+
+def test_elsewhere_progress_is_a_log_line_every_few_seconds_and_at_each_phase_end(caplog):
+    progress = Progress(io.StringIO())
+    with caplog.at_level(logging.INFO, logger="bridge.backfill"):
+        for done in range(1, 100):
+            progress.update("fetching", done)
+        progress.update("fetched", 99, final=True)
+    said = [record.progress for record in caplog.records]  # type: ignore[attr-defined]
+    assert said == [
+        {"phase": "fetching", "done": 1, "total": None},
+        {"phase": "fetched", "done": 99, "total": None},
+    ]
 
 
 def test_the_summary_line_counts_every_outcome():
