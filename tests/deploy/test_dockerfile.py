@@ -16,11 +16,13 @@ import subprocess
 import sys
 import time
 import urllib.request
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
 
 from tests.deploy.dockerfile import Dockerfile
+from tests.fake_scalekit import FakeScalekit, sample_events
 from tests.integration.conftest import SECRET
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -133,7 +135,10 @@ def _free_port() -> int:
 
 
 @pytest.mark.integration
-async def test_the_replayed_image_serves_a_signed_event_into_kafka(tmp_path, kafka, kafka_bootstrap, unique):
+async def test_the_replayed_image_serves_a_signed_event_into_kafka_and_backfills(
+    tmp_path, kafka, kafka_bootstrap, unique
+):
+    """The image's entrypoint delivers; its `backfill` (the chart's CronJob) reaches the SDK and Kafka."""
     venv = _replay_build(tmp_path)
     entrypoint = FINAL.all("ENTRYPOINT")[0].exec_form()
     assert entrypoint is not None
@@ -171,6 +176,23 @@ async def test_the_replayed_image_serves_a_signed_event_into_kafka(tmp_path, kaf
         assert sent.returncode == 0 and sent.stdout.startswith("201"), sent.stdout + sent.stderr
         (record,) = await kafka.read_all(f"t{unique}.organization.directory.user_created")
         assert record.header("ce_type") == b"organization.directory.user_created"
+
+        scalekit = FakeScalekit()
+        scalekit.start()
+        try:
+            (lost,) = sample_events(1, start=datetime.now(timezone.utc) - timedelta(minutes=30), types=["role.created"])
+            scalekit.add(lost)
+            backfill_env = {k: v for k, v in env.items() if k != "SCALEKIT_WEBHOOK_SECRET"} | scalekit.env()
+            recovered = subprocess.run(
+                [str(venv / "bin" / "scalekit-bridge"), "backfill", "--since", "1h"],
+                env=backfill_env, cwd=workdir, capture_output=True, text=True, timeout=120,
+            )
+        finally:
+            scalekit.stop()
+        assert recovered.returncode == 0, recovered.stdout + recovered.stderr
+        assert recovered.stdout.splitlines()[-1].startswith("fetched 1, already in Kafka 0, published 1")
+        (backfilled,) = await kafka.read_all(f"t{unique}.role.created")
+        assert backfilled.header("ce_id") == lost["id"].encode()
     finally:
         server.send_signal(signal.SIGTERM)
         output = server.communicate(timeout=60)[0].decode()
