@@ -21,7 +21,7 @@ from bridge.config import BackfillSettings, SchemaValidation, Settings
 from bridge.contract import Contract, Verdict
 from bridge.envelope import KafkaMessage, Origin, build_route, deadletter_message, parse_envelope
 from bridge.errors import MalformedDelivery, PublishFailed, RecordRejected, VerificationFailed
-from bridge.publish import Ack, Publisher
+from bridge.publish import Ack, Pending, Publisher, Sender
 from bridge.verify import VerifiedDelivery, Verifier
 
 # One line per delivery on "bridge.delivery"; anything else the pipeline has to say goes to its own logger.
@@ -91,6 +91,16 @@ class Plan:
     reason: str | None
 
 
+@dataclass(frozen=True)
+class Sent:
+    """An event's record handed to the producer, its acknowledgement still to come."""
+
+    origin: Origin
+    plan: Plan
+    pending: Pending
+    started: float
+
+
 class Writer:
     """Envelope → contract → route → publish, for webhook deliveries and backfilled events alike.
 
@@ -142,20 +152,64 @@ class Writer:
 
     async def _write(self, origin: Origin, planned: Plan) -> tuple[Ack, Plan]:
         """Publish; a record Kafka will never take is dead-lettered instead. Raises PublishFailed."""
-        message = planned.message
         try:
-            return await self._publish(message), planned
+            return await self._publish(planned.message), planned
         except RecordRejected as exc:
-            if message.topic == self._deadletter_topic:
-                raise PublishFailed(f"the dead-letter topic refused the delivery: {exc.reason}") from exc
-            reason = f"Kafka refused the record: {exc.reason}"
-        letter = deadletter_message(origin, topic=self._deadletter_topic, reason=reason)
+            planned = self._letter(origin, planned, exc)
+        return await self._publish_letter(planned.message), planned
+
+    async def send(self, origin: Origin, sender: Sender) -> Sent:
+        """Hand the event's record (or its dead letter) to the producer without waiting for the ack.
+
+        Events sent one after another are written in that order; `settle` then waits for
+        each. Raises PublishFailed (the event is counted as failed).
+        """
+        started = time.perf_counter()
+        planned = self.plan(origin)
         try:
-            ack = await self._publish(letter)
-        except RecordRejected as exc:
-            trouble.error("the dead-letter topic refuses deliveries", extra={"reason": exc.reason})
+            try:
+                return Sent(origin, planned, await sender.send(planned.message), started)
+            except RecordRejected as exc:
+                planned = self._letter(origin, planned, exc)
+            try:
+                return Sent(origin, planned, await sender.send(planned.message), started)
+            except RecordRejected as exc:
+                raise self._deadletter_refused(exc) from exc
+        except PublishFailed as exc:
+            self.record(replace(planned.receipt, outcome=m.FAILED), started, reason=exc.reason)
+            raise
+
+    async def settle(self, sent: Sent) -> Receipt:
+        """Wait for a sent record's ack; one the broker refused for good is dead-lettered now."""
+        planned = sent.plan
+        try:
+            try:
+                ack = await sent.pending.ack()
+            except RecordRejected as exc:
+                planned = self._letter(sent.origin, planned, exc)
+                ack = await self._publish_letter(planned.message)
+        except PublishFailed as exc:
+            self.record(replace(planned.receipt, outcome=m.FAILED), sent.started, reason=exc.reason)
+            raise
+        return self.record(replace(planned.receipt, ack=ack), sent.started, reason=planned.reason)
+
+    def _letter(self, origin: Origin, planned: Plan, exc: RecordRejected) -> Plan:
+        """The dead letter for a record Kafka will never take; PublishFailed if that was the dead letter."""
+        if planned.message.topic == self._deadletter_topic:
             raise PublishFailed(f"the dead-letter topic refused the delivery: {exc.reason}") from exc
-        return ack, Plan(letter, replace(planned.receipt, outcome=m.DEADLETTERED), reason)
+        reason = f"Kafka refused the record: {exc.reason}"
+        letter = deadletter_message(origin, topic=self._deadletter_topic, reason=reason)
+        return Plan(letter, replace(planned.receipt, outcome=m.DEADLETTERED), reason)
+
+    async def _publish_letter(self, letter: KafkaMessage) -> Ack:
+        try:
+            return await self._publish(letter)
+        except RecordRejected as exc:
+            raise self._deadletter_refused(exc) from exc
+
+    def _deadletter_refused(self, exc: RecordRejected) -> PublishFailed:
+        trouble.error("the dead-letter topic refuses deliveries", extra={"reason": exc.reason})
+        return PublishFailed(f"the dead-letter topic refused the delivery: {exc.reason}")
 
     def plan(self, origin: Origin) -> Plan:
         """The record to write and the receipt it earns: the event's own, or a dead letter.

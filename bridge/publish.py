@@ -9,9 +9,11 @@ errors become `PublishFailed` here.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import ssl
-from collections.abc import Iterable
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -73,6 +75,30 @@ class Publisher(Protocol):
     def ready(self) -> bool: ...
 
     async def publish(self, message: KafkaMessage) -> Ack: ...
+
+
+class Pending:
+    """A record handed to the producer; `ack()` waits (up to the publish timeout) for the broker."""
+
+    def __init__(
+        self, delivered: asyncio.Future[Any], timeout: float, translated: Callable[[], AbstractContextManager[None]]
+    ) -> None:
+        self._delivered = delivered
+        self._timeout = timeout
+        self._translated = translated
+
+    async def ack(self) -> Ack:
+        with self._translated():
+            async with asyncio.timeout(self._timeout):
+                # Shielded: giving up waiting must not cancel a record the producer may still deliver.
+                metadata = await asyncio.shield(self._delivered)
+        return _ack(metadata)
+
+
+class Sender(Publisher, Protocol):
+    """A publisher that can also hand records over in order and wait for their acks later (backfill)."""
+
+    async def send(self, message: KafkaMessage) -> Pending: ...
 
 
 class KafkaPublisher:
@@ -162,33 +188,56 @@ class KafkaPublisher:
         """Write one record and return only once every in-sync replica has it.
 
         Raises PublishFailed while Kafka cannot take the write (retry later) and
-        RecordRejected when it never will (retrying cannot help).
+        RecordRejected when it never will (retrying cannot help). The whole call
+        fits in the publish timeout.
         """
+        with self._translated_errors():
+            async with asyncio.timeout(self._timeout):
+                delivered = await self._enqueue(message)
+                metadata = await delivered
+        return _ack(metadata)
+
+    async def send(self, message: KafkaMessage) -> Pending:
+        """Hand one record to the producer and return without waiting for its acknowledgement.
+
+        Records sent one after another reach each partition in that order (one batch in flight per
+        partition, idempotent producer). Raises like `publish`; so does `Pending.ack()`.
+        """
+        with self._translated_errors():
+            async with asyncio.timeout(self._timeout):
+                delivered = await self._enqueue(message)
+        return Pending(delivered, self._timeout, self._translated_errors)
+
+    async def _enqueue(self, message: KafkaMessage) -> asyncio.Future[Any]:
         producer = self._producer
         if producer is None:
             raise PublishFailed("not connected to Kafka yet")
+        limit = await self._topic_limit(message.topic)
+        headers = list(message.headers)
+        size = DefaultRecordBatchBuilder.estimate_size_in_bytes(message.key, message.value, headers)
+        if size > limit:
+            raise RecordRejected(f"the record is {size} bytes, over the {limit}-byte limit of its topic")
+        delivered: asyncio.Future[Any] = await producer.send(
+            message.topic, value=message.value, key=message.key, headers=headers
+        )
+        return delivered
+
+    @contextlib.contextmanager
+    def _translated_errors(self) -> Iterator[None]:
+        """aiokafka's errors (and a timeout) as PublishFailed or RecordRejected: the one translation."""
         try:
-            async with asyncio.timeout(self._timeout):
-                limit = await self._topic_limit(message.topic)
-                headers = list(message.headers)
-                size = DefaultRecordBatchBuilder.estimate_size_in_bytes(message.key, message.value, headers)
-                if size > limit:
-                    raise RecordRejected(f"the record is {size} bytes, over the {limit}-byte limit of its topic")
-                metadata = await producer.send_and_wait(
-                    message.topic, value=message.value, key=message.key, headers=headers
-                )
+            yield
         except TimeoutError:
             raise PublishFailed(f"no broker acknowledgement within {self._timeout:g}s") from None
         except _PERMANENT as exc:
             raise RecordRejected(f"Kafka refused the record: {type(exc).__name__}") from exc
         except KafkaError as exc:
             raise PublishFailed(f"Kafka refused the write: {type(exc).__name__}") from exc
-        except RecordRejected:
+        except (RecordRejected, PublishFailed):
             raise
         except Exception as exc:  # noqa: BLE001 - the client's own bugs must still end in an answer
             log.error("unexpected error from the Kafka client", extra={"error": type(exc).__name__})
             raise PublishFailed(f"unexpected error from the Kafka client: {type(exc).__name__}") from exc
-        return Ack(topic=metadata.topic, partition=metadata.partition, offset=metadata.offset)
 
     async def _topic_limit(self, topic: str) -> int:
         """The largest record `topic` takes, making sure (once) that the topic exists."""
@@ -303,9 +352,9 @@ class KafkaPublisher:
 
 
 async def event_ids_since(
-    settings: KafkaSettings, topics: Iterable[str], since_ms: int, *, timeout: float
+    settings: KafkaSettings, topics: Callable[[str], bool], since_ms: int, *, timeout: float
 ) -> tuple[set[str], int]:
-    """Every event id in `topics` written at or after `since_ms` (the broker's time index), up to now.
+    """Every event id in the `topics` that exist, written at or after `since_ms` (the broker's time index).
 
     Returns the ids and how many records were read. Reads without a consumer group
     (nothing is committed, no group ACL needed); topics that do not exist hold nothing.
@@ -340,10 +389,10 @@ async def event_ids_since(
 
 
 async def _partitions(
-    consumer: AIOKafkaConsumer, admin: AIOKafkaAdminClient, topics: Iterable[str]
+    consumer: AIOKafkaConsumer, admin: AIOKafkaAdminClient, topics: Callable[[str], bool]
 ) -> list[TopicPartition]:
     # Describe only topics that exist: asking for a missing one may have the broker auto-create it.
-    existing = sorted(set(topics) & await consumer.topics())
+    existing = sorted(topic for topic in await consumer.topics() if topics(topic))
     if not existing:
         return []
     described = await admin.describe_topics(existing)
@@ -360,19 +409,19 @@ async def _scan(
 ) -> tuple[set[str], int]:
     if not partitions:
         return set(), 0
+    # Assigned all at once so the client learns every topic's leaders in one metadata request (asked
+    # one topic at a time, the offset lookup pays a retry per topic); paused until positioned.
+    consumer.assign(partitions)
+    consumer.pause(*partitions)
     async with asyncio.timeout(timeout):
         starts = await consumer.offsets_for_times({partition: since_ms for partition in partitions})
         ends = await consumer.end_offsets(partitions)
-    # Only partitions with records in the window are assigned, each from its first such record.
-    first = {
-        partition: start.offset
-        for partition, start in starts.items()
-        if start is not None and start.offset < ends[partition]
-    }
-    remaining = {partition: ends[partition] for partition in first}
-    consumer.assign(list(first))
-    for partition, offset in first.items():
-        consumer.seek(partition, offset)
+    remaining: dict[TopicPartition, int] = {}
+    for partition, start in starts.items():
+        if start is not None and start.offset < ends[partition]:  # records in the window: read them
+            consumer.seek(partition, start.offset)
+            consumer.resume(partition)
+            remaining[partition] = ends[partition]
     ids: set[str] = set()
     read = 0
     loop = asyncio.get_running_loop()
@@ -393,6 +442,10 @@ async def _scan(
             if await consumer.position(partition) >= remaining[partition]:
                 del remaining[partition]
     return ids, read
+
+
+def _ack(metadata: Any) -> Ack:
+    return Ack(topic=metadata.topic, partition=metadata.partition, offset=metadata.offset)
 
 
 def _connection_options(settings: KafkaSettings) -> dict[str, Any]:
