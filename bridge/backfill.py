@@ -16,7 +16,8 @@ import logging
 import re
 import sys
 import time
-from collections.abc import Iterator
+from collections import deque
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any, TextIO
@@ -26,13 +27,15 @@ from bridge.config import BackfillSettings
 from bridge.envelope import Recovered, topic_for
 from bridge.errors import MalformedDelivery, PublishFailed
 from bridge.eventsapi import EventQuery, EventsApi, occurred_at
-from bridge.pipeline import Plan, Writer
-from bridge.publish import KafkaPublisher, event_ids_since
+from bridge.pipeline import Plan, Sent, Writer
+from bridge.publish import KafkaPublisher, Sender, event_ids_since
 
 log = logging.getLogger(__name__)
 
 _DURATION = re.compile(r"(\d+)([smhdw])")
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
+# Records handed to the producer and not yet acknowledged: enough to fill batches, few to wait for.
+IN_FLIGHT = 512
 # How often a run that is not at a terminal says how far it got.
 PROGRESS_EVERY_SECONDS = 5.0
 
@@ -118,58 +121,70 @@ async def backfill(settings: BackfillSettings, request: Request, progress: Progr
     """Run once; raises ApiError or PublishFailed (nothing written) when a service cannot be used."""
     backfilled_at = datetime.now(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
     tally = Tally(dry_run=request.dry_run)
-    events = await _fetch(settings, request.query, progress)
-    tally.fetched = len(events)
-
+    api = EventsApi(settings.api)
+    await asyncio.to_thread(api.connect)  # wrong credentials end the run before anything else
+    # Kafka before the listing, so only the missing events are held: memory follows the gap, not the window.
     margin = timedelta(seconds=settings.timestamp_tolerance)
     since_ms = int((request.query.start - margin).timestamp() * 1000)
-    present, _read = await event_ids_since(
-        settings.kafka, _topics(settings, events), since_ms, timeout=settings.publish_timeout
+    present, read = await event_ids_since(
+        settings.kafka, _where_records_are(settings, request.query), since_ms, timeout=settings.publish_timeout
     )
-    missing = [event for event in events if event["id"] not in present]
-    tally.present = len(events) - len(missing)
-    progress.update("checked", tally.present, len(events), final=True)
+    progress.update("scanned", read, final=True)
+    missing = await _fetch_missing(api, request.query, present, progress, tally)
 
     publisher = KafkaPublisher(
         settings.kafka, timeout=settings.publish_timeout, max_record_bytes=settings.max_body_bytes
     )
     writer = Writer.configured(settings, publisher, m.Metrics(process_metrics=False))
-    recovered = [_recovered(event, backfilled_at) for event in missing]
     if request.dry_run:
-        for origin in recovered:
+        for event in missing:
+            origin = _recovered(event, backfilled_at)
             _show(origin, writer.plan(origin), out, tally)
         return tally
-    if recovered:
+    if missing:
         await publisher.start()
         try:
-            await _publish(writer, recovered, progress, tally)
+            await _publish(writer, publisher, [_recovered(event, backfilled_at) for event in missing], progress, tally)
         finally:
             await publisher.stop()
     return tally
 
 
-async def _fetch(settings: BackfillSettings, query: EventQuery, progress: Progress) -> list[dict[str, Any]]:
-    """The window's events, each once, oldest first (the API pages newest first; order is not relied on)."""
-    api = EventsApi(settings.api)
-    await asyncio.to_thread(api.connect)
+async def _fetch_missing(
+    api: EventsApi, query: EventQuery, present: set[str], progress: Progress, tally: Tally
+) -> list[dict[str, Any]]:
+    """The window's events not in `present`, each once, oldest first (the API's page order is not relied on)."""
     pages: Iterator[list[dict[str, Any]]] = api.pages(query)
-    found: dict[str, dict[str, Any]] = {}
+    seen: set[str] = set()
+    missing: dict[str, dict[str, Any]] = {}
     while (page := await asyncio.to_thread(next, pages, None)) is not None:
-        found.update((event["id"], event) for event in page if query.matches(event))
-        progress.update("fetching", len(found))
-    progress.update("fetched", len(found), final=True)
-    return sorted(found.values(), key=lambda event: (occurred_at(event) or query.start, event["id"]))
+        for event in page:
+            if query.matches(event) and event["id"] not in seen:
+                seen.add(event["id"])
+                if event["id"] not in present:
+                    missing[event["id"]] = event
+        progress.update("fetching", len(seen))
+    tally.fetched, tally.present = len(seen), len(seen) - len(missing)
+    progress.update("fetched", len(seen), final=True)
+    return sorted(missing.values(), key=lambda event: (occurred_at(event) or query.start, event["id"]))
 
 
-def _topics(settings: BackfillSettings, events: list[dict[str, Any]]) -> set[str]:
-    """Where these events' records would be: their type topics and the dead-letter topic."""
-    topics = {settings.deadletter_topic}
-    for event_type in {event["type"] for event in events}:
+def _where_records_are(settings: BackfillSettings, query: EventQuery) -> Callable[[str], bool]:
+    """Which topics can hold the window's records: the types' topics (all under the prefix) and dead letters."""
+    prefix, deadletter = settings.topic_prefix, settings.deadletter_topic
+    wanted = set()
+    for event_type in query.types:
         try:
-            topics.add(topic_for(settings.topic_prefix, event_type, deadletter_topic=settings.deadletter_topic))
+            wanted.add(topic_for(prefix, event_type, deadletter_topic=deadletter))
         except MalformedDelivery:
             pass  # such an event can only have been dead-lettered
-    return topics
+
+    def holds(topic: str) -> bool:
+        if topic == deadletter:
+            return True
+        return topic in wanted if query.types else topic.startswith(prefix)
+
+    return holds
 
 
 def _recovered(event: dict[str, Any], backfilled_at: str) -> Recovered:
@@ -190,21 +205,47 @@ def _show(origin: Recovered, plan: Plan, out: TextIO, tally: Tally) -> None:
     print(line, file=out)
 
 
-async def _publish(writer: Writer, recovered: list[Recovered], progress: Progress, tally: Tally) -> None:
-    """Write in order; stop at the first failure so a later event never overtakes an earlier one."""
-    for position, origin in enumerate(recovered):
+async def _publish(
+    writer: Writer, sender: Sender, recovered: list[Recovered], progress: Progress, tally: Tally
+) -> None:
+    """Hand records over oldest first, up to IN_FLIGHT awaiting their acks; stop sending at a failure.
+
+    Records sent in order reach each partition in order, so no later event of an organization
+    overtakes an earlier one. After a failure, records already sent are still waited for.
+    """
+    waiting: deque[tuple[Recovered, Sent]] = deque()
+    handed: set[str] = set()
+    failed: set[str] = set()
+
+    async def settle_oldest() -> None:
+        origin, sent = waiting.popleft()
         try:
-            receipt = await writer.write(origin, time.perf_counter())
+            receipt = await writer.settle(sent)
         except PublishFailed as exc:
-            tally.failed = [event.event_id for event in recovered[position:]]
-            log.error("backfill stopped: a write failed", extra={"event_id": origin.event_id, "reason": exc.reason})
-            break
+            failed.add(origin.event_id)
+            log.error("a backfill write failed", extra={"event_id": origin.event_id, "reason": exc.reason})
+            return
         if receipt.outcome == m.DEADLETTERED:
             tally.deadlettered += 1
             log.warning("backfilled event dead-lettered", extra={"event_id": origin.event_id})
         else:
             tally.published += 1
-        progress.update("publishing", position + 1, len(recovered))
+        progress.update("publishing", tally.published + tally.deadlettered, len(recovered))
+
+    for origin in recovered:
+        if len(waiting) >= IN_FLIGHT:
+            await settle_oldest()
+        if failed:
+            break
+        try:
+            waiting.append((origin, await writer.send(origin, sender)))
+        except PublishFailed as exc:
+            log.error("a backfill write failed", extra={"event_id": origin.event_id, "reason": exc.reason})
+            break
+        handed.add(origin.event_id)
+    while waiting:
+        await settle_oldest()
+    tally.failed = [event.event_id for event in recovered if event.event_id in failed or event.event_id not in handed]
     progress.update("published", tally.published + tally.deadlettered, len(recovered), final=True)
 
 
