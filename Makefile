@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: run test bench kafka asyncapi clean fuzz soak
+.PHONY: run test bench bench-backfill kafka asyncapi clean fuzz soak
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -23,6 +23,10 @@ test: $(VENV)/.installed
 
 bench: $(VENV)/.installed
 	$(BIN)/python bench/run.py
+
+# Two backfill runs over 5,000 events from a local Scalekit: everything missing, then nothing.
+bench-backfill: $(VENV)/.installed
+	$(BIN)/python bench/backfill.py
 
 # schemas/asyncapi.yaml is generated; a test fails when it is out of date.
 asyncapi: $(VENV)/.installed

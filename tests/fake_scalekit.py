@@ -67,7 +67,7 @@ class _EventsService(events_pb2_grpc.EventsServiceServicer):
             if remembered is None or remembered[0] != query:
                 context.abort(grpc.StatusCode.INVALID_ARGUMENT, "unknown page token for this filter")
             offset = remembered[1]
-        matching = [event for event in scalekit.events_newest_first() if _matches(event, request.filter)]
+        matching = scalekit.matching(request.filter)
         page = matching[offset : offset + size]
         next_token = ""
         if offset + size < len(matching):
@@ -98,6 +98,7 @@ class FakeScalekit:
         self.tokens: set[str] = set()
         self.seen = Seen()
         self._events: list[events_pb2.ScalekitEvent] = []
+        self._answers: dict[bytes, list[events_pb2.ScalekitEvent]] = {}
         self._lock = threading.Lock()
         self._ca = trustme.CA()
         self._files = tempfile.TemporaryDirectory(prefix="fake-scalekit-")
@@ -133,11 +134,19 @@ class FakeScalekit:
             event.data.update(envelope["data"])
         with self._lock:
             self._events.append(event)
+            self._answers.clear()
         return event
 
-    def events_newest_first(self) -> list[events_pb2.ScalekitEvent]:
+    def matching(self, wanted: events_pb2.EventFilter) -> list[events_pb2.ScalekitEvent]:
+        """The events a filter selects, newest first (remembered until an event is added)."""
+        query = wanted.SerializeToString(deterministic=True)
         with self._lock:
-            return sorted(self._events, key=lambda event: (event.occurred_at.ToNanoseconds(), event.id), reverse=True)
+            if query not in self._answers:
+                newest_first = sorted(
+                    self._events, key=lambda event: (event.occurred_at.ToNanoseconds(), event.id), reverse=True
+                )
+                self._answers[query] = [event for event in newest_first if _matches(event, wanted)]
+            return self._answers[query]
 
     # Serving
 
