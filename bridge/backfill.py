@@ -25,7 +25,7 @@ from typing import Any, TextIO
 from bridge import metrics as m
 from bridge.config import BackfillSettings
 from bridge.envelope import Recovered, topic_for
-from bridge.errors import MalformedDelivery, PublishFailed
+from bridge.errors import ApiError, MalformedDelivery, PublishFailed
 from bridge.eventsapi import EventQuery, EventsApi, occurred_at
 from bridge.pipeline import Plan, Sent, Writer
 from bridge.publish import KafkaPublisher, Sender, event_ids_since
@@ -251,8 +251,6 @@ async def _publish(
 
 def main(settings: BackfillSettings, request: Request) -> int:
     """Run and report; 0 when every missing event was written, 1 otherwise."""
-    from bridge.eventsapi import ApiError
-
     # One line per event would drown the progress; the summary and the failures say what matters.
     if settings.log_level != "DEBUG":
         logging.getLogger("bridge.delivery").setLevel(logging.WARNING)

@@ -1,7 +1,8 @@
 """The bridge's few exceptions.
 
 Each maps to one HTTP answer, and that mapping lives in exactly one place
-(`bridge.app`'s error middleware). Library errors (aiokafka's, json's) are
+(`bridge.app`'s error middleware); `ApiError` is backfill's alone (exit code 1).
+Library errors (aiokafka's, json's, the Scalekit SDK's) are
 translated into these where they are raised, never passed up raw.
 """
 
@@ -70,3 +71,7 @@ class Overloaded(BridgeError):
 
 class ShuttingDown(BridgeError):
     """The process is draining after SIGTERM and takes no new deliveries (503)."""
+
+
+class ApiError(BridgeError):
+    """Scalekit's API could not be reached or refused us (backfill); the message is one line for an operator."""

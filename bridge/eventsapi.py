@@ -25,7 +25,7 @@ from scalekit.common.exceptions import (
 from scalekit.v1.events.events_pb2 import EventFilter, ScalekitEvent
 
 from bridge.config import ScalekitApi
-from bridge.errors import BridgeError
+from bridge.errors import ApiError
 
 # The API's ceiling (its protobufs document a default of 10).
 PAGE_SIZE = 100
@@ -35,10 +35,6 @@ _ENVELOPE_ORDER = ("spec_version", "id", "object", "environment_id", "occurred_a
 _API_ONLY = ("display_name",)
 # A protobuf Struct holds every number as a double: integers up to 2**53 survive exactly.
 _EXACT_INTEGERS = 2**53
-
-
-class ApiError(BridgeError):
-    """Scalekit's API could not be reached or refused us; the message is one line for an operator."""
 
 
 @dataclass(frozen=True)
