@@ -19,7 +19,6 @@ import json
 import os
 import platform
 import secrets
-import socket
 import statistics
 import subprocess
 import sys
@@ -35,6 +34,7 @@ from bridge.devkafka import LocalKafka
 from bridge.contract import Contract
 from bridge.envelope import build_route, parse_envelope
 from bridge.sendtest import sample
+from bridge.testing import free_port
 from bridge.verify import SigningKey, Verifier, signature_header
 
 SECRET = "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()
@@ -72,12 +72,6 @@ def cpu_cost() -> None:
               f"{best * 1e6:.1f} µs/delivery")
     check = min(timeit.repeat(lambda: contract.check(envelope, validate=True), number=runs, repeat=5)) / runs
     print(f"cpu: schema validation alone (envelope + data): {check * 1e6:.1f} µs/delivery")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 async def wait_ready(admin_port: int) -> None:

@@ -7,47 +7,22 @@ single-node Apache Kafka started from Maven Central's jars (`bridge.devkafka`).
 
 from __future__ import annotations
 
-import asyncio
 import base64
-import os
 import secrets
 import uuid
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pytest
-from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from bridge.devkafka import LocalKafka
-
-
-def _docker_engine_answers() -> bool:
-    try:
-        import docker
-
-        client = docker.from_env(timeout=3)
-        client.ping()
-        return True
-    except Exception:  # noqa: BLE001 - any failure means "no usable engine"
-        return False
+from bridge.testing._kafka import read_topics
 
 
 @pytest.fixture(scope="session")
-def kafka_bootstrap() -> Iterator[str]:
-    """Bootstrap address of a real Kafka broker, up for the whole session."""
-    given = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
-    if given:
-        yield given
-        return
-    if _docker_engine_answers():
-        from testcontainers.kafka import KafkaContainer
-
-        with KafkaContainer().with_kraft() as container:
-            yield container.get_bootstrap_server()
-        return
-    with LocalKafka() as kafka:
-        yield kafka.bootstrap_servers
+def kafka_bootstrap(scalekit_kafka: str) -> str:
+    """Bootstrap address of a real Kafka broker, up for the whole session: the test kit's, found the
+    same way any consumer team's suite finds it (`bridge.testing.kafka_bootstrap`)."""
+    return scalekit_kafka
 
 
 @dataclass(frozen=True)
@@ -102,27 +77,8 @@ class KafkaTool:
 
     async def read_all(self, topic: str, timeout: float = 10.0) -> list[Record]:
         """Every record in `topic` at this moment, in offset order per partition ([] if no topic)."""
-        partitions = [TopicPartition(topic, p) for p in await self.partitions(topic)]
-        if not partitions:
-            return []
-        consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, enable_auto_commit=False)
-        await consumer.start()
-        try:
-            consumer.assign(partitions)
-            await consumer.seek_to_beginning(*partitions)
-            ends = await consumer.end_offsets(partitions)
-            records: list[Record] = []
-            async with asyncio.timeout(timeout):
-                while [tp for tp in partitions if await consumer.position(tp) < ends[tp]]:
-                    batch = await consumer.getmany(timeout_ms=500)
-                    for tp_records in batch.values():
-                        records.extend(
-                            Record(r.topic, r.partition, r.offset, r.key, r.value, tuple(r.headers))
-                            for r in tp_records
-                        )
-            return sorted(records, key=lambda r: (r.partition, r.offset))
-        finally:
-            await consumer.stop()
+        found = await read_topics(self.bootstrap, {topic}.__contains__, timeout)
+        return [Record(r.topic, r.partition, r.offset, r.key, r.value, r.headers) for r in found]
 
 
 @pytest.fixture

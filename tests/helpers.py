@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import json
-import socket
 import time
 import uuid
 from datetime import datetime, timezone
 from typing import Any
 
 from standardwebhooks.webhooks import Webhook
+
+from bridge.testing import free_port
+
+__all__ = ["body_of", "free_port", "signed_headers"]
 
 
 def signed_headers(secret: str, body: bytes, *, webhook_id: str | None = None, timestamp: int | None = None) -> dict[str, str]:
@@ -29,10 +32,3 @@ def signed_headers(secret: str, body: bytes, *, webhook_id: str | None = None, t
 
 def body_of(envelope: dict[str, Any]) -> bytes:
     return json.dumps(envelope).encode("utf-8")
-
-
-def free_port() -> int:
-    """A loopback port nobody listens on right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])

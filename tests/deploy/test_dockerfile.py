@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 
+from bridge.testing import free_port
 from tests.deploy.dockerfile import Dockerfile
 from tests.fake_scalekit import FakeScalekit, sample_events
 from tests.integration.conftest import SECRET
@@ -126,14 +127,6 @@ def _files(directory: Path) -> set[str]:
     return {str(path) for path in directory.rglob("*")}
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @pytest.mark.integration
 async def test_the_replayed_image_serves_a_signed_event_into_kafka_and_backfills(
     tmp_path, kafka, kafka_bootstrap, unique
@@ -143,7 +136,7 @@ async def test_the_replayed_image_serves_a_signed_event_into_kafka_and_backfills
     entrypoint = FINAL.all("ENTRYPOINT")[0].exec_form()
     assert entrypoint is not None
     command = [str(venv / "bin" / entrypoint[0]), *entrypoint[1:]]
-    port, admin = _free_port(), _free_port()
+    port, admin = free_port(), free_port()
     env = {
         **{k: v for k, v in FINAL.env().items() if k != "PATH"},
         "PATH": f"{venv / 'bin'}{os.pathsep}/usr/bin:/bin",
