@@ -1,27 +1,25 @@
-"""A SCIM provisioning story, as the Scalekit deliveries that tell it, and the directory it leaves."""
+"""A SCIM provisioning story, as the Scalekit deliveries that tell it, and the directory it leaves.
+
+Built with the test kit's factory (`bridge.testing.scalekit_event`): realistic deliveries from the
+packaged samples, with just the fields the story needs changed.
+"""
 
 from __future__ import annotations
 
-import copy
-import secrets
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from examples.directory_sync.store import Snapshot, User
 
-from bridge.sendtest import sample
+from bridge.testing import scalekit_event
 
 START = datetime(2026, 3, 2, 9, 0, tzinfo=timezone.utc)
 
 
 def _delivery(event_type: str, org: str, minute: int, **data: Any) -> dict[str, Any]:
-    envelope = copy.deepcopy(sample(event_type))
-    envelope["id"] = f"evt_{secrets.token_hex(10)}"
-    envelope["organization_id"] = org
     # Nanosecond fractions, as Scalekit sends them.
-    envelope["occurred_at"] = (START + timedelta(minutes=minute)).strftime("%Y-%m-%dT%H:%M:%S.%f") + "123Z"
-    envelope["data"] = {**envelope["data"], "organization_id": org, **data}
-    return envelope
+    occurred_at = (START + timedelta(minutes=minute)).strftime("%Y-%m-%dT%H:%M:%S.%f") + "123Z"
+    return scalekit_event(event_type, organization_id=org, data=data, occurred_at=occurred_at)
 
 
 def provisioning_story(org: str) -> list[dict[str, Any]]:

@@ -1,16 +1,21 @@
-"""The example consumer, end to end: Scalekit deliveries → the real bridge → real Kafka → SQLite."""
+"""The example consumer, end to end, written with the bridge's test kit (the way your team would).
+
+The kit's fixtures (`start_scalekit_bridge`, `scalekit_event`) come from `bridge.testing.fixtures`,
+loaded because this project's pytest settings say `scalekit_bridge = true`. Each test starts a real
+`scalekit-bridge serve` on a real Kafka, sends signed Scalekit deliveries, and checks SQLite.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import secrets
 from collections.abc import AsyncIterator, Callable
 
 import pytest
 from examples.directory_sync.consumer import DirectorySync
+from examples.directory_sync.story import expected_directory, provisioning_story
 from examples.directory_sync.store import DirectoryStore
-
-from tests.directory_story import expected_directory, provisioning_story
 
 pytestmark = pytest.mark.integration
 
@@ -32,51 +37,67 @@ async def until(condition: Callable[[], bool], timeout: float = 30.0) -> None:
             await asyncio.sleep(0.1)
 
 
-async def test_a_provisioning_story_ends_as_the_same_directory_in_sqlite(start_bridge, kafka, kafka_bootstrap, unique, tmp_path):
-    org = f"org_{unique}"
-    running = await start_bridge()
+def consumer_of(bridge, store: DirectoryStore, group: str) -> DirectorySync:
+    return DirectorySync(store, bootstrap_servers=bridge.bootstrap_servers, topic_prefix=bridge.topic_prefix, group_id=group)
+
+
+async def test_a_provisioning_story_ends_as_the_same_directory_in_sqlite(start_scalekit_bridge, tmp_path):
+    org = f"org_{secrets.token_hex(4)}"
+    bridge = start_scalekit_bridge()
     story = provisioning_story(org)
-    for envelope in story:
-        assert (await running.deliver(envelope))[0] == 201, envelope["type"]
+    for delivery in story:
+        assert bridge.send(delivery).status == 201, delivery["type"]
 
     store = DirectoryStore(tmp_path / "directory.db")
-    sync = DirectorySync(store, bootstrap_servers=kafka_bootstrap, topic_prefix=running.prefix, group_id=f"g{unique}")
+    sync = consumer_of(bridge, store, group=f"g{org}")
     async with consuming(sync):
         await until(lambda: len(store.processed()) == len(story))
         assert store.snapshot(org) == expected_directory()
 
-        # Scalekit retries a delivery the bridge already acknowledged, after a bridge restart
-        # (its redelivery memory is per process): the event reaches Kafka a second time.
+        # Scalekit sends an event the bridge already wrote again (a retry after a bridge restart, when its
+        # redelivery memory is gone): the kit signs each send afresh, so the same event lands a second time.
         jane_created = story[3]
-        restarted = await start_bridge()
-        assert (await restarted.deliver(jane_created, webhook_id="msg_retry_after_restart"))[0] == 201
+        assert bridge.send(jane_created).status == 201
         await until(lambda: sync.outcomes["duplicate"] == 1)
 
-    copies = await kafka.read_all(running.topic(jane_created["type"]))
-    assert [r.header("ce_id") for r in copies].count(jane_created["id"].encode()) == 2
+    copies = [event for event in bridge.records(jane_created["type"]) if event.get_id() == jane_created["id"]]
+    assert len(copies) == 2
     assert store.snapshot(org) == expected_directory()
     assert sum(sync.outcomes.values()) == len(story) + 1
     store.close()
 
 
-async def test_the_consumer_group_resumes_after_its_committed_offsets(start_bridge, kafka_bootstrap, unique, tmp_path):
-    org = f"org_{unique}"
-    running = await start_bridge()
+async def test_the_consumer_group_resumes_after_its_committed_offsets(start_scalekit_bridge, tmp_path):
+    org = f"org_{secrets.token_hex(4)}"
+    bridge = start_scalekit_bridge()
     first, *rest = provisioning_story(org)
-    assert (await running.deliver(first))[0] == 201
+    assert bridge.send(first).status == 201
 
     store = DirectoryStore(tmp_path / "directory.db")
-    group = f"g{unique}"
-    before = DirectorySync(store, bootstrap_servers=kafka_bootstrap, topic_prefix=running.prefix, group_id=group)
-    async with consuming(before):
+    async with consuming(consumer_of(bridge, store, group=f"g{org}")):
         await until(lambda: len(store.processed()) == 1)
 
-    for envelope in rest:
-        assert (await running.deliver(envelope))[0] == 201
-    after = DirectorySync(store, bootstrap_servers=kafka_bootstrap, topic_prefix=running.prefix, group_id=group)
+    for delivery in rest:
+        assert bridge.send(delivery).status == 201
+    after = consumer_of(bridge, store, group=f"g{org}")
     async with consuming(after):
         await until(lambda: len(store.processed()) == len(rest) + 1)
 
     assert after.outcomes["duplicate"] == 0  # it started where the first consumer committed
     assert store.snapshot(org) == expected_directory()
+    store.close()
+
+
+async def test_a_user_deleted_in_the_idp_is_gone(scalekit_bridge, scalekit_event, tmp_path):
+    """The README's "Testing your consumer" example, run as written."""
+    org, user = f"org_{secrets.token_hex(4)}", {"id": "diruser_1", "email": "jane@acme.example"}
+    sent = [scalekit_event(event_type, organization_id=org, data=user)
+            for event_type in ("organization.directory.user_created", "organization.directory.user_deleted")]
+    for event in sent:
+        assert scalekit_bridge.send(event).status == 201
+
+    store = DirectoryStore(tmp_path / "directory.db")
+    async with consuming(consumer_of(scalekit_bridge, store, group=org)):
+        await until(lambda: {event["id"] for event in sent} <= store.processed().keys())
+    assert "diruser_1" not in store.snapshot(org).users
     store.close()

@@ -13,7 +13,7 @@ from examples.directory_sync.store import DirectoryStore
 from bridge.envelope import build_route
 from bridge.sendtest import sample
 from bridge.verify import VerifiedDelivery
-from tests.directory_story import expected_directory, provisioning_story
+from examples.directory_sync.story import expected_directory, provisioning_story
 
 ORG = "org_story"
 
