@@ -384,17 +384,19 @@ def test_the_backfill_pod_is_hardened_like_the_bridge(helm):
     assert job["volumeMounts"] == container(docs)["volumeMounts"]  # the Kafka CA
 
 
-def test_nothing_that_selects_the_bridge_selects_a_backfill_pod(helm):
-    """The Service must not route deliveries to a backfill pod, nor the budget or policy count it."""
+def test_nothing_that_selects_the_bridge_selects_a_backfill_or_helm_test_pod(helm):
+    """The Service must not route deliveries to such a pod, nor the budget or policy count it."""
     docs = render(helm, "everything")
-    labels = backfill_pod(docs)["metadata"]["labels"]
+    (test_pod,) = [doc for doc in docs if doc["kind"] == "Pod"]
     selectors = [
         one(docs, "Service")["spec"]["selector"],
         one(docs, "PodDisruptionBudget")["spec"]["selector"]["matchLabels"],
         named(docs, "NetworkPolicy", "bridge-scalekit-bridge")["spec"]["podSelector"]["matchLabels"],
     ]
-    for selector in selectors:
-        assert not selector.items() <= labels.items()
+    for labels in (backfill_pod(docs)["metadata"]["labels"], test_pod["metadata"]["labels"]):
+        for selector in selectors:
+            assert not selector.items() <= labels.items()
+    labels = backfill_pod(docs)["metadata"]["labels"]
     backfill_policy = named(docs, "NetworkPolicy", "bridge-scalekit-bridge-backfill")["spec"]
     assert backfill_policy["podSelector"]["matchLabels"].items() <= labels.items()
     assert backfill_policy["ingress"] == []
