@@ -10,12 +10,13 @@ from __future__ import annotations
 import base64
 import secrets
 import uuid
-from dataclasses import dataclass
 
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from bridge.testing._kafka import read_topics
+from bridge.testing._kafka import Record, read_topics
+
+__all__ = ["KafkaTool", "Record"]
 
 
 @pytest.fixture(scope="session")
@@ -23,19 +24,6 @@ def kafka_bootstrap(scalekit_kafka: str) -> str:
     """Bootstrap address of a real Kafka broker, up for the whole session: the test kit's, found the
     same way any consumer team's suite finds it (`bridge.testing.kafka_bootstrap`)."""
     return scalekit_kafka
-
-
-@dataclass(frozen=True)
-class Record:
-    topic: str
-    partition: int
-    offset: int
-    key: bytes | None
-    value: bytes | None
-    headers: tuple[tuple[str, bytes], ...]
-
-    def header(self, name: str) -> bytes | None:
-        return dict(self.headers).get(name)
 
 
 class KafkaTool:
@@ -77,8 +65,7 @@ class KafkaTool:
 
     async def read_all(self, topic: str, timeout: float = 10.0) -> list[Record]:
         """Every record in `topic` at this moment, in offset order per partition ([] if no topic)."""
-        found = await read_topics(self.bootstrap, {topic}.__contains__, timeout)
-        return [Record(r.topic, r.partition, r.offset, r.key, r.value, r.headers) for r in found]
+        return await read_topics(self.bootstrap, {topic}.__contains__, timeout)
 
 
 @pytest.fixture

@@ -12,12 +12,17 @@ from aiokafka.admin import AIOKafkaAdminClient
 
 @dataclass(frozen=True)
 class Record:
+    """One Kafka record as read back."""
+
     topic: str
     partition: int
     offset: int
     key: bytes | None
     value: bytes | None
     headers: tuple[tuple[str, bytes], ...]
+
+    def header(self, name: str) -> bytes | None:
+        return dict(self.headers).get(name)
 
 
 async def read_topics(bootstrap_servers: str, wanted: Callable[[str], bool], timeout: float) -> list[Record]:
