@@ -2,9 +2,10 @@
 
 HTTP-free: the app hands in headers and the raw body and turns the returned
 `Receipt` (or a raised `BridgeError`) into a response. `Writer` is the part
-after verification, shared with `backfill` so both write the same records. Every path that ends in
-a Receipt other than DUPLICATE has awaited the broker's acknowledgement; a
-DUPLICATE is only returned once an earlier attempt's acknowledgement exists.
+after verification, shared with `backfill` so both write the same records.
+Every path that ends in a Receipt other than DUPLICATE has awaited the broker's
+acknowledgement; a DUPLICATE is only returned once an earlier attempt's
+acknowledgement exists.
 """
 
 from __future__ import annotations
