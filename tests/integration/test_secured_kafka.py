@@ -1,15 +1,21 @@
-"""Deliveries through TLS and SASL_SSL listeners (PLAIN, SCRAM-SHA-512), and clear refusals when trust or login fails."""
+"""Deliveries (and backfills) through TLS and SASL_SSL listeners, and clear refusals when trust or login fails."""
 
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
+import sys
+import uuid
 from collections.abc import Iterator
+from datetime import datetime, timedelta, timezone
 
 import pytest
 
 from bridge.devkafka import LocalKafka, Secured
 from bridge.sendtest import sample
 from tests.conftest import KafkaTool
+from tests.fake_scalekit import FakeScalekit, sample_events
 
 pytestmark = pytest.mark.integration
 
@@ -86,3 +92,32 @@ async def test_a_broker_we_cannot_trust_or_log_in_to_means_not_ready_503_and_one
     lines = [line for line in output.splitlines() if cause in line]
     assert len(lines) == 1, output
     assert wrong_password not in output and security.password not in output
+
+
+async def test_backfill_reads_and_writes_through_sasl_ssl(secured_kafka, tmp_path):
+    """The backfill's scan (consumer and admin) and its writes use the same TLS and SASL settings as serve."""
+    security = secured(secured_kafka)
+    prefix = f"b{uuid.uuid4().hex[:8]}."
+    scalekit = FakeScalekit()
+    scalekit.start()
+    try:
+        for envelope in sample_events(3, start=datetime.now(timezone.utc) - timedelta(minutes=30)):
+            scalekit.add(envelope)
+        env = {
+            **{k: v for k, v in os.environ.items() if not k.startswith(("SCALEKIT_", "BRIDGE_", "KAFKA_"))},
+            **scalekit.env(),
+            **sasl_env(security, "SCRAM-SHA-512"),
+            "BRIDGE_TOPIC_PREFIX": prefix,
+            "BRIDGE_DEADLETTER_TOPIC": prefix + "deadletter",
+        }
+        runs = [
+            subprocess.run([sys.executable, "-m", "bridge", "backfill", "--since", "1h"],
+                           env=env, capture_output=True, text=True, timeout=120)
+            for _ in range(2)
+        ]
+    finally:
+        scalekit.stop()
+
+    assert [run.returncode for run in runs] == [0, 0], runs[0].stderr + runs[1].stderr
+    assert runs[0].stdout.splitlines()[-1] == "fetched 3, already in Kafka 0, published 3, dead-lettered 0, failed 0"
+    assert runs[1].stdout.splitlines()[-1] == "fetched 3, already in Kafka 3, published 0, dead-lettered 0, failed 0"
