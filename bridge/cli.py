@@ -7,6 +7,7 @@ import asyncio
 import base64
 import os
 import secrets
+import shlex
 import sys
 import urllib.error
 from collections.abc import Sequence
@@ -126,9 +127,9 @@ def _dev() -> int:
                     f"  Signing secret:  {shown_secret}   "
                     + ("(generated, development only)" if generated else "(yours, not shown)"),
                     "",
-                    "  Send a test event from another terminal:",
+                    "  Send a test event from another terminal (in this directory):",
                     f"    SCALEKIT_WEBHOOK_SECRET={shown_secret} "
-                    f"scalekit-bridge send-test --type organization.directory.user_created --url {url}",
+                    f"{_this_command()} send-test --type organization.directory.user_created --url {url}",
                     "",
                     "  Ctrl-C stops the bridge, then Kafka.",
                     "",
@@ -146,6 +147,18 @@ def _dev() -> int:
         if kafka is not None:
             print("Stopping the local Kafka...", flush=True)
             kafka.stop()
+
+
+def _this_command() -> str:
+    """How to run this same program again from the current directory, as a shell word or two.
+
+    `make run` starts `.venv/bin/scalekit-bridge`, which is not on PATH: print that path, not the bare name.
+    """
+    program = sys.argv[0]
+    if os.path.basename(program) == "scalekit-bridge" and os.path.isfile(program):
+        path = os.path.relpath(program)
+        return shlex.quote(path if os.sep in path else "./" + path)
+    return f"{shlex.quote(os.path.relpath(sys.executable))} -m bridge"
 
 
 def _send_test(event_type: str, url: str | None) -> int:

@@ -1,4 +1,4 @@
-"""Logging set-up: one JSON object per line (or plain text for people at a terminal).
+"""Logging set-up: one JSON object per line (or logfmt-style text for people at a terminal).
 
 Structured fields travel in a record's `extra`; bodies, secrets and signatures
 are never handed to a logger anywhere in the bridge.
@@ -15,23 +15,54 @@ from datetime import datetime, timezone
 _STANDARD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime", "taskName"}
 
 
+def _fields(record: logging.LogRecord) -> dict[str, object]:
+    """The structured fields a record carries in `extra` (a dict value contributes its items)."""
+    fields: dict[str, object] = {}
+    for name, value in vars(record).items():
+        if name not in _STANDARD:
+            if isinstance(value, dict):
+                fields.update(value)
+            else:
+                fields[name] = value
+    return fields
+
+
+def _time(record: logging.LogRecord) -> str:
+    return datetime.fromtimestamp(record.created, timezone.utc).isoformat(timespec="milliseconds")
+
+
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, object] = {
-            "time": datetime.fromtimestamp(record.created, timezone.utc).isoformat(timespec="milliseconds"),
+            "time": _time(record),
             "level": record.levelname.lower(),
             "logger": record.name,
             "message": record.getMessage(),
         }
-        for name, value in vars(record).items():
-            if name not in _STANDARD:
-                if isinstance(value, dict):
-                    entry.update(value)
-                else:
-                    entry[name] = value
+        entry.update(_fields(record))
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
         return json.dumps(entry, default=str)
+
+
+class TextFormatter(logging.Formatter):
+    """One line for people: time, level, logger, message, then the same fields as logfmt `key=value`."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        line = f"{_time(record)} {record.levelname} {record.name} {record.getMessage()}"
+        pairs = [f"{name}={_logfmt(value)}" for name, value in _fields(record).items() if value is not None]
+        if pairs:
+            line += " " + " ".join(pairs)
+        if record.exc_info:
+            line += "\n" + self.formatException(record.exc_info)
+        return line
+
+
+def _logfmt(value: object) -> str:
+    text = value if isinstance(value, str) else json.dumps(value, default=str)
+    if text == "" or any(char in text for char in ' ="\\') or not text.isprintable():
+        return json.dumps(text)
+    return text
 
 
 def configure(level: str, fmt: str) -> None:
@@ -39,7 +70,7 @@ def configure(level: str, fmt: str) -> None:
     if fmt == "json":
         handler.setFormatter(JsonFormatter())
     else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
+        handler.setFormatter(TextFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
