@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 
+from bridge import __version__
 from bridge.testing import free_port
 from tests.deploy.dockerfile import Dockerfile
 from tests.fake_scalekit import FakeScalekit, sample_events
@@ -75,6 +76,11 @@ def test_it_carries_oci_labels():
     for name in ("title", "description", "version", "licenses", "source"):
         assert f"org.opencontainers.image.{name}" in labels, name
     assert labels["org.opencontainers.image.licenses"] == "Apache-2.0"
+
+
+def test_the_image_version_is_the_packages():
+    (version,) = [i.arguments for i in FINAL.all("ARG") if i.arguments.startswith("VERSION=")]
+    assert version == f"VERSION={__version__}"
 
 
 def test_it_exposes_the_default_ports_and_bakes_in_no_secret():

@@ -22,6 +22,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from bridge import __version__
 from bridge.config import BackfillSettings, Settings
 from bridge.contract import Contract
 from bridge.sendtest import sample_types
@@ -340,6 +341,11 @@ def test_the_network_policy_opens_only_the_two_ports_and_lets_helm_test_in(helm)
     ]
     assert admin["ports"] == [{"port": "admin", "protocol": "TCP"}]
     assert policy["policyTypes"] == ["Ingress", "Egress"]
+
+
+def test_the_chart_and_its_app_are_the_packages_version():
+    chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
+    assert chart["appVersion"] == __version__
 
 
 # --- the backfill CronJob ----------------------------------------------------------------------------

@@ -11,6 +11,7 @@ import promql_parser
 import pytest
 import yaml
 
+from bridge import __version__
 from bridge.logs import JsonFormatter
 from bridge.metrics import OUTCOMES
 from bridge.sendtest import sample
@@ -89,7 +90,7 @@ async def test_every_outcome_counter_moves(driven):
         assert sample_value(exposition, f'scalekit_bridge_request_duration_seconds_count{{status="{status}"}}') >= 1.0
     assert sample_value(exposition, "scalekit_bridge_ready") == 1.0
     assert sample_value(exposition, "scalekit_bridge_redelivery_cache_entries") == 4.0
-    assert 'scalekit_bridge_build_info{version="0.1.0"} 1.0' in exposition
+    assert f'scalekit_bridge_build_info{{version="{__version__}"}} 1.0' in exposition
 
 
 async def test_dashboard_and_alerts_use_only_exported_metrics_in_valid_promql(driven):
