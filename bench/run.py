@@ -33,9 +33,9 @@ import aiohttp
 from bridge.devkafka import LocalKafka
 from bridge.contract import Contract
 from bridge.envelope import build_route, parse_envelope
-from bridge.sendtest import sample
+from bridge.sendtest import sample, signed_headers
 from bridge.testing import free_port
-from bridge.verify import SigningKey, Verifier, signature_header
+from bridge.verify import SigningKey, Verifier
 
 SECRET = "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()
 KEY = SigningKey.from_secret(SECRET)
@@ -43,13 +43,7 @@ KEY = SigningKey.from_secret(SECRET)
 
 def signed(envelope: dict) -> tuple[bytes, dict[str, str]]:
     body = json.dumps(envelope).encode()
-    webhook_id, stamp = f"msg_{uuid.uuid4().hex}", str(int(time.time()))
-    return body, {
-        "content-type": "application/json",
-        "webhook-id": webhook_id,
-        "webhook-timestamp": stamp,
-        "webhook-signature": signature_header(KEY, webhook_id, stamp, body),
-    }
+    return body, signed_headers(KEY, body)
 
 
 def cpu_cost() -> None:

@@ -14,6 +14,7 @@ from dataclasses import MISSING, dataclass, field, fields
 from typing import Any, Literal, TypeVar
 from urllib.parse import urlsplit
 
+from bridge.envelope import MAX_TOPIC_LENGTH
 from bridge.errors import ConfigError
 from bridge.verify import SigningKey
 
@@ -30,7 +31,6 @@ LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
 # Kafka's legal topic characters; the prefix and the dead-letter topic must use only these.
 _TOPIC_CHARS = re.compile(r"[A-Za-z0-9._-]+")
-_MAX_TOPIC_LENGTH = 249
 
 T = TypeVar("T")
 S = TypeVar("S", bound=str)
@@ -353,7 +353,7 @@ def _kafka_settings(reader: _Reader) -> KafkaSettings:
 def _check_topics(prefix: str, deadletter_topic: str) -> None:
     if not _TOPIC_CHARS.fullmatch(prefix) or len(prefix) > 200:
         raise ConfigError("BRIDGE_TOPIC_PREFIX", "may use only letters, digits, '.', '_' and '-' (at most 200)")
-    if not _TOPIC_CHARS.fullmatch(deadletter_topic) or len(deadletter_topic) > _MAX_TOPIC_LENGTH:
+    if not _TOPIC_CHARS.fullmatch(deadletter_topic) or len(deadletter_topic) > MAX_TOPIC_LENGTH:
         raise ConfigError("BRIDGE_DEADLETTER_TOPIC", "must be a legal Kafka topic name")
 
 

@@ -20,7 +20,8 @@ from bridge.verify import VerifiedDelivery
 # Scalekit event types are dotted lower-case words; they become topic names. Patterns are
 # matched whole (fullmatch): `$` would let a trailing newline through into a topic name.
 _EVENT_TYPE = re.compile(r"[a-z0-9._]+")
-_MAX_TOPIC_LENGTH = 249
+# Kafka's longest legal topic name.
+MAX_TOPIC_LENGTH = 249
 # RFC 3339 as CloudEvents requires for `time`; fractions of any length are kept as sent.
 _RFC3339 = re.compile(
     r"\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\d{2}:\d{2})"
@@ -124,7 +125,7 @@ def parse_envelope(body: bytes) -> dict[str, Any]:
 def topic_for(prefix: str, event_type: str, *, deadletter_topic: str | None = None) -> str:
     """The topic an event type is published to; raises MalformedDelivery for unroutable types."""
     topic = prefix + event_type
-    if not _EVENT_TYPE.fullmatch(event_type) or len(topic) > _MAX_TOPIC_LENGTH:
+    if not _EVENT_TYPE.fullmatch(event_type) or len(topic) > MAX_TOPIC_LENGTH:
         raise MalformedDelivery("event type is not a valid topic name")
     if deadletter_topic is not None and topics_collide(topic, deadletter_topic):
         raise MalformedDelivery("event type's topic would be the dead-letter topic")

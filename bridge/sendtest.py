@@ -42,20 +42,20 @@ def fresh_delivery(event_type: str) -> dict[str, Any]:
     return envelope
 
 
-def signed_request(url: str, key: SigningKey, body: bytes) -> urllib.request.Request:
+def signed_headers(key: SigningKey, body: bytes) -> dict[str, str]:
+    """The headers Scalekit sends with `body`: a fresh webhook-id, the current time, the signature."""
     webhook_id = f"msg_{secrets.token_hex(12)}"
     timestamp = str(int(time.time()))
-    return urllib.request.Request(
-        url,
-        data=body,
-        method="POST",
-        headers={
-            "content-type": "application/json",
-            "webhook-id": webhook_id,
-            "webhook-timestamp": timestamp,
-            "webhook-signature": signature_header(key, webhook_id, timestamp, body),
-        },
-    )
+    return {
+        "content-type": "application/json",
+        "webhook-id": webhook_id,
+        "webhook-timestamp": timestamp,
+        "webhook-signature": signature_header(key, webhook_id, timestamp, body),
+    }
+
+
+def signed_request(url: str, key: SigningKey, body: bytes) -> urllib.request.Request:
+    return urllib.request.Request(url, data=body, method="POST", headers=signed_headers(key, body))
 
 
 def send(url: str, key: SigningKey, event_type: str, timeout: float = 15.0) -> tuple[int, str]:
