@@ -78,7 +78,6 @@ class Bridge:
     settings: Settings
     publisher: Publisher
     pipeline: Pipeline
-    cache: RedeliveryCache
     metrics: m.Metrics
     lifecycle: Lifecycle
 
@@ -92,7 +91,7 @@ class Bridge:
             cache=cache,
             writer=Writer.configured(settings, publisher, metrics),
         )
-        bridge = cls(settings, publisher, pipeline, cache, metrics, lifecycle)
+        bridge = cls(settings, publisher, pipeline, metrics, lifecycle)
         # Read at scrape time, so the gauges cannot drift from the truth.
         metrics.ready.set_function(lambda: 1.0 if bridge.ready else 0.0)
         metrics.inflight.set_function(lambda: float(lifecycle.inflight))
