@@ -161,7 +161,8 @@ def _java() -> str:
     return found
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A loopback port nobody listens on right now."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
@@ -352,9 +353,9 @@ class LocalKafka:
         listeners = ["PLAINTEXT", *(("SSL", "SASL_SSL") if self._secured else ())]
 
         def node(node_id: int, roles: str, heap: str) -> _Node:
-            ports = {"CONTROLLER": _free_port()} if "controller" in roles else {}
+            ports = {"CONTROLLER": free_port()} if "controller" in roles else {}
             if "broker" in roles:
-                ports |= {name: _free_port() for name in listeners}
+                ports |= {name: free_port() for name in listeners}
             return _Node(node_id, roles, self._workdir / f"node-{node_id}", ports, heap)  # type: ignore[operator]
 
         if self._brokers == 1:

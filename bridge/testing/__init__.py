@@ -21,15 +21,14 @@ import fnmatch
 import json
 import os
 import secrets
-import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Coroutine, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, TypeVar
@@ -38,6 +37,7 @@ from cloudevents.core.base import BaseCloudEvent
 from cloudevents.core.bindings import kafka as ce_kafka
 from cloudevents.core.formats.json import JSONFormat
 
+from bridge.devkafka import LocalKafka, free_port
 from bridge.sendtest import sample, sample_types, signed_request
 from bridge.verify import SigningKey
 
@@ -108,8 +108,6 @@ def kafka_bootstrap() -> Iterator[str]:
         with KafkaContainer().with_kraft() as container:
             yield container.get_bootstrap_server()
         return
-    from bridge.devkafka import LocalKafka
-
     with LocalKafka() as local:
         yield local.bootstrap_servers
 
@@ -165,13 +163,13 @@ class _Endpoint:
         landed = None
         if status == 201:
             sent = event if isinstance(event, dict) else {}
-            landed = _in_thread(lambda: self._find(sent, request.get_header("Webhook-id") or ""))
+            landed = _in_thread(self._find(sent, request.get_header("Webhook-id") or ""))
         return Delivered(status, answer, landed)
 
     def records(self, type_or_pattern: str, *, timeout: float = 30.0) -> list[BaseCloudEvent]:
         """Every CloudEvent now in the topics of the matching types (`*` globs, e.g. `organization.directory.*`),
         decoded with the CloudEvents SDK, in offset order per partition."""
-        return _in_thread(lambda: self._records(type_or_pattern, timeout))
+        return _in_thread(self._records(type_or_pattern, timeout))
 
     async def _records(self, type_or_pattern: str, timeout: float) -> list[BaseCloudEvent]:
         from bridge.testing._kafka import read_topics
@@ -276,31 +274,7 @@ class BridgeServer(_Endpoint):
             return False
 
 
-def free_port() -> int:
-    """A loopback port nobody listens on right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _in_thread(work: Callable[[], Awaitable[T]]) -> T:
+def _in_thread(work: Coroutine[Any, Any, T]) -> T:
     """Run a coroutine to completion on a loop of its own, callable from sync and async tests alike."""
-    result: list[T] = []
-    failure: list[BaseException] = []
-
-    def run() -> None:
-        try:
-            result.append(asyncio.run(_awaited(work)))
-        except BaseException as exc:  # noqa: BLE001 - handed back to the caller's thread
-            failure.append(exc)
-
-    thread = threading.Thread(target=run, name="scalekit-bridge-testing")
-    thread.start()
-    thread.join()
-    if failure:
-        raise failure[0]
-    return result[0]
-
-
-async def _awaited(work: Callable[[], Awaitable[T]]) -> T:
-    return await work()
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="scalekit-bridge-testing") as pool:
+        return pool.submit(asyncio.run, work).result()
