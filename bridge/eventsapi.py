@@ -151,8 +151,6 @@ def occurred_at(envelope: dict[str, Any]) -> datetime | None:
 
 def _translate(exc: Exception, url: str) -> ApiError:
     """The SDK's exception as one line that names the cause and never quotes the secret."""
-    if isinstance(exc, ApiError):
-        return exc
     if isinstance(exc, ScalekitUnauthorizedException):
         return ApiError(
             f"Scalekit at {url} refused the API credentials (401); "

@@ -431,7 +431,7 @@ async def _scan(
         if loop.time() - progressed > timeout:
             raise TimeoutError
         batches = await consumer.getmany(*remaining, timeout_ms=500)
-        for partition, records in batches.items():
+        for records in batches.values():
             read += len(records)
             progressed = loop.time()
             for record in records:
