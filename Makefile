@@ -30,12 +30,12 @@ bench-backfill: $(VENV)/.installed
 
 # schemas/asyncapi.yaml is generated; a test fails when it is out of date.
 asyncapi: $(VENV)/.installed
-	$(BIN)/python -m bridge.asyncapi schemas/asyncapi.yaml
+	$(BIN)/python -m bridge.dev.asyncapi schemas/asyncapi.yaml
 
 # BROKERS=3 starts three brokers and one controller.
 BROKERS ?= 1
 kafka: $(VENV)/.installed
-	$(BIN)/python -m bridge.devkafka --brokers $(BROKERS)
+	$(BIN)/python -m bridge.dev.kafka --brokers $(BROKERS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis *.egg-info

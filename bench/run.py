@@ -30,10 +30,11 @@ from dataclasses import dataclass
 
 import aiohttp
 
-from bridge.devkafka import LocalKafka
+from bridge.dev.kafka import LocalKafka
 from bridge.contract import Contract
-from bridge.envelope import build_route, parse_envelope
-from bridge.sendtest import sample, signed_headers
+from bridge.envelope import build_record, parse_envelope
+from bridge.dev.samples import sample
+from bridge.dev.sendtest import signed_headers
 from bridge.testing import free_port
 from bridge.verify import SigningKey, Verifier
 
@@ -58,7 +59,7 @@ def cpu_cost() -> None:
         delivery = verifier.verify(headers, body)
         parsed = parse_envelope(delivery.body)
         verdict = contract.check(parsed, validate=validate)
-        build_route(delivery, topic_prefix="scalekit.", mode="binary", envelope=parsed, dataschema=verdict.dataschema)
+        build_record(delivery, topic_prefix="scalekit.", mode="binary", envelope=parsed, dataschema=verdict.dataschema)
 
     for label, validate in (("validation off", False), ("validation warn/enforce", True)):
         best = min(timeit.repeat(functools.partial(one, validate), number=runs, repeat=5)) / runs

@@ -16,7 +16,7 @@ import time
 import aiohttp
 from run import kafka, serving, signed  # bench/run.py, beside this script
 
-from bridge.sendtest import sample
+from bridge.dev.samples import sample
 
 EVENT_TYPE = "organization.directory.user_created"
 

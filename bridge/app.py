@@ -21,7 +21,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 from bridge import metrics as m
 from bridge.config import Settings
-from bridge.dedupe import RedeliveryCache
+from bridge.redelivery import RedeliveryCache
 from bridge.errors import Overloaded, PayloadTooLarge, PublishFailed, ShuttingDown, VerificationFailed
 from bridge.guard import RETRY_AFTER_SECONDS, ConnectionGuard, GuardedProtocol
 from bridge.pipeline import Pipeline, Writer, where
@@ -31,7 +31,8 @@ from bridge.process import (
     return_freed_memory_to_the_kernel,
     trim_memory_every,
 )
-from bridge.publish import KafkaPublisher, Publisher
+from bridge.core import Publisher
+from bridge.publish import KafkaPublisher
 from bridge.verify import Verifier
 
 log = logging.getLogger(__name__)

@@ -28,7 +28,8 @@ from bridge.envelope import Recovered, topic_for
 from bridge.errors import ApiError, MalformedDelivery, PublishFailed
 from bridge.eventsapi import EventQuery, EventsApi, occurred_at
 from bridge.pipeline import Plan, Sent, Writer
-from bridge.publish import KafkaPublisher, Sender, event_ids_since
+from bridge.core import Outcome, Sender
+from bridge.publish import KafkaPublisher, event_ids_since
 
 log = logging.getLogger(__name__)
 
@@ -197,7 +198,7 @@ def _show(origin: Recovered, plan: Plan, out: TextIO, tally: Tally) -> None:
     message, receipt = plan.message, plan.receipt
     key = message.key.decode("utf-8", "replace") if message.key is not None else "-"
     line = f"{receipt.event_type or '-'}\t{origin.event_id}\t{message.topic}\t{key}"
-    if receipt.outcome == m.DEADLETTERED:
+    if receipt.outcome == Outcome.DEADLETTERED:
         tally.deadlettered += 1
         line += f"\t(dead letter: {plan.reason})"
     else:
@@ -225,7 +226,7 @@ async def _publish(
             failed.add(origin.event_id)
             log.error("a backfill write failed", extra={"event_id": origin.event_id, "reason": exc.reason})
             return
-        if receipt.outcome == m.DEADLETTERED:
+        if receipt.outcome == Outcome.DEADLETTERED:
             tally.deadlettered += 1
             log.warning("backfilled event dead-lettered", extra={"event_id": origin.event_id})
         else:

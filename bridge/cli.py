@@ -97,7 +97,7 @@ def _backfill(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
 
 
 def _dev() -> int:
-    from bridge.devkafka import KAFKA_VERSION, LocalKafka, LocalKafkaError
+    from bridge.dev.kafka import KAFKA_VERSION, LocalKafka, LocalKafkaError
 
     env = dict(os.environ)
     env.setdefault("BRIDGE_LOG_FORMAT", "text")
@@ -162,7 +162,8 @@ def _this_command() -> str:
 
 
 def _send_test(event_type: str, url: str | None) -> int:
-    from bridge.sendtest import sample_types, send
+    from bridge.dev.samples import sample_types
+    from bridge.dev.sendtest import send
 
     if event_type not in sample_types():
         print(

@@ -11,15 +11,13 @@ import os
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import MISSING, dataclass, field, fields
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, TypedDict, TypeVar
 from urllib.parse import urlsplit
 
-from bridge.envelope import MAX_TOPIC_LENGTH
+from bridge.envelope import CLOUDEVENTS_MODES, MAX_TOPIC_LENGTH, CloudEventsMode
 from bridge.errors import ConfigError
 from bridge.verify import SigningKey
 
-CloudEventsMode = Literal["binary", "structured"]
-CLOUDEVENTS_MODES: tuple[CloudEventsMode, ...] = ("binary", "structured")
 LogFormat = Literal["json", "text"]
 LOG_FORMATS: tuple[LogFormat, ...] = ("json", "text")
 SchemaValidation = Literal["off", "warn", "enforce"]
@@ -32,7 +30,7 @@ LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 # Kafka's legal topic characters; the prefix and the dead-letter topic must use only these.
 _TOPIC_CHARS = re.compile(r"[A-Za-z0-9._-]+")
 
-T = TypeVar("T")
+N = TypeVar("N", int, float)
 S = TypeVar("S", bound=str)
 
 
@@ -162,10 +160,24 @@ class Settings:
         return settings
 
 
-def _record_shaping(reader: _Reader) -> dict[str, Any]:
+class _RecordShaping(TypedDict):
     """The settings `serve` and `backfill` share: what a record looks like and where it goes."""
+
+    topic_prefix: str
+    deadletter_topic: str
+    publish_timeout: float
+    max_body_bytes: int
+    timestamp_tolerance: int
+    cloudevents_mode: CloudEventsMode
+    schema_validation: SchemaValidation
+    log_level: str
+    log_format: LogFormat
+
+
+def _record_shaping(reader: _Reader) -> _RecordShaping:
+    """Read the settings `serve` and `backfill` share (their defaults are `Settings`' field defaults)."""
     d = _defaults(Settings)
-    shared = {
+    shared: _RecordShaping = {
         "topic_prefix": reader.text("BRIDGE_TOPIC_PREFIX", d["topic_prefix"]),
         "deadletter_topic": reader.text("BRIDGE_DEADLETTER_TOPIC", d["deadletter_topic"]),
         "publish_timeout": reader.number(
@@ -262,7 +274,7 @@ class _Reader:
         value = self.raw(name)
         return default if value is None else value
 
-    def number(self, name: str, default: T, cast: Callable[[str], T], *, low: T, high: T) -> T:
+    def number(self, name: str, default: N, cast: Callable[[str], N], *, low: N, high: N) -> N:
         value = self.raw(name)
         if value is None:
             return default
@@ -270,11 +282,11 @@ class _Reader:
             number = cast(value)
         except ValueError:
             raise ConfigError(name, f"must be a {cast.__name__}, got {value!r}") from None
-        if not (low <= number <= high):  # type: ignore[operator]
+        if not (low <= number <= high):
             raise ConfigError(name, f"must be between {low} and {high}, got {value!r}")
         return number
 
-    def optional_number(self, name: str, cast: Callable[[str], T], *, low: T, high: T) -> T | None:
+    def optional_number(self, name: str, cast: Callable[[str], N], *, low: N, high: N) -> N | None:
         """A number, or None when unset or `auto` (the caller derives the value)."""
         value = self.raw(name)
         if value is None or value.lower() == "auto":
@@ -319,7 +331,10 @@ def _signing_keys(value: str) -> tuple[SigningKey, ...]:
 
 
 def _kafka_settings(reader: _Reader) -> KafkaSettings:
-    protocol = reader.choice("KAFKA_SECURITY_PROTOCOL", "PLAINTEXT", SECURITY_PROTOCOLS, fold=str.upper)
+    d = _defaults(KafkaSettings)
+    protocol = reader.choice(
+        "KAFKA_SECURITY_PROTOCOL", d["security_protocol"], SECURITY_PROTOCOLS, fold=str.upper
+    )
     mechanism = username = None
     password = None
     if protocol.startswith("SASL_"):
@@ -331,7 +346,6 @@ def _kafka_settings(reader: _Reader) -> KafkaSettings:
     cafile = reader.raw("KAFKA_SSL_CAFILE")
     if cafile is not None and not os.path.isfile(cafile):
         raise ConfigError("KAFKA_SSL_CAFILE", f"no such file: {cafile}")
-    d = _defaults(KafkaSettings)
     replication = reader.optional_number("BRIDGE_TOPIC_REPLICATION", int, low=1, high=32)
     min_insync = reader.optional_number("BRIDGE_TOPIC_MIN_INSYNC_REPLICAS", int, low=1, high=32)
     if replication is not None and min_insync is not None and min_insync > replication:

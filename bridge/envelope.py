@@ -11,7 +11,7 @@ import json
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import quote
 
 from bridge.errors import MalformedDelivery
@@ -22,6 +22,9 @@ from bridge.verify import VerifiedDelivery
 _EVENT_TYPE = re.compile(r"[a-z0-9._]+")
 # Kafka's longest legal topic name.
 MAX_TOPIC_LENGTH = 249
+# How a CloudEvent is laid on a record: attributes as `ce_*` headers, or the whole event as the value.
+CloudEventsMode = Literal["binary", "structured"]
+CLOUDEVENTS_MODES: tuple[CloudEventsMode, ...] = ("binary", "structured")
 # RFC 3339 as CloudEvents requires for `time`; fractions of any length are kept as sent.
 _RFC3339 = re.compile(
     r"\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\d{2}:\d{2})"
@@ -85,8 +88,8 @@ Origin = VerifiedDelivery | Recovered
 
 
 @dataclass(frozen=True)
-class Route:
-    """Where a delivery goes: what the app needs to know besides the bytes."""
+class EventRecord:
+    """An event's whole record (topic, key, value, headers), and the id and type it carries."""
 
     event_id: str
     event_type: str
@@ -154,15 +157,15 @@ def partition_key_source(envelope: Mapping[str, Any]) -> tuple[str, str] | None:
     return None
 
 
-def build_route(
+def build_record(
     delivery: Origin,
     *,
     topic_prefix: str,
-    mode: str,
+    mode: CloudEventsMode,
     envelope: Mapping[str, Any] | None = None,
     dataschema: str | None = None,
     deadletter_topic: str | None = None,
-) -> Route:
+) -> EventRecord:
     """Map a verified delivery or a recovered event (and its envelope, if parsed) to its record.
 
     Raises MalformedDelivery. `dataschema` is the `$id` of the schema the data adheres to.
@@ -180,8 +183,8 @@ def build_route(
 
 
 def _encode(
-    envelope: Mapping[str, Any], provenance: tuple[str, str], topic: str, mode: str, dataschema: str | None
-) -> Route:
+    envelope: Mapping[str, Any], provenance: tuple[str, str], topic: str, mode: CloudEventsMode, dataschema: str | None
+) -> EventRecord:
     key = partition_key(envelope)
     attributes = _attributes(envelope, provenance, key)
     has_data = "data" in envelope
@@ -202,7 +205,7 @@ def _encode(
         headers = tuple((f"ce_{name}", text.encode("utf-8")) for name, text in attributes.items())
         if has_data:
             headers += (("content-type", JSON_CONTENT_TYPE.encode()),)
-    return Route(
+    return EventRecord(
         event_id=envelope["id"],
         event_type=envelope["type"],
         message=KafkaMessage(

@@ -1,6 +1,6 @@
 """Prometheus metrics on an injected registry (no module-level collectors).
 
-Every label takes values from a closed set: outcomes and reasons are the
+Every label takes values from a closed set: outcomes are `bridge.core.Outcome`, reasons the
 constants below, event types come only from verified deliveries whose type
 already passed the topic-name check, and statuses are HTTP codes we send.
 """
@@ -20,15 +20,8 @@ from prometheus_client import (
 )
 
 from bridge import __version__, guard
+from bridge.core import Outcome
 from bridge.verify import REASONS
-
-PUBLISHED = "published"
-DUPLICATE = "duplicate"
-DEADLETTERED = "deadlettered"
-REJECTED = "rejected"
-FAILED = "failed"
-TOO_LARGE = "too_large"
-OUTCOMES = (PUBLISHED, DUPLICATE, DEADLETTERED, REJECTED, FAILED, TOO_LARGE)
 
 # Why the public port refused a request or connection: the guard's reasons below HTTP, the app's above.
 BODY_TIMEOUT = "body_timeout"
@@ -48,7 +41,7 @@ HTTP_REFUSALS = (
 # Event type label for deliveries whose type we do not know (yet) or cannot trust.
 UNKNOWN_TYPE = "unknown"
 
-_PUBLISH_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 
 class Metrics:
@@ -102,14 +95,14 @@ class Metrics:
         self.publish_duration = Histogram(
             "scalekit_bridge_publish_duration_seconds",
             "Time from handing a record to the producer until the broker acknowledged it.",
-            buckets=_PUBLISH_BUCKETS,
+            buckets=_LATENCY_BUCKETS,
             registry=self.registry,
         )
         self.request_duration = Histogram(
             "scalekit_bridge_request_duration_seconds",
             "Whole webhook request time, by response status.",
             ("status",),
-            buckets=_PUBLISH_BUCKETS,
+            buckets=_LATENCY_BUCKETS,
             registry=self.registry,
         )
         self.inflight = Gauge(
@@ -136,7 +129,7 @@ class Metrics:
         # Pre-create the fixed series so dashboards and alerts see zeros, not gaps.
         for reason in REASONS:
             self.verification_failures.labels(reason=reason)
-        for outcome in (REJECTED, TOO_LARGE):
+        for outcome in (Outcome.REJECTED, Outcome.TOO_LARGE):
             self.deliveries.labels(outcome=outcome, event_type=UNKNOWN_TYPE)
         for refusal in HTTP_REFUSALS:
             self.http_refusals.labels(reason=refusal)

@@ -17,12 +17,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 
 from bridge import metrics as m
-from bridge.dedupe import RedeliveryCache
+from bridge.redelivery import RedeliveryCache
 from bridge.config import BackfillSettings, SchemaValidation, Settings
 from bridge.contract import Contract, Verdict
-from bridge.envelope import KafkaMessage, Origin, build_route, deadletter_message, parse_envelope
+from bridge.core import Ack, Outcome, Pending, Publisher, Sender
+from bridge.envelope import CloudEventsMode, KafkaMessage, Origin, build_record, deadletter_message, parse_envelope
 from bridge.errors import MalformedDelivery, PublishFailed, RecordRejected, VerificationFailed
-from bridge.publish import Ack, Pending, Publisher, Sender
 from bridge.verify import VerifiedDelivery, Verifier
 
 # One line per delivery on "bridge.delivery"; anything else the pipeline has to say goes to its own logger.
@@ -34,7 +34,7 @@ trouble = logging.getLogger(__name__)
 class Receipt:
     """How one delivery ended, and where its record went if it was written."""
 
-    outcome: str
+    outcome: Outcome
     webhook_id: str | None
     event_id: str | None = None
     event_type: str | None = None
@@ -64,11 +64,11 @@ class Pipeline:
         except VerificationFailed as exc:
             self._writer.metrics.verification_failures.labels(reason=exc.reason).inc()
             # The webhook-id of an unverified request is the caller's text, not ours to log.
-            self._writer.record(Receipt(m.REJECTED, None), started, reason=exc.reason)
+            self._writer.record(Receipt(Outcome.REJECTED, None), started, reason=exc.reason)
             raise
 
         if not await self._cache.claim(delivery.webhook_id):
-            return self._writer.record(Receipt(m.DUPLICATE, delivery.webhook_id), started)
+            return self._writer.record(Receipt(Outcome.DUPLICATE, delivery.webhook_id), started)
 
         acknowledged = False
         try:
@@ -80,7 +80,7 @@ class Pipeline:
 
     def refuse_oversized(self, started: float) -> Receipt:
         """Account for a body refused before verification (413); nothing was read or written."""
-        return self._writer.record(Receipt(m.TOO_LARGE, None), started)
+        return self._writer.record(Receipt(Outcome.TOO_LARGE, None), started)
 
 
 @dataclass(frozen=True)
@@ -116,7 +116,7 @@ class Writer:
         metrics: m.Metrics,
         topic_prefix: str,
         deadletter_topic: str,
-        cloudevents_mode: str,
+        cloudevents_mode: CloudEventsMode,
         contract: Contract,
         schema_validation: SchemaValidation,
     ) -> None:
@@ -147,7 +147,7 @@ class Writer:
         try:
             ack, planned = await self._write(origin, planned)
         except PublishFailed as exc:
-            self.record(replace(planned.receipt, outcome=m.FAILED), started, reason=exc.reason)
+            self.record(replace(planned.receipt, outcome=Outcome.FAILED), started, reason=exc.reason)
             raise
         return self.record(replace(planned.receipt, ack=ack), started, reason=planned.reason)
 
@@ -177,7 +177,7 @@ class Writer:
             except RecordRejected as exc:
                 raise self._deadletter_refused(exc) from exc
         except PublishFailed as exc:
-            self.record(replace(planned.receipt, outcome=m.FAILED), started, reason=exc.reason)
+            self.record(replace(planned.receipt, outcome=Outcome.FAILED), started, reason=exc.reason)
             raise
 
     async def settle(self, sent: Sent) -> Receipt:
@@ -190,7 +190,7 @@ class Writer:
                 planned = self._letter(sent.origin, planned, exc)
                 ack = await self._publish_letter(planned.message)
         except PublishFailed as exc:
-            self.record(replace(planned.receipt, outcome=m.FAILED), sent.started, reason=exc.reason)
+            self.record(replace(planned.receipt, outcome=Outcome.FAILED), sent.started, reason=exc.reason)
             raise
         return self.record(replace(planned.receipt, ack=ack), sent.started, reason=planned.reason)
 
@@ -200,7 +200,7 @@ class Writer:
             raise PublishFailed(f"the dead-letter topic refused the delivery: {exc.reason}") from exc
         reason = f"Kafka refused the record: {exc.reason}"
         letter = deadletter_message(origin, topic=self._deadletter_topic, reason=reason)
-        return Plan(letter, replace(planned.receipt, outcome=m.DEADLETTERED), reason)
+        return Plan(letter, replace(planned.receipt, outcome=Outcome.DEADLETTERED), reason)
 
     async def _publish_letter(self, letter: KafkaMessage) -> Ack:
         try:
@@ -230,7 +230,7 @@ class Writer:
             )
             reason = f"internal error: {error}"
             message = deadletter_message(origin, topic=self._deadletter_topic, reason=reason)
-            return Plan(message, Receipt(m.DEADLETTERED, _webhook_id(origin)), reason)
+            return Plan(message, Receipt(Outcome.DEADLETTERED, _webhook_id(origin)), reason)
 
     def _plan_event(self, origin: Origin) -> Plan:
         verdict: Verdict | None = None
@@ -243,7 +243,7 @@ class Writer:
                 # A documented type, so its id and type are fit for logs and labels.
                 event_id, event_type = envelope["id"], envelope["type"]
                 raise MalformedDelivery(f"schema violation: {verdict.violation}")
-            route = build_route(
+            record = build_record(
                 origin,
                 topic_prefix=self._topic_prefix,
                 mode=self._mode,
@@ -253,10 +253,10 @@ class Writer:
             )
         except MalformedDelivery as exc:
             message = deadletter_message(origin, topic=self._deadletter_topic, reason=exc.reason)
-            receipt = Receipt(m.DEADLETTERED, webhook_id, event_id, event_type, verdict=verdict)
+            receipt = Receipt(Outcome.DEADLETTERED, webhook_id, event_id, event_type, verdict=verdict)
             return Plan(message, receipt, exc.reason)
-        receipt = Receipt(m.PUBLISHED, webhook_id, route.event_id, route.event_type, verdict=verdict)
-        return Plan(route.message, receipt, None)
+        receipt = Receipt(Outcome.PUBLISHED, webhook_id, record.event_id, record.event_type, verdict=verdict)
+        return Plan(record.message, receipt, None)
 
     async def _publish(self, message: KafkaMessage) -> Ack:
         sent = time.perf_counter()
@@ -279,7 +279,7 @@ class Writer:
         if reason is not None:
             fields["reason"] = reason
         verdict = receipt.verdict
-        if verdict is not None and receipt.outcome in (m.PUBLISHED, m.DEADLETTERED):
+        if verdict is not None and receipt.outcome in (Outcome.PUBLISHED, Outcome.DEADLETTERED):
             fields["schema"] = verdict.status
             if verdict.violation is not None:
                 self.metrics.schema_violations.labels(event_type=receipt.event_type).inc()

@@ -14,8 +14,7 @@ import logging
 import ssl
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
-from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
@@ -38,6 +37,7 @@ from aiokafka.helpers import create_ssl_context
 from aiokafka.record.default_records import DefaultRecordBatchBuilder
 
 from bridge.config import KafkaSettings
+from bridge.core import Ack
 from bridge.envelope import KafkaMessage, event_id_of_record
 from bridge.errors import PublishFailed, RecordRejected
 
@@ -59,25 +59,7 @@ _PERMANENT = (
 )
 
 
-@dataclass(frozen=True)
-class Ack:
-    """Kafka's confirmation: where the record now lives."""
-
-    topic: str
-    partition: int
-    offset: int
-
-
-class Publisher(Protocol):
-    """What the app needs from a publisher; tests of the HTTP layer may fake it."""
-
-    @property
-    def ready(self) -> bool: ...
-
-    async def publish(self, message: KafkaMessage) -> Ack: ...
-
-
-class Pending:
+class _KafkaPending:
     """A record handed to the producer; `ack()` waits (up to the publish timeout) for the broker."""
 
     def __init__(
@@ -93,12 +75,6 @@ class Pending:
                 # Shielded: giving up waiting must not cancel a record the producer may still deliver.
                 metadata = await asyncio.shield(self._delivered)
         return _ack(metadata)
-
-
-class Sender(Publisher, Protocol):
-    """A publisher that can also hand records over in order and wait for their acks later (backfill)."""
-
-    async def send(self, message: KafkaMessage) -> Pending: ...
 
 
 class KafkaPublisher:
@@ -197,7 +173,7 @@ class KafkaPublisher:
                 metadata = await delivered
         return _ack(metadata)
 
-    async def send(self, message: KafkaMessage) -> Pending:
+    async def send(self, message: KafkaMessage) -> _KafkaPending:
         """Hand one record to the producer and return without waiting for its acknowledgement.
 
         Records sent one after another reach each partition in that order (one batch in flight per
@@ -206,7 +182,7 @@ class KafkaPublisher:
         with self._translated_errors():
             async with asyncio.timeout(self._timeout):
                 delivered = await self._enqueue(message)
-        return Pending(delivered, self._timeout, self._translated_errors)
+        return _KafkaPending(delivered, self._timeout, self._translated_errors)
 
     async def _enqueue(self, message: KafkaMessage) -> asyncio.Future[Any]:
         producer = self._producer

@@ -2,7 +2,7 @@
 
 Where the broker comes from, in order: `KAFKA_BOOTSTRAP_SERVERS` if set;
 testcontainers' Kafka container if a Docker engine answers; otherwise a local
-single-node Apache Kafka started from Maven Central's jars (`bridge.devkafka`).
+single-node Apache Kafka started from Maven Central's jars (`bridge.dev.kafka`).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import uuid
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from bridge.testing._kafka import Record, read_topics
+from bridge.dev.topics import Record, read_topics
 
 __all__ = ["KafkaTool", "Record"]
 

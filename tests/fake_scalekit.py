@@ -29,7 +29,7 @@ import trustme
 from google.protobuf.timestamp_pb2 import Timestamp
 from scalekit.v1.events import events_pb2, events_pb2_grpc
 
-from bridge.sendtest import sample, sample_types
+from bridge.dev.samples import sample, sample_types
 
 # The API's documented paging: 10 by default, at most 100.
 DEFAULT_PAGE_SIZE = 10

@@ -30,7 +30,7 @@ from typing import Any, NoReturn, TypeVar
 
 import pytest
 
-from bridge.devkafka import cache_dir
+from bridge.dev.kafka import cache_dir
 
 HELM_MODULE = "helm.sh/helm/v3/cmd/helm"
 HELM_VERSION = "v3.22.0"

@@ -37,8 +37,9 @@ from cloudevents.core.base import BaseCloudEvent
 from cloudevents.core.bindings import kafka as ce_kafka
 from cloudevents.core.formats.json import JSONFormat
 
-from bridge.devkafka import LocalKafka, free_port
-from bridge.sendtest import sample, sample_types, signed_request
+from bridge.dev.kafka import LocalKafka, free_port
+from bridge.dev.samples import sample, sample_types
+from bridge.dev.sendtest import signed_request
 from bridge.verify import SigningKey
 
 __all__ = [
@@ -172,7 +173,7 @@ class _Endpoint:
         return _in_thread(self._records(type_or_pattern, timeout))
 
     async def _records(self, type_or_pattern: str, timeout: float) -> list[BaseCloudEvent]:
-        from bridge.testing._kafka import read_topics
+        from bridge.dev.topics import read_topics
 
         def wanted(topic: str) -> bool:
             if not topic.startswith(self.topic_prefix) or topic == self.deadletter_topic:
@@ -190,7 +191,7 @@ class _Endpoint:
 
     async def _find(self, event: dict[str, Any], webhook_id: str) -> Landed | None:
         from bridge.envelope import event_id_of_record
-        from bridge.testing._kafka import read_topics
+        from bridge.dev.topics import read_topics
 
         topic = self.topic_prefix + str(event.get("type"))
         for record in await read_topics(self.bootstrap_servers, {topic, self.deadletter_topic}.__contains__, 30.0):

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from bridge.devkafka import KAFKA_VERSION
+from bridge.dev.kafka import KAFKA_VERSION
 from tests import tools
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -25,7 +25,7 @@ import yaml
 from bridge import __version__
 from bridge.config import BackfillSettings, Settings
 from bridge.contract import Contract
-from bridge.sendtest import sample_types
+from bridge.dev.samples import sample_types
 from tests import tools
 
 ROOT = Path(__file__).resolve().parents[2]

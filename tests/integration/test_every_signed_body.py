@@ -8,7 +8,7 @@ from types import SimpleNamespace
 import pytest
 
 from bridge.envelope import MAX_DEPTH
-from bridge.sendtest import sample
+from bridge.dev.samples import sample
 
 pytestmark = pytest.mark.integration
 
@@ -97,7 +97,7 @@ async def test_a_bug_while_mapping_a_verified_delivery_dead_letters_it_instead_o
     def broken(*args: object, **kwargs: object) -> None:
         raise RuntimeError("a bug whose message quotes the input: v1,c2VjcmV0")
 
-    monkeypatch.setattr("bridge.pipeline.build_route", broken)
+    monkeypatch.setattr("bridge.pipeline.build_record", broken)
     status, _ = await running.deliver(sample("role.created"), webhook_id="msg_hits_a_bug")
 
     assert status == 201

@@ -22,7 +22,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from bridge.sendtest import sample
+from bridge.dev.samples import sample
 from bridge.verify import SigningKey, signature_header
 from tests.integration.conftest import SECRET
 

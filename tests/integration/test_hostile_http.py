@@ -11,7 +11,7 @@ import aiohttp
 import pytest
 
 from bridge.guard import MAX_HEADER_BYTES
-from bridge.sendtest import sample
+from bridge.dev.samples import sample
 from tests.helpers import body_of, signed_headers
 from tests.integration.conftest import SECRET
 

@@ -13,8 +13,8 @@ import yaml
 
 from bridge import __version__
 from bridge.logs import JsonFormatter
-from bridge.metrics import OUTCOMES
-from bridge.sendtest import sample
+from bridge.core import Outcome
+from bridge.dev.samples import sample
 from tests.helpers import body_of, signed_headers
 from tests.integration.conftest import SECRET
 
@@ -78,7 +78,7 @@ async def test_every_outcome_counter_moves(driven):
     exposition, _ = driven
     expected_type = {"published": "role.created", "duplicate": "unknown", "deadlettered": "unknown",
                      "rejected": "unknown", "failed": "permission.created", "too_large": "unknown"}
-    assert set(expected_type) == set(OUTCOMES)
+    assert set(expected_type) == {outcome.value for outcome in Outcome}
     for outcome, event_type in expected_type.items():
         series = f'scalekit_bridge_deliveries_total{{event_type="{event_type}",outcome="{outcome}"}}'
         assert sample_value(exposition, series) == 1.0, series

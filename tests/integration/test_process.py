@@ -15,8 +15,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from bridge.devkafka import LocalKafka
-from bridge.sendtest import sample
+from bridge.dev.kafka import LocalKafka
+from bridge.dev.samples import sample
 from tests.conftest import KafkaTool
 from tests.integration.conftest import SECRET
 

@@ -18,8 +18,8 @@ import pytest
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
-from bridge.devkafka import LocalKafka
-from bridge.sendtest import sample
+from bridge.dev.kafka import LocalKafka
+from bridge.dev.samples import sample
 from tests.conftest import KafkaTool
 from tests.helpers import body_of, signed_headers
 from tests.integration.conftest import SECRET

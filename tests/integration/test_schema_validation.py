@@ -8,7 +8,7 @@ import pytest
 
 from bridge.contract import Contract
 from bridge.envelope import rebuild_delivery
-from bridge.sendtest import sample
+from bridge.dev.samples import sample
 
 pytestmark = pytest.mark.integration
 

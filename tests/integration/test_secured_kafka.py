@@ -12,8 +12,8 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from bridge.devkafka import LocalKafka, Secured
-from bridge.sendtest import sample
+from bridge.dev.kafka import LocalKafka, Secured
+from bridge.dev.samples import sample
 from tests.conftest import KafkaTool
 from tests.fake_scalekit import FakeScalekit, sample_events
 

@@ -10,11 +10,11 @@ import jsonschema_rs
 import pytest
 import yaml
 
-from bridge.asyncapi import DEADLETTER, DEADLETTER_HEADERS, HEADERS, document, render
+from bridge.dev.asyncapi import DEADLETTER, DEADLETTER_HEADERS, HEADERS, document, render
 from bridge.config import Settings
 from bridge.contract import Contract
-from bridge.envelope import Origin, Recovered, build_route, deadletter_message, partition_key
-from bridge.sendtest import sample, sample_types
+from bridge.envelope import Origin, Recovered, build_record, deadletter_message, partition_key
+from bridge.dev.samples import sample, sample_types
 from bridge.verify import VerifiedDelivery
 from tests import tools
 
@@ -49,7 +49,7 @@ def origin_of(envelope: dict[str, Any], how: str = WEBHOOK) -> Origin:
 
 def record_of(event_type: str, how: str = WEBHOOK, **changes: Any):
     envelope = sample(event_type) | changes
-    return build_route(
+    return build_record(
         origin_of(envelope, how),
         topic_prefix=Settings.topic_prefix,
         mode="binary",

@@ -16,13 +16,13 @@ from bridge.envelope import (
     BACKFILLED_AT_EXTENSION,
     WEBHOOK_ID_EXTENSION,
     Recovered,
-    build_route,
+    build_record,
     deadletter_message,
     event_id_of_record,
 )
 from bridge.errors import ConfigError
 from bridge.eventsapi import EventQuery, envelope_of
-from bridge.sendtest import sample
+from bridge.dev.samples import sample
 
 NOW = datetime(2026, 11, 27, 12, 0, tzinfo=timezone.utc)
 API_ENV = {
@@ -127,7 +127,7 @@ def recovered(envelope: dict) -> Recovered:
 
 
 def test_a_backfilled_record_says_when_it_was_backfilled_instead_of_a_webhook_id():
-    message = build_route(recovered(sample("role.created")), topic_prefix="scalekit.", mode="binary").message
+    message = build_record(recovered(sample("role.created")), topic_prefix="scalekit.", mode="binary").message
     headers = dict(message.headers)
     assert headers[f"ce_{BACKFILLED_AT_EXTENSION}"] == b"2026-11-27T12:00:00Z"
     assert f"ce_{WEBHOOK_ID_EXTENSION}" not in headers
@@ -144,7 +144,7 @@ def test_a_backfilled_dead_letter_is_keyed_by_event_id_and_says_when():
 @pytest.mark.parametrize("mode", ["binary", "structured"])
 def test_the_event_id_is_read_from_an_event_record_in_either_mode(mode):
     envelope = sample("role.created")
-    message = build_route(recovered(envelope), topic_prefix="scalekit.", mode=mode).message
+    message = build_record(recovered(envelope), topic_prefix="scalekit.", mode=mode).message
     assert event_id_of_record(message.headers, message.value) == envelope["id"]
 
 

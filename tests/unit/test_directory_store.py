@@ -10,8 +10,8 @@ from cloudevents.core.bindings import kafka as ce_kafka
 from cloudevents.core.formats.json import JSONFormat
 from examples.directory_sync.store import DirectoryStore
 
-from bridge.envelope import build_route
-from bridge.sendtest import sample
+from bridge.envelope import build_record
+from bridge.dev.samples import sample
 from bridge.verify import VerifiedDelivery
 from examples.directory_sync.story import expected_directory, provisioning_story
 
@@ -21,7 +21,7 @@ ORG = "org_story"
 def as_event(envelope: dict, mode: str = "binary"):
     """The CloudEvent a consumer decodes from the record the bridge writes for this delivery."""
     delivery = VerifiedDelivery("msg_1", "1760000000", json.dumps(envelope).encode())
-    message = build_route(delivery, topic_prefix="scalekit.", mode=mode).message
+    message = build_record(delivery, topic_prefix="scalekit.", mode=mode).message
     return ce_kafka.from_kafka(
         ce_kafka.KafkaMessage(headers=dict(message.headers), key=message.key, value=message.value), JSONFormat()
     )

@@ -9,13 +9,13 @@ from cloudevents.core.bindings import kafka as ce_kafka
 from cloudevents.core.formats.json import JSONFormat
 
 from bridge.envelope import (
-    build_route,
+    build_record,
     deadletter_message,
     partition_key,
     rebuild_delivery,
 )
 from bridge.errors import MalformedDelivery
-from bridge.sendtest import sample, sample_types
+from bridge.dev.samples import sample, sample_types
 from bridge.verify import VerifiedDelivery
 
 # Where CATALOG.md says each family keeps its organization id.
@@ -64,7 +64,7 @@ def test_every_sample_is_keyed_by_its_organization_or_environment(event_type):
 @pytest.mark.parametrize("event_type", sample_types())
 def test_every_sample_maps_to_a_binary_cloudevent_the_sdk_reads(event_type):
     envelope = sample(event_type)
-    route = build_route(delivery(envelope), topic_prefix="scalekit.", mode="binary")
+    route = build_record(delivery(envelope), topic_prefix="scalekit.", mode="binary")
     event = ce_kafka.from_binary(as_ce_message(route), JSONFormat())
 
     assert route.message.topic == f"scalekit.{event_type}"
@@ -86,20 +86,20 @@ def test_every_sample_maps_to_a_binary_cloudevent_the_sdk_reads(event_type):
 @pytest.mark.parametrize("event_type", sample_types())
 def test_the_original_envelope_is_rebuilt_exactly_from_the_record(event_type, mode):
     envelope = sample(event_type)
-    message = build_route(delivery(envelope), topic_prefix="scalekit.", mode=mode).message
+    message = build_record(delivery(envelope), topic_prefix="scalekit.", mode=mode).message
     assert rebuild_delivery(message.headers, message.value) == envelope
 
 
 def test_time_keeps_its_nanoseconds():
     """The SDK parses ce_time to microseconds; the header itself keeps what Scalekit sent."""
     envelope = sample("role.created") | {"occurred_at": "2025-01-15T08:55:22.802860294Z"}
-    message = build_route(delivery(envelope), topic_prefix="scalekit.", mode="binary").message
+    message = build_record(delivery(envelope), topic_prefix="scalekit.", mode="binary").message
     assert dict(message.headers)["ce_time"] == b"2025-01-15T08:55:22.802860294Z"
 
 
 def test_structured_mode_is_one_json_cloudevent_the_sdk_reads():
     envelope = sample("organization.directory.user_created")
-    route = build_route(delivery(envelope), topic_prefix="scalekit.", mode="structured")
+    route = build_record(delivery(envelope), topic_prefix="scalekit.", mode="structured")
     event = ce_kafka.from_structured(as_ce_message(route), JSONFormat())
     assert dict(route.message.headers) == {"content-type": b"application/cloudevents+json"}
     assert (event.get_id(), event.get_type(), event.get_data()) == (envelope["id"], envelope["type"], envelope["data"])
@@ -113,15 +113,15 @@ def test_unusual_envelope_fields_survive_the_round_trip():
         "display_name": "Org created", "future_field": {"nested": [1, 2.5, None]}, "environment_id": "env_1",
     }
     for mode in ("binary", "structured"):
-        message = build_route(delivery(envelope), topic_prefix="scalekit.", mode=mode).message
+        message = build_record(delivery(envelope), topic_prefix="scalekit.", mode=mode).message
         assert rebuild_delivery(message.headers, message.value) == envelope
-    binary = build_route(delivery(envelope), topic_prefix="scalekit.", mode="binary").message
+    binary = build_record(delivery(envelope), topic_prefix="scalekit.", mode="binary").message
     assert binary.value is None and binary.key == b"env_1"
     assert "ce_time" not in dict(binary.headers)
 
 
 def test_the_topic_prefix_is_configurable():
-    route = build_route(delivery(sample("role.created")), topic_prefix="acme-prod.", mode="binary")
+    route = build_record(delivery(sample("role.created")), topic_prefix="acme-prod.", mode="binary")
     assert route.message.topic == "acme-prod.role.created"
 
 
@@ -141,7 +141,7 @@ def test_the_topic_prefix_is_configurable():
 )
 def test_unroutable_bodies_are_malformed_with_a_reason(body, reason):
     with pytest.raises(MalformedDelivery) as caught:
-        build_route(VerifiedDelivery("msg_1", "1760000000", body), topic_prefix="scalekit.", mode="binary")
+        build_record(VerifiedDelivery("msg_1", "1760000000", body), topic_prefix="scalekit.", mode="binary")
     assert caught.value.reason == reason
 
 

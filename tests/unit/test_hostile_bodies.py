@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from bridge.envelope import MAX_DEPTH, build_route, parse_envelope, topics_collide
+from bridge.envelope import MAX_DEPTH, build_record, parse_envelope, topics_collide
 from bridge.errors import MalformedDelivery
 from bridge.verify import VerifiedDelivery
 
@@ -16,7 +16,7 @@ DEADLETTER = "scalekit.deadletter"
 
 def route(body: bytes):
     delivery = VerifiedDelivery(webhook_id="msg_1", timestamp="1760000000", body=body)
-    return build_route(delivery, topic_prefix=PREFIX, mode="binary", deadletter_topic=DEADLETTER)
+    return build_record(delivery, topic_prefix=PREFIX, mode="binary", deadletter_topic=DEADLETTER)
 
 
 def nested(depth: int) -> bytes:

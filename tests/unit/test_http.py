@@ -12,7 +12,7 @@ from bridge.config import Settings
 from bridge.envelope import KafkaMessage
 from bridge.errors import PublishFailed
 from bridge.metrics import Metrics
-from bridge.publish import Ack
+from bridge.core import Ack
 from tests.helpers import body_of, signed_headers
 
 SECRET = "whsec_" + base64.b64encode(b"h" * 32).decode()

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from bridge.envelope import partition_key
-from bridge.sendtest import sample
+from bridge.dev.samples import sample
 from bridge.testing import event_types, scalekit_event
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -7,7 +7,6 @@ dead-letter rules and failure accounting of each way are pinned down.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 from dataclasses import dataclass
 
@@ -19,8 +18,8 @@ from bridge.envelope import KafkaMessage, Recovered
 from bridge.errors import PublishFailed, RecordRejected
 from bridge.metrics import Metrics
 from bridge.pipeline import Writer
-from bridge.publish import Ack, Pending
-from bridge.sendtest import sample
+from bridge.core import Ack, Outcome, Pending
+from bridge.dev.samples import sample
 
 DEADLETTER = "scalekit.deadletter"
 
@@ -30,6 +29,17 @@ class Metadata:
     topic: str
     partition: int
     offset: int
+
+
+class Awaited:
+    """A handed-over record whose ack is the producer's scripted answer."""
+
+    def __init__(self, delivered: asyncio.Future[Metadata]) -> None:
+        self._delivered = delivered
+
+    async def ack(self) -> Ack:
+        metadata = await self._delivered
+        return Ack(metadata.topic, metadata.partition, metadata.offset)
 
 
 class RecordingProducer:
@@ -52,7 +62,7 @@ class RecordingProducer:
             delivered.set_exception(error)
         else:
             delivered.set_result(Metadata(message.topic, 0, len(self.handed) - 1))
-        return Pending(delivered, 1.0, contextlib.nullcontext)
+        return Awaited(delivered)
 
     async def publish(self, message: KafkaMessage) -> Ack:
         return await (await self.send(message)).ack()
@@ -89,7 +99,7 @@ async def test_events_sent_one_after_another_are_handed_over_in_that_order_then_
     receipts = [await writer.settle(each) for each in sent]
 
     assert [ce_id(message) for message in producer.handed] == ["evt_0", "evt_1", "evt_2"]
-    assert [r.outcome for r in receipts] == [m.PUBLISHED] * 3
+    assert [r.outcome for r in receipts] == [Outcome.PUBLISHED] * 3
     assert [r.ack.offset for r in receipts if r.ack] == [0, 1, 2]
 
 
@@ -102,7 +112,7 @@ async def test_a_record_refused_before_sending_is_dead_lettered_in_its_place():
     (letter,) = producer.handed
     assert letter.topic == DEADLETTER and letter.key == b"evt_big"
     assert dict(letter.headers)["deadletter-reason"].startswith(b"Kafka refused the record: the record is")
-    assert receipt.outcome == m.DEADLETTERED
+    assert receipt.outcome == Outcome.DEADLETTERED
 
 
 async def test_a_record_the_broker_refuses_after_sending_is_dead_lettered_when_settled():
@@ -112,7 +122,7 @@ async def test_a_record_the_broker_refuses_after_sending_is_dead_lettered_when_s
     receipt = await writer.settle(await writer.send(recovered("role.created", "evt_1"), producer))
 
     assert [message.topic for message in producer.handed] == ["scalekit.role.created", DEADLETTER]
-    assert receipt.outcome == m.DEADLETTERED and receipt.ack is not None and receipt.ack.topic == DEADLETTER
+    assert receipt.outcome == Outcome.DEADLETTERED and receipt.ack is not None and receipt.ack.topic == DEADLETTER
 
 
 async def test_a_lost_acknowledgement_fails_the_event_and_is_counted():
@@ -125,7 +135,7 @@ async def test_a_lost_acknowledgement_fails_the_event_and_is_counted():
         await writer.settle(sent)
 
     failed = metrics.registry.get_sample_value(
-        "scalekit_bridge_deliveries_total", {"outcome": m.FAILED, "event_type": "role.created"}
+        "scalekit_bridge_deliveries_total", {"outcome": Outcome.FAILED, "event_type": "role.created"}
     )
     assert failed == 1.0
 
@@ -146,5 +156,5 @@ async def test_the_webhook_way_waits_for_each_ack_with_the_same_rules():
     published = await writer.write(recovered("role.created", "evt_1"), 0.0)
     deadlettered = await writer.write(recovered("user.login", "evt_2"), 0.0)
 
-    assert (published.outcome, deadlettered.outcome) == (m.PUBLISHED, m.DEADLETTERED)
+    assert (published.outcome, deadlettered.outcome) == (Outcome.PUBLISHED, Outcome.DEADLETTERED)
     assert [message.topic for message in producer.handed] == ["scalekit.role.created", DEADLETTER]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import base64
 
-from bridge.devkafka import new_cluster_id
+from bridge.dev.kafka import new_cluster_id
 
 
 def test_a_cluster_id_that_would_start_with_a_dash_is_drawn_again():

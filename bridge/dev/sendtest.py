@@ -1,6 +1,6 @@
 """`scalekit-bridge send-test`: the dashboard's "Send Test Event", for local use.
 
-Signs one packaged sample delivery (there is one per documented Scalekit event
+Signs one sample delivery (there is one per documented Scalekit event
 type) exactly as Scalekit would and POSTs it with the standard library's HTTP
 client, so it also runs where the bridge's server dependencies are not wanted.
 """
@@ -12,35 +12,8 @@ import secrets
 import time
 import urllib.error
 import urllib.request
-from datetime import datetime, timezone
-from importlib import resources
-from typing import Any
-
+from bridge.dev.samples import fresh_delivery
 from bridge.verify import SigningKey, signature_header
-
-_SAMPLES = resources.files("bridge") / "samples"
-
-
-def sample_types() -> list[str]:
-    """Every documented Scalekit event type we carry a sample of."""
-    return sorted(entry.name.removesuffix(".json") for entry in _SAMPLES.iterdir() if entry.name.endswith(".json"))
-
-
-def sample(event_type: str) -> dict[str, Any]:
-    """The packaged sample envelope for `event_type`; KeyError if there is none."""
-    if event_type not in sample_types():
-        raise KeyError(event_type)
-    document: dict[str, Any] = json.loads((_SAMPLES / f"{event_type}.json").read_text(encoding="utf-8"))
-    return document
-
-
-def fresh_delivery(event_type: str) -> dict[str, Any]:
-    """A sample with a new event id and time, so each test event is a distinct event."""
-    envelope = sample(event_type)
-    envelope["id"] = f"evt_test_{secrets.token_hex(8)}"
-    envelope["occurred_at"] = datetime.now(timezone.utc).isoformat(timespec="microseconds").replace("+00:00", "Z")
-    return envelope
-
 
 def signed_headers(key: SigningKey, body: bytes) -> dict[str, str]:
     """The headers Scalekit sends with `body`: a fresh webhook-id, the current time, the signature."""

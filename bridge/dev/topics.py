@@ -1,4 +1,4 @@
-"""Reading whole topics back, for the test kit (the service's own Kafka code is in `bridge.publish`)."""
+"""Reading whole topics back: for the test kit, `tail` and our own tests (the service's Kafka code is `bridge.publish`)."""
 
 from __future__ import annotations
 

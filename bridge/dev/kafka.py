@@ -555,8 +555,8 @@ async def _can_produce(bootstrap_servers: str, brokers: int) -> bool:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """`python -m bridge.devkafka [--brokers 3]`: run a local Kafka in the foreground until Ctrl-C."""
-    parser = argparse.ArgumentParser(prog="python -m bridge.devkafka", description=main.__doc__)
+    """`python -m bridge.dev.kafka [--brokers 3]`: run a local Kafka in the foreground until Ctrl-C."""
+    parser = argparse.ArgumentParser(prog="python -m bridge.dev.kafka", description=main.__doc__)
     parser.add_argument("--brokers", type=int, default=1, help="1 (broker+controller in one JVM) or more")
     args = parser.parse_args(argv)
     kafka = LocalKafka(brokers=args.brokers)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from bridge.dedupe import RedeliveryCache
+from bridge.redelivery import RedeliveryCache
 
 
 class Clock:

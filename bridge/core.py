@@ -1,0 +1,58 @@
+"""The words the pipeline speaks: how a delivery can end, and what it writes records to.
+
+Adapters implement these (`bridge.publish` for Kafka, fakes in tests); the pipeline,
+the backfill and the metrics import them from here, never from an adapter.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from typing import Protocol
+
+from bridge.envelope import KafkaMessage
+
+
+class Outcome(enum.StrEnum):
+    """How one delivery (or backfilled event) ended; also the `outcome` label of the deliveries metric."""
+
+    PUBLISHED = "published"
+    DUPLICATE = "duplicate"
+    DEADLETTERED = "deadlettered"
+    REJECTED = "rejected"
+    FAILED = "failed"
+    TOO_LARGE = "too_large"
+
+
+@dataclass(frozen=True)
+class Ack:
+    """The broker's confirmation: where the record now lives."""
+
+    topic: str
+    partition: int
+    offset: int
+
+
+class Publisher(Protocol):
+    """Writes one record and returns once every in-sync replica has it.
+
+    Raises `PublishFailed` while the write cannot be made (retry later) and
+    `RecordRejected` when it never can.
+    """
+
+    @property
+    def ready(self) -> bool: ...
+
+    async def publish(self, message: KafkaMessage) -> Ack: ...
+
+
+class Pending(Protocol):
+    """A record handed over, its acknowledgement still to come; `ack()` raises like `publish`."""
+
+    async def ack(self) -> Ack: ...
+
+
+class Sender(Publisher, Protocol):
+    """A publisher that can also hand records over in order and wait for their acks later (backfill)."""
+
+    async def send(self, message: KafkaMessage) -> Pending: ...
