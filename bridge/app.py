@@ -1,4 +1,4 @@
-"""HTTP: the webhook listener, the admin listener, and the process lifecycle.
+"""HTTP: the webhook listener, the admin listener, and the process lifecycle (`running`, `serve`).
 
 The only module that imports aiohttp. Errors become responses in one
 middleware (`_errors`); the handler itself only answers 201, which it does
@@ -13,7 +13,7 @@ import contextlib
 import logging
 import signal
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 
 from aiohttp import hdrs, web
@@ -37,17 +37,29 @@ from bridge.verify import Verifier
 
 log = logging.getLogger(__name__)
 
-_CONNECT_BACKOFF_MAX = 10.0
 _TRIM_INTERVAL_SECONDS = 5.0
 
 
 @dataclass
 class Lifecycle:
-    """Whether new deliveries are taken, and how many are still being handled."""
+    """Whether new deliveries are taken, how many are still being handled, and when the drain must end."""
 
     accepting: bool = True
     inflight: int = 0
+    # The event loop's time by which a drain must be over (None until one starts).
+    deadline: float | None = None
     _idle: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def drain(self, grace: float) -> None:
+        """Take no new deliveries from now on; everything must be closed within `grace` seconds."""
+        self.accepting = False
+        self.deadline = asyncio.get_running_loop().time() + grace
+
+    def remaining(self, default: float) -> float:
+        """Seconds left until the drain's deadline; `default` when no drain has started."""
+        if self.deadline is None:
+            return default
+        return max(0.0, self.deadline - asyncio.get_running_loop().time())
 
     @contextlib.contextmanager
     def track(self) -> Iterator[None]:
@@ -157,8 +169,10 @@ async def _receive(request: web.Request) -> web.Response:
             raise PayloadTooLarge() from None
         except TimeoutError:
             raise _Refused(408, m.BODY_TIMEOUT, f"the body did not arrive within {settings.body_timeout:g}s") from None
-        await bridge.pipeline.handle(request.headers, body)
-    return web.json_response({"received": True}, status=201)
+        receipt = await bridge.pipeline.handle(request.headers, body)
+    # Scalekit keeps the answer in its delivery log: say there whether the event was published,
+    # dead-lettered (look in the dead-letter topic) or a redelivery of one already written.
+    return web.json_response({"received": True, "outcome": receipt.outcome}, status=201)
 
 
 class _Refused(Exception):
@@ -202,7 +216,7 @@ async def _answer(
     try:
         return await handler(request)
     except VerificationFailed as exc:
-        return _error(401, exc.reason, exc.detail)
+        return _error(401, exc.code, exc.detail)
     except PayloadTooLarge:
         bridge.pipeline.refuse_oversized(started)
         return _error(
@@ -348,6 +362,41 @@ async def listen(bridge: Bridge, *, cleanup_timeout: float = 1.0) -> Listeners:
     return Listeners(guard, (public, admin), (servers[0], servers[1]), log_filter, server_log_level)
 
 
+@contextlib.asynccontextmanager
+async def running(
+    settings: Settings, *, metrics: m.Metrics | None = None, connect_within: float | None = None
+) -> AsyncIterator[Bridge]:
+    """The one owner of a bridge's parts, for `serve` and the test fixtures alike.
+
+    Builds the Kafka publisher and the bridge and keeps connecting to Kafka in the background
+    (readiness and deliveries answer 503 until it succeeds), or first waits up to
+    `connect_within` seconds for the connection, raising PublishFailed if it does not come. On
+    exit it stops connecting, then flushes and closes the producer: within what is left of a
+    drain (`Lifecycle.drain`), or within `settings.drain_seconds` when none was started.
+    """
+    publisher = KafkaPublisher(
+        settings.kafka, timeout=settings.publish_timeout, max_record_bytes=settings.max_body_bytes
+    )
+    bridge = Bridge.assemble(settings, publisher, metrics)
+    connecting = asyncio.create_task(publisher.start_when_reachable(), name="kafka-connect")
+    try:
+        if connect_within is not None:
+            try:
+                async with asyncio.timeout(connect_within):
+                    await asyncio.shield(connecting)
+            except TimeoutError:
+                raise PublishFailed(f"Kafka at {settings.kafka.bootstrap_servers} did not answer within {connect_within:g}s") from None
+        yield bridge
+    finally:
+        connecting.cancel()
+        await asyncio.gather(connecting, return_exceptions=True)
+        try:
+            async with asyncio.timeout(max(0.1, bridge.lifecycle.remaining(settings.drain_seconds))):
+                await publisher.stop()
+        except TimeoutError:
+            log.warning("the producer did not close within the shutdown grace")
+
+
 async def serve(settings: Settings, *, on_listening: Callable[[], None] | None = None) -> None:
     """Run until SIGTERM or SIGINT, then drain: stop taking deliveries, finish, flush, return.
 
@@ -355,67 +404,41 @@ async def serve(settings: Settings, *, on_listening: Callable[[], None] | None =
     """
     raise_open_file_limit()
     return_freed_memory_to_the_kernel()
-    publisher = KafkaPublisher(
-        settings.kafka, timeout=settings.publish_timeout, max_record_bytes=settings.max_body_bytes
-    )
-    bridge = Bridge.assemble(settings, publisher)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
-
     grace = settings.drain_seconds
     # Kept back from the in-flight wait for closing connections and flushing the producer.
     reserve = min(2.0, grace / 2)
-    listeners = await listen(bridge, cleanup_timeout=reserve / 2)
-    freeze_startup_objects()
-    log.info(
-        "listening",
-        extra={"webhook": f"http://{settings.host}:{settings.port}{settings.webhook_path}",
-               "admin": f"{settings.admin_host}:{settings.admin_port}"},
-    )
-    connecting = asyncio.create_task(_connect(publisher, stop), name="kafka-connect")
-    trimming = asyncio.create_task(trim_memory_every(_TRIM_INTERVAL_SECONDS), name="malloc-trim")
-    if on_listening is not None:
-        on_listening()
     try:
-        await stop.wait()
+        async with running(settings) as bridge:
+            listeners = await listen(bridge, cleanup_timeout=reserve / 2)
+            freeze_startup_objects()
+            log.info(
+                "listening",
+                extra={"webhook": f"http://{settings.host}:{settings.port}{settings.webhook_path}",
+                       "admin": f"{settings.admin_host}:{settings.admin_port}"},
+            )
+            trimming = asyncio.create_task(trim_memory_every(_TRIM_INTERVAL_SECONDS), name="malloc-trim")
+            if on_listening is not None:
+                on_listening()
+            try:
+                await stop.wait()
+            finally:
+                lifecycle = bridge.lifecycle
+                lifecycle.drain(grace)
+                log.info("draining", extra={"inflight": lifecycle.inflight, "grace_s": grace})
+                # Idle and half-sent connections have nothing to finish: close them now.
+                listeners.guard.close_idle()
+                if not await lifecycle.drained(max(0.0, lifecycle.remaining(grace) - reserve)):
+                    log.warning(
+                        "shutdown grace ran out with deliveries in flight", extra={"inflight": lifecycle.inflight}
+                    )
+                trimming.cancel()
+                await asyncio.gather(trimming, return_exceptions=True)
+                await listeners.close()
     finally:
-        deadline = loop.time() + grace
-        log.info("draining", extra={"inflight": bridge.lifecycle.inflight, "grace_s": grace})
-        bridge.lifecycle.accepting = False
-        # Idle and half-sent connections have nothing to finish: close them now.
-        listeners.guard.close_idle()
-        drained = await bridge.lifecycle.drained(max(0.0, deadline - reserve - loop.time()))
-        if not drained:
-            log.warning("shutdown grace ran out with deliveries in flight", extra={"inflight": bridge.lifecycle.inflight})
-        for task in (connecting, trimming):
-            task.cancel()
-        await asyncio.gather(connecting, trimming, return_exceptions=True)
-        await listeners.close()
-        try:
-            async with asyncio.timeout(max(0.1, deadline - loop.time())):
-                await publisher.stop()
-        except TimeoutError:
-            log.warning("the producer did not close within the shutdown grace")
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(signum)
         log.info("stopped")
-
-
-async def _connect(publisher: KafkaPublisher, stop: asyncio.Event) -> None:
-    """Keep trying to reach Kafka; meanwhile /readyz says 503 and deliveries get 503."""
-    delay = 0.5
-    last_reason = None
-    while not stop.is_set():
-        try:
-            await publisher.start()
-        except PublishFailed as exc:
-            if exc.reason != last_reason:  # one line per cause, not one per attempt
-                log.warning("kafka not reachable yet; retrying", extra={"reason": exc.reason})
-                last_reason = exc.reason
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, _CONNECT_BACKOFF_MAX)
-        else:
-            log.info("kafka connected")
-            return

@@ -2,6 +2,7 @@
 
 Each maps to one HTTP answer, and that mapping lives in exactly one place
 (`bridge.app`'s error middleware); `ApiError` is backfill's alone (exit code 1).
+Each carries one line for a human (`reason`, or `detail` beside a fixed `code`).
 Library errors (aiokafka's, json's, the Scalekit SDK's) are
 translated into these where they are raised, never passed up raw.
 """
@@ -22,11 +23,15 @@ class ConfigError(BridgeError):
 
 
 class VerificationFailed(BridgeError):
-    """The delivery's signature, timestamp or headers do not check out (401)."""
+    """The delivery's signature, timestamp or headers do not check out (401).
 
-    def __init__(self, reason: str, detail: str) -> None:
-        super().__init__(f"{reason}: {detail}")
-        self.reason = reason
+    `code` is one of `bridge.verify.REASONS` (a metric label and the 401's `error`); `detail`
+    is the sentence for a human. Every other error's `reason` is such a sentence.
+    """
+
+    def __init__(self, code: str, detail: str) -> None:
+        super().__init__(f"{code}: {detail}")
+        self.code = code
         self.detail = detail
 
 

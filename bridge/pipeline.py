@@ -62,9 +62,9 @@ class Pipeline:
         try:
             delivery = self._verifier.verify(headers, body)
         except VerificationFailed as exc:
-            self._writer.metrics.verification_failures.labels(reason=exc.reason).inc()
+            self._writer.metrics.verification_failures.labels(reason=exc.code).inc()
             # The webhook-id of an unverified request is the caller's text, not ours to log.
-            self._writer.record(Receipt(Outcome.REJECTED, None), started, reason=exc.reason)
+            self._writer.record(Receipt(Outcome.REJECTED, None), started, reason=exc.code)
             raise
 
         if not await self._cache.claim(delivery.webhook_id):

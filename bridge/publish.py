@@ -46,6 +46,7 @@ log = logging.getLogger(__name__)
 # Headroom over the body limit for CloudEvents headers, key and batch framing.
 _RECORD_OVERHEAD_BYTES = 64 * 1024
 _PROBE_INTERVAL_SECONDS = 2.0
+_CONNECT_BACKOFF_SECONDS = (0.5, 10.0)  # first wait between attempts, and the most it grows to
 _MAX_MESSAGE_BYTES = "max.message.bytes"
 _SASL_AUTHENTICATION_FAILED = 58
 _NOT_ALLOWED = (TopicAuthorizationFailedError, ClusterAuthorizationFailedError)
@@ -123,6 +124,26 @@ class KafkaPublisher:
             ) from exc
         self._ready = True
         self._probe = asyncio.create_task(self._watch_broker(), name="kafka-readiness-probe")
+
+    async def start_when_reachable(self) -> None:
+        """Keep calling `start` (backing off up to 10 s) until Kafka answers; cancel to give up.
+
+        One log line per distinct cause, not one per attempt.
+        """
+        delay, longest = _CONNECT_BACKOFF_SECONDS
+        last_reason = None
+        while True:
+            try:
+                await self.start()
+            except PublishFailed as exc:
+                if exc.reason != last_reason:
+                    log.warning("kafka not reachable yet; retrying", extra={"reason": exc.reason})
+                    last_reason = exc.reason
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, longest)
+            else:
+                log.info("kafka connected")
+                return
 
     async def _diagnose(self, options: dict[str, Any]) -> str | None:
         """Why the first bootstrap server refused us, in words an operator can act on; None if unknown.

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import os
 import subprocess
 import sys
@@ -18,10 +19,9 @@ from typing import Any
 import aiohttp
 import pytest
 
-from bridge.app import Bridge, Listeners, create_admin_app, create_app, listen
+from bridge.app import Bridge, create_admin_app, create_app, listen, running
 from bridge.config import Settings
 from bridge.metrics import Metrics
-from bridge.publish import KafkaPublisher
 from tests.helpers import body_of, free_port, signed_headers
 
 SECRET = "whsec_" + base64.b64encode(b"integration-secret-bytes-32-long").decode()
@@ -57,32 +57,25 @@ BridgeFactory = Callable[..., Awaitable[RunningBridge]]
 @pytest.fixture
 async def start_bridge(kafka_bootstrap, unique, aiohttp_client) -> AsyncIterator[BridgeFactory]:
     """Start a bridge whose topics are `t<unique>.<type>`; env overrides the defaults."""
-    publishers: list[KafkaPublisher] = []
+    async with contextlib.AsyncExitStack() as parts:
 
-    async def start(**env: str) -> RunningBridge:
-        prefix = f"t{unique}."
-        settings = Settings.from_env(
-            {
-                "SCALEKIT_WEBHOOK_SECRET": SECRET,
-                "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap,
-                "BRIDGE_TOPIC_PREFIX": prefix,
-                "BRIDGE_DEADLETTER_TOPIC": f"{prefix}deadletter",
-                **env,
-            }
-        )
-        publisher = KafkaPublisher(
-            settings.kafka, timeout=settings.publish_timeout, max_record_bytes=settings.max_body_bytes
-        )
-        await publisher.start()
-        publishers.append(publisher)
-        bridge = Bridge.assemble(settings, publisher, Metrics())
-        return RunningBridge(
-            bridge, await aiohttp_client(create_app(bridge)), await aiohttp_client(create_admin_app(bridge)), prefix
-        )
+        async def start(**env: str) -> RunningBridge:
+            prefix = f"t{unique}."
+            settings = Settings.from_env(
+                {
+                    "SCALEKIT_WEBHOOK_SECRET": SECRET,
+                    "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap,
+                    "BRIDGE_TOPIC_PREFIX": prefix,
+                    "BRIDGE_DEADLETTER_TOPIC": f"{prefix}deadletter",
+                    **env,
+                }
+            )
+            bridge = await parts.enter_async_context(running(settings, metrics=Metrics(), connect_within=30))
+            return RunningBridge(
+                bridge, await aiohttp_client(create_app(bridge)), await aiohttp_client(create_admin_app(bridge)), prefix
+            )
 
-    yield start
-    for publisher in publishers:
-        await publisher.stop()
+        yield start
 
 
 @dataclass
@@ -109,37 +102,32 @@ ListeningFactory = Callable[..., Awaitable[ListeningBridge]]
 @pytest.fixture
 async def listening_bridge(kafka_bootstrap, unique) -> AsyncIterator[ListeningFactory]:
     """Start `bridge.app.listen` on free loopback ports against the session broker; env overrides."""
-    started: list[tuple[Listeners, KafkaPublisher]] = []
+    async with contextlib.AsyncExitStack() as parts:
 
-    async def start(**env: str) -> ListeningBridge:
-        prefix = f"h{unique}."
-        settings = Settings.from_env(
-            {
-                "SCALEKIT_WEBHOOK_SECRET": SECRET,
-                "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap,
-                "BRIDGE_HOST": "127.0.0.1",
-                "BRIDGE_ADMIN_HOST": "127.0.0.1",
-                "BRIDGE_PORT": str(free_port()),
-                "BRIDGE_ADMIN_PORT": str(free_port()),
-                "BRIDGE_TOPIC_PREFIX": prefix,
-                "BRIDGE_DEADLETTER_TOPIC": f"{prefix}deadletter",
-                **env,
-            }
-        )
-        publisher = KafkaPublisher(
-            settings.kafka, timeout=settings.publish_timeout, max_record_bytes=settings.max_body_bytes
-        )
-        await publisher.start()
-        bridge = Bridge.assemble(settings, publisher, Metrics(process_metrics=False))
-        listeners = await listen(bridge)
-        started.append((listeners, publisher))
-        port, admin_port = listeners.ports
-        return ListeningBridge(bridge, port, admin_port, prefix)
+        async def start(**env: str) -> ListeningBridge:
+            prefix = f"h{unique}."
+            settings = Settings.from_env(
+                {
+                    "SCALEKIT_WEBHOOK_SECRET": SECRET,
+                    "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap,
+                    "BRIDGE_HOST": "127.0.0.1",
+                    "BRIDGE_ADMIN_HOST": "127.0.0.1",
+                    "BRIDGE_PORT": str(free_port()),
+                    "BRIDGE_ADMIN_PORT": str(free_port()),
+                    "BRIDGE_TOPIC_PREFIX": prefix,
+                    "BRIDGE_DEADLETTER_TOPIC": f"{prefix}deadletter",
+                    **env,
+                }
+            )
+            bridge = await parts.enter_async_context(
+                running(settings, metrics=Metrics(process_metrics=False), connect_within=30)
+            )
+            listeners = await listen(bridge)
+            parts.push_async_callback(listeners.close)
+            port, admin_port = listeners.ports
+            return ListeningBridge(bridge, port, admin_port, prefix)
 
-    yield start
-    for listeners, publisher in started:
-        await listeners.close()
-        await publisher.stop()
+        yield start
 
 
 class BridgeProcess:

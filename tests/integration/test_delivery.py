@@ -31,7 +31,7 @@ async def test_a_verified_delivery_is_published_then_answered_201(start_bridge, 
 
     status, answer = await running.deliver(delivery, webhook_id="msg_published")
 
-    assert (status, answer) == (201, {"received": True})
+    assert (status, answer) == (201, {"received": True, "outcome": "published"})
     (record,) = await kafka.read_all(running.topic(delivery["type"]))
     assert record.key == delivery["organization_id"].encode()
     event = ce_kafka.from_binary(
@@ -73,7 +73,8 @@ async def test_a_redelivery_already_acknowledged_is_201_and_writes_nothing(start
     first = await running.deliver(delivery, webhook_id="msg_twice")
     again = await running.deliver(delivery, webhook_id="msg_twice")
 
-    assert first[0] == again[0] == 201
+    assert first == (201, {"received": True, "outcome": "published"})
+    assert again == (201, {"received": True, "outcome": "duplicate"})
     assert len(await kafka.read_all(running.topic(delivery["type"]))) == 1
 
 
@@ -99,7 +100,7 @@ async def test_a_verified_but_malformed_delivery_is_dead_lettered_then_201(start
     running = await start_bridge()
     status, answer = await running.deliver(body, webhook_id="msg_malformed")
 
-    assert (status, answer) == (201, {"received": True})
+    assert (status, answer) == (201, {"received": True, "outcome": "deadlettered"})
     (record,) = await kafka.read_all(running.deadletter_topic)
     assert record.value == body
     assert record.header("webhook-id") == b"msg_malformed"

@@ -33,7 +33,7 @@ async def test_a_signed_body_that_is_no_event_is_dead_lettered_with_its_reason(s
     running = await start_bridge()
     status, answer = await running.deliver(body, webhook_id="msg_hostile")
 
-    assert (status, answer) == (201, {"received": True})
+    assert (status, answer) == (201, {"received": True, "outcome": "deadlettered"})
     assert reason in await only_dead_letter(kafka, running, "msg_hostile")
     (record,) = await kafka.read_all(running.deadletter_topic)
     assert record.value == body

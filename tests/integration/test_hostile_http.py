@@ -184,7 +184,7 @@ async def test_a_reused_connection_gets_the_header_timeout_for_its_next_request_
     bridge = await listening_bridge(BRIDGE_HEADER_TIMEOUT="1", BRIDGE_KEEPALIVE_TIMEOUT="30")
     body = body_of(sample("role.created"))
     reader, writer = await raw(bridge.port, head(len(body), **signed_headers(SECRET, body)) + body)
-    first = await reader.readuntil(b'{"received": true}')
+    first = await reader.readuntil(b'{"received": true, "outcome": "published"}')
     assert first.startswith(b"HTTP/1.1 201")
     await asyncio.sleep(1.5)  # idle past the head timeout, inside keep-alive: still open
     writer.write(b"POST /webhooks/scalekit HTTP/1.1\r\nHost: x\r\n")

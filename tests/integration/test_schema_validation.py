@@ -70,7 +70,7 @@ async def test_enforce_dead_letters_an_invalid_event_with_the_violation_as_reaso
     with caplog.at_level(logging.INFO, logger="bridge.delivery"):
         status, answer = await running.deliver(delivery, webhook_id="msg_off_contract")
 
-    assert (status, answer) == (201, {"received": True})
+    assert (status, answer) == (201, {"received": True, "outcome": "deadlettered"})
     (record,) = await kafka.read_all(running.deadletter_topic)
     assert record.header("deadletter-reason") == b'schema violation: /data/email: must be null or string'
     assert record.header("webhook-id") == b"msg_off_contract"
