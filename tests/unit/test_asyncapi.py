@@ -82,7 +82,6 @@ def test_every_topic_the_bridge_can_write_has_a_channel():
     written.add(deadletter_message(delivery, topic=Settings.deadletter_topic, reason="x").topic)
 
     assert written == addresses
-    assert len(addresses) == 29
 
 
 def test_each_channel_has_one_send_operation_with_kafka_bindings():

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import base64
+import re
 import subprocess
 import sys
+from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -25,16 +28,38 @@ def refused(**env: str) -> ConfigError:
     return caught.value
 
 
-def test_defaults_are_the_documented_ones():
+README = Path(__file__).resolve().parents[2] / "README.md"
+
+
+def documented_defaults() -> dict[str, str]:
+    """The README's configuration table: each variable whose default is written as a literal."""
+    documented: dict[str, str] = {}
+    # "| `BRIDGE_PORT` | `8080` | ..." or "| `BRIDGE_HOST` / `BRIDGE_PORT` | `0.0.0.0` / `8080` | ...", units after.
+    for row in re.findall(r"^\| (`[A-Z_]+`(?: / `[A-Z_]+`)?) \| (`[^`|]*`(?: / `[^`|]*`)?)", README.read_text(), re.MULTILINE):
+        names, defaults = (re.findall(r"`([^`]*)`", cell) for cell in row)
+        documented.update(zip(names, defaults, strict=True))
+    return documented
+
+
+def as_documented(value: Any) -> str:
+    if value is None:
+        return "auto"
+    if isinstance(value, bool):
+        return str(value).lower()
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def effective(s: Settings, variable: str) -> str:
+    name = variable.removeprefix("BRIDGE_").removeprefix("KAFKA_").lower()
+    owner = s if hasattr(s, name) else s.kafka
+    return as_documented(getattr(owner, name))
+
+
+def test_every_default_is_the_one_the_readme_documents():
+    documented = documented_defaults()
+    assert "BRIDGE_ADMIN_PORT" in documented and "KAFKA_SECURITY_PROTOCOL" in documented  # the table was read
     s = settings()
-    assert (s.host, s.port, s.admin_port, s.webhook_path) == ("0.0.0.0", 8080, 8081, "/webhooks/scalekit")
-    assert (s.topic_prefix, s.deadletter_topic, s.cloudevents_mode) == ("scalekit.", "scalekit.deadletter", "binary")
-    assert (s.publish_timeout, s.max_body_bytes, s.timestamp_tolerance) == (8.0, 262_144, 300)
-    assert (s.max_inflight, s.max_connections) == (64, 512)
-    assert (s.header_timeout, s.body_timeout, s.keepalive_timeout) == (10.0, 10.0, 75.0)
-    assert (s.kafka.bootstrap_servers, s.kafka.security_protocol) == ("localhost:9092", "PLAINTEXT")
-    assert (s.kafka.create_topics, s.kafka.topic_partitions) == (True, 3)
-    assert s.schema_validation == "warn"
+    assert {variable: effective(s, variable) for variable in documented} == documented
     assert s.drain_seconds == s.publish_timeout + 5.0
 
 

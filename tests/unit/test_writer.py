@@ -6,78 +6,17 @@ dead-letter rules and failure accounting of each way are pinned down.
 
 from __future__ import annotations
 
-import asyncio
 import json
-from dataclasses import dataclass
 
 import pytest
 
 from bridge import metrics as m
-from bridge.contract import Contract
+from bridge.core import Outcome
+from bridge.dev.samples import sample
 from bridge.envelope import KafkaMessage, Recovered
 from bridge.errors import PublishFailed, RecordRejected
 from bridge.metrics import Metrics
-from bridge.pipeline import Writer
-from bridge.core import Ack, Outcome, Pending
-from bridge.dev.samples import sample
-
-DEADLETTER = "scalekit.deadletter"
-
-
-@dataclass
-class Metadata:
-    topic: str
-    partition: int
-    offset: int
-
-
-class Awaited:
-    """A handed-over record whose ack is the producer's scripted answer."""
-
-    def __init__(self, delivered: asyncio.Future[Metadata]) -> None:
-        self._delivered = delivered
-
-    async def ack(self) -> Ack:
-        metadata = await self._delivered
-        return Ack(metadata.topic, metadata.partition, metadata.offset)
-
-
-class RecordingProducer:
-    """Keeps what it is handed, in order; `refuse` and `lose` script refusals by topic."""
-
-    ready = True
-
-    def __init__(self, *, refuse: set[str] = frozenset(), lose: dict[str, Exception] | None = None) -> None:
-        self.handed: list[KafkaMessage] = []
-        self._refuse = refuse  # refused before sending (too large for the topic)
-        self._lose = lose or {}  # sent, then the broker's answer is this error
-
-    async def send(self, message: KafkaMessage) -> Pending:
-        if message.topic in self._refuse:
-            raise RecordRejected("the record is 300000 bytes, over the 100-byte limit of its topic")
-        self.handed.append(message)
-        delivered: asyncio.Future[Metadata] = asyncio.get_running_loop().create_future()
-        error = self._lose.get(message.topic)
-        if error is not None:
-            delivered.set_exception(error)
-        else:
-            delivered.set_result(Metadata(message.topic, 0, len(self.handed) - 1))
-        return Awaited(delivered)
-
-    async def publish(self, message: KafkaMessage) -> Ack:
-        return await (await self.send(message)).ack()
-
-
-def writer_for(producer: RecordingProducer, metrics: Metrics | None = None) -> Writer:
-    return Writer(
-        publisher=producer,
-        metrics=metrics or Metrics(process_metrics=False),
-        topic_prefix="scalekit.",
-        deadletter_topic=DEADLETTER,
-        cloudevents_mode="binary",
-        contract=Contract.load(),
-        schema_validation="warn",
-    )
+from tests.fakes import DEADLETTER, RecordingProducer, writer_for
 
 
 def recovered(event_type: str, event_id: str) -> Recovered:
