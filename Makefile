@@ -3,14 +3,14 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: run test bench bench-backfill kafka asyncapi clean fuzz soak
+.PHONY: run test unit lint bench bench-backfill kafka asyncapi clean fuzz soak
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
 # Installs are pinned by constraints.txt; the stamp reruns them when either file changes.
 $(VENV)/.installed: pyproject.toml constraints.txt | $(BIN)/python
-	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[test]'
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[test,lint]'
 	touch $@
 
 run: $(VENV)/.installed
@@ -20,6 +20,15 @@ run: $(VENV)/.installed
 # instead of skipping; see tests/tools.py.
 test: $(VENV)/.installed
 	SCALEKIT_BRIDGE_REQUIRE_TOOLS=1 $(BIN)/python -m pytest
+
+# The broker-free tests, for the edit-test loop (seconds, no Kafka, no tools).
+unit: $(VENV)/.installed
+	$(BIN)/python -m pytest -q tests/unit
+
+# ruff (a broad rule set) over everything, mypy --strict over bridge/; configured in pyproject.toml.
+lint: $(VENV)/.installed
+	$(BIN)/ruff check .
+	$(BIN)/mypy
 
 bench: $(VENV)/.installed
 	$(BIN)/python bench/run.py

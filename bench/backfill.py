@@ -19,13 +19,13 @@ import sys
 import tempfile
 import time
 import uuid
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from run import kafka  # bench/run.py, beside this script
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from tests.fake_scalekit import FakeScalekit, sample_events  # noqa: E402
+from tests.fake_scalekit import FakeScalekit, sample_events
 
 
 def run_once(env: dict[str, str]) -> tuple[float, str, int, str]:
@@ -67,7 +67,7 @@ def main() -> None:
     scalekit = FakeScalekit()
     scalekit.start()
     try:
-        start = datetime.now(timezone.utc) - timedelta(hours=1)
+        start = datetime.now(UTC) - timedelta(hours=1)
         for envelope in sample_events(args.events, start=start, step=timedelta(hours=1) / args.events):
             scalekit.add(envelope)
         with kafka() as bootstrap:

@@ -30,11 +30,11 @@ from dataclasses import dataclass
 
 import aiohttp
 
-from bridge.dev.kafka import LocalKafka
 from bridge.contract import Contract
-from bridge.envelope import build_record, parse_envelope
+from bridge.dev.kafka import LocalKafka
 from bridge.dev.samples import sample
 from bridge.dev.sendtest import signed_headers
+from bridge.envelope import build_record, parse_envelope
 from bridge.testing import free_port
 from bridge.verify import SigningKey, Verifier
 

@@ -2,7 +2,8 @@
 
 Prints, every 30 s: deliveries acknowledged, errors, p99 latency and the bridge's RSS; at the end,
 how RSS moved (last third of the samples against the first third). Open loop: deliveries start on
-the clock whatever the answers do, so a slow bridge shows as latency, not as a lower rate. Usage: `make soak` (SOAK_MINUTES, SOAK_RATE) or `python bench/soak.py --minutes 10 --rate 200`.
+the clock whatever the answers do, so a slow bridge shows as latency, not as a lower rate.
+Usage: `make soak` (SOAK_MINUTES, SOAK_RATE) or `python bench/soak.py --minutes 10 --rate 200`.
 """
 
 from __future__ import annotations
@@ -72,15 +73,20 @@ async def soak(bootstrap: str, minutes: float, rate: float) -> int:
                     rss = rss_mib(served.pid)
                     rss_samples.append(rss)
                     p99 = statistics.quantiles(latencies, n=100)[98] * 1000 if len(latencies) > 100 else 0.0
-                    print(f"{time.monotonic() - began:6.0f}  {acknowledged:12d}  {errors:6d}  {p99:7.1f}  {rss:8.1f}",
-                          flush=True)
+                    print(
+                        f"{time.monotonic() - began:6.0f}  {acknowledged:12d}  {errors:6d}  {p99:7.1f}  {rss:8.1f}",
+                        flush=True,
+                    )
                     latencies.clear()
                     window_start = time.monotonic()
             await asyncio.gather(*pending)
         third = max(1, len(rss_samples) // 3)
         first, last = statistics.mean(rss_samples[:third] or [0]), statistics.mean(rss_samples[-third:] or [0])
-        print(f"RSS first third {first:.1f} MiB, last third {last:.1f} MiB ({last - first:+.1f} MiB); "
-              f"{acknowledged} acknowledged, {errors} errors {error_statuses}", flush=True)
+        print(
+            f"RSS first third {first:.1f} MiB, last third {last:.1f} MiB ({last - first:+.1f} MiB); "
+            f"{acknowledged} acknowledged, {errors} errors {error_statuses}",
+            flush=True,
+        )
         return 0 if errors == 0 else 1
 
 

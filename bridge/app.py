@@ -21,7 +21,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 from bridge import metrics as m
 from bridge.config import Settings
-from bridge.redelivery import RedeliveryCache
+from bridge.core import Publisher
 from bridge.errors import Overloaded, PayloadTooLarge, PublishFailed, ShuttingDown, VerificationFailed
 from bridge.guard import RETRY_AFTER_SECONDS, ConnectionGuard, GuardedProtocol
 from bridge.pipeline import Pipeline, Writer, where
@@ -31,8 +31,8 @@ from bridge.process import (
     return_freed_memory_to_the_kernel,
     trim_memory_every,
 )
-from bridge.core import Publisher
 from bridge.publish import KafkaPublisher
+from bridge.redelivery import RedeliveryCache
 from bridge.verify import Verifier
 
 log = logging.getLogger(__name__)
@@ -385,7 +385,8 @@ async def running(
                 async with asyncio.timeout(connect_within):
                     await asyncio.shield(connecting)
             except TimeoutError:
-                raise PublishFailed(f"Kafka at {settings.kafka.bootstrap_servers} did not answer within {connect_within:g}s") from None
+                where = settings.kafka.bootstrap_servers
+                raise PublishFailed(f"Kafka at {where} did not answer within {connect_within:g}s") from None
         yield bridge
     finally:
         connecting.cancel()
@@ -417,8 +418,10 @@ async def serve(settings: Settings, *, on_listening: Callable[[], None] | None =
             freeze_startup_objects()
             log.info(
                 "listening",
-                extra={"webhook": f"http://{settings.host}:{settings.port}{settings.webhook_path}",
-                       "admin": f"{settings.admin_host}:{settings.admin_port}"},
+                extra={
+                    "webhook": f"http://{settings.host}:{settings.port}{settings.webhook_path}",
+                    "admin": f"{settings.admin_host}:{settings.admin_port}",
+                },
             )
             trimming = asyncio.create_task(trim_memory_every(_TRIM_INTERVAL_SECONDS), name="malloc-trim")
             if on_listening is not None:

@@ -11,6 +11,7 @@ the one the webhook would have written, marked with `ce_backfilledat`.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import re
@@ -19,16 +20,16 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any, TextIO
 
 from bridge import metrics as m
 from bridge.config import BackfillSettings
+from bridge.core import Outcome, Sender
 from bridge.envelope import Recovered, topic_for
 from bridge.errors import ApiError, MalformedDelivery, PublishFailed
 from bridge.eventsapi import EventQuery, EventsApi, occurred_at
 from bridge.pipeline import Plan, Sent, Writer
-from bridge.core import Outcome, Sender
 from bridge.publish import KafkaPublisher, event_ids_since
 
 log = logging.getLogger(__name__)
@@ -88,7 +89,7 @@ def parse_time(text: str) -> datetime:
         raise ValueError(f"{text!r} is neither an RFC 3339 time nor a duration such as 90m, 2h or 3d") from None
     if moment.tzinfo is None:
         raise ValueError(f"{text!r} has no time zone; add Z or an offset such as +02:00")
-    return moment.astimezone(timezone.utc)
+    return moment.astimezone(UTC)
 
 
 class Progress:
@@ -120,7 +121,7 @@ class Progress:
 
 async def backfill(settings: BackfillSettings, request: Request, progress: Progress, out: TextIO) -> Tally:
     """Run once; raises ApiError or PublishFailed (nothing written) when a service cannot be used."""
-    backfilled_at = datetime.now(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
+    backfilled_at = datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
     tally = Tally(dry_run=request.dry_run)
     api = EventsApi(settings.api)
     await asyncio.to_thread(api.connect)  # wrong credentials end the run before anything else
@@ -175,10 +176,8 @@ def _where_records_are(settings: BackfillSettings, query: EventQuery) -> Callabl
     prefix, deadletter = settings.topic_prefix, settings.deadletter_topic
     wanted = set()
     for event_type in query.types:
-        try:
+        with contextlib.suppress(MalformedDelivery):  # such an event can only have been dead-lettered
             wanted.add(topic_for(prefix, event_type, deadletter_topic=deadletter))
-        except MalformedDelivery:
-            pass  # such an event can only have been dead-lettered
 
     def holds(topic: str) -> bool:
         if topic == deadletter:

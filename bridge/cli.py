@@ -11,6 +11,7 @@ import shlex
 import sys
 import urllib.error
 from collections.abc import Sequence
+from datetime import UTC
 
 from bridge import __version__
 from bridge.config import Settings
@@ -31,11 +32,17 @@ def main(argv: Sequence[str] | None = None) -> None:
         "webhook would have written (marked with ce_backfilledat). Configuration comes from the environment: "
         "SCALEKIT_ENVIRONMENT_URL, SCALEKIT_CLIENT_ID, SCALEKIT_CLIENT_SECRET and the KAFKA_*/BRIDGE_* settings.",
     )
-    recover.add_argument("--since", required=True, help="window start: an RFC 3339 time, or a duration back from now (90m, 2h, 3d)")
+    recover.add_argument(
+        "--since", required=True, help="window start: an RFC 3339 time, or a duration back from now (90m, 2h, 3d)"
+    )
     recover.add_argument("--until", help="window end, exclusive: an RFC 3339 time (default: now)")
-    recover.add_argument("--type", action="append", default=[], dest="types", metavar="TYPE", help="only this event type (repeatable)")
+    recover.add_argument(
+        "--type", action="append", default=[], dest="types", metavar="TYPE", help="only this event type (repeatable)"
+    )
     recover.add_argument("--organization", help="only this organization's events")
-    recover.add_argument("--dry-run", action="store_true", help="print what would be published (type, id, topic, key); write nothing")
+    recover.add_argument(
+        "--dry-run", action="store_true", help="print what would be published (type, id, topic, key); write nothing"
+    )
     commands.add_parser("dev", help="run a local Kafka (unless KAFKA_BOOTSTRAP_SERVERS is set) and the bridge")
     send = commands.add_parser("send-test", help="sign a sample delivery with SCALEKIT_WEBHOOK_SECRET and POST it")
     send.add_argument("--type", required=True, dest="event_type", help="a documented Scalekit event type")
@@ -72,13 +79,13 @@ def _serve(env: os._Environ[str] | dict[str, str]) -> int:
 
 
 def _backfill(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
-    from datetime import datetime, timezone
+    from datetime import datetime
 
     from bridge import backfill, logs
     from bridge.config import BackfillSettings
     from bridge.eventsapi import EventQuery
 
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     try:
         start = backfill.parse_since(args.since, now)
         end = backfill.parse_time(args.until) if args.until else now
@@ -128,8 +135,10 @@ def _dev() -> int:
                     + ("(generated, development only)" if generated else "(yours, not shown)"),
                     "",
                     "  Send a test event from another terminal (in this directory):",
-                    f"    SCALEKIT_WEBHOOK_SECRET={shown_secret} "
-                    f"{_this_command()} send-test --type organization.directory.user_created --url {url}",
+                    (
+                        f"    SCALEKIT_WEBHOOK_SECRET={shown_secret} "
+                        f"{_this_command()} send-test --type organization.directory.user_created --url {url}"
+                    ),
                     "",
                     "  Ctrl-C stops the bridge, then Kafka.",
                     "",

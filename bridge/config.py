@@ -94,9 +94,9 @@ class Settings:
 
     signing_keys: tuple[SigningKey, ...]
     kafka: KafkaSettings
-    host: str = "0.0.0.0"
+    host: str = "0.0.0.0"  # noqa: S104 - in a container the pod network is the interface
     port: int = 8080
-    admin_host: str = "0.0.0.0"
+    admin_host: str = "0.0.0.0"  # noqa: S104 - probes come from the kubelet, off-pod
     admin_port: int = 8081
     webhook_path: str = "/webhooks/scalekit"
     topic_prefix: str = "scalekit."
@@ -349,7 +349,9 @@ def _kafka_settings(reader: _Reader) -> KafkaSettings:
     replication = reader.optional_number("BRIDGE_TOPIC_REPLICATION", int, low=1, high=32)
     min_insync = reader.optional_number("BRIDGE_TOPIC_MIN_INSYNC_REPLICAS", int, low=1, high=32)
     if replication is not None and min_insync is not None and min_insync > replication:
-        raise ConfigError("BRIDGE_TOPIC_MIN_INSYNC_REPLICAS", f"must not exceed BRIDGE_TOPIC_REPLICATION ({replication})")
+        raise ConfigError(
+            "BRIDGE_TOPIC_MIN_INSYNC_REPLICAS", f"must not exceed BRIDGE_TOPIC_REPLICATION ({replication})"
+        )
     return KafkaSettings(
         bootstrap_servers=reader.text("KAFKA_BOOTSTRAP_SERVERS", "localhost:9092"),
         security_protocol=protocol,

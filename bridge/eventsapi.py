@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import requests
@@ -145,7 +145,7 @@ def occurred_at(envelope: dict[str, Any]) -> datetime | None:
         stamp.FromJsonString(text)
     except ValueError:
         return None
-    moment: datetime = stamp.ToDatetime(tzinfo=timezone.utc)
+    moment: datetime = stamp.ToDatetime(tzinfo=UTC)
     return moment
 
 

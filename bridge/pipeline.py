@@ -17,12 +17,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 
 from bridge import metrics as m
-from bridge.redelivery import RedeliveryCache
 from bridge.config import BackfillSettings, SchemaValidation, Settings
 from bridge.contract import Contract, Verdict
 from bridge.core import Ack, Outcome, Pending, Publisher, Sender
 from bridge.envelope import CloudEventsMode, KafkaMessage, Origin, build_record, deadletter_message, parse_envelope
 from bridge.errors import MalformedDelivery, PublishFailed, RecordRejected, VerificationFailed
+from bridge.redelivery import RedeliveryCache
 from bridge.verify import VerifiedDelivery, Verifier
 
 # One line per delivery on "bridge.delivery"; anything else the pipeline has to say goes to its own logger.

@@ -19,6 +19,7 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+from aiokafka.conn import create_conn
 from aiokafka.errors import (
     ClusterAuthorizationFailedError,
     CorruptRecordException,
@@ -32,7 +33,6 @@ from aiokafka.errors import (
     UnknownTopicOrPartitionError,
     for_code,
 )
-from aiokafka.conn import create_conn
 from aiokafka.helpers import create_ssl_context
 from aiokafka.record.default_records import DefaultRecordBatchBuilder
 
@@ -232,7 +232,7 @@ class KafkaPublisher:
             raise PublishFailed(f"Kafka refused the write: {type(exc).__name__}") from exc
         except (RecordRejected, PublishFailed):
             raise
-        except Exception as exc:  # noqa: BLE001 - the client's own bugs must still end in an answer
+        except Exception as exc:  # the client's own bugs must still end in an answer
             log.error("unexpected error from the Kafka client", extra={"error": type(exc).__name__})
             raise PublishFailed(f"unexpected error from the Kafka client: {type(exc).__name__}") from exc
 
@@ -344,7 +344,7 @@ class KafkaPublisher:
                 continue
             try:
                 await (client.stop() if isinstance(client, AIOKafkaProducer) else client.close())
-            except Exception:  # noqa: BLE001 - closing must finish even when the broker is gone
+            except Exception:  # closing must finish even when the broker is gone
                 log.debug("error while closing a Kafka client", exc_info=True)
 
 
@@ -411,7 +411,7 @@ async def _scan(
     consumer.assign(partitions)
     consumer.pause(*partitions)
     async with asyncio.timeout(timeout):
-        starts = await consumer.offsets_for_times({partition: since_ms for partition in partitions})
+        starts = await consumer.offsets_for_times(dict.fromkeys(partitions, since_ms))
         ends = await consumer.end_offsets(partitions)
     remaining: dict[TopicPartition, int] = {}
     for partition, start in starts.items():

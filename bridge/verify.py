@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 
 from bridge.errors import VerificationFailed
 
-SECRET_PREFIX = "whsec_"
+SECRET_PREFIX = "whsec_"  # noqa: S105 - the prefix every secret carries, not a secret
 SIGNATURE_VERSION = "v1"
 
 # Reasons are a closed set: they label a metric and are safe to show a caller.

@@ -18,7 +18,7 @@ import threading
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from itertools import cycle
 from typing import Any
@@ -91,7 +91,9 @@ def _matches(event: events_pb2.ScalekitEvent, wanted: events_pb2.EventFilter) ->
 class FakeScalekit:
     """Start with `start()`; `env()` is what a backfill process needs to use it."""
 
-    def __init__(self, *, client_id: str = "skc_test", client_secret: str | None = None, page_limit: int = MAX_PAGE_SIZE) -> None:
+    def __init__(
+        self, *, client_id: str = "skc_test", client_secret: str | None = None, page_limit: int = MAX_PAGE_SIZE
+    ) -> None:
         self.client_id = client_id
         self.client_secret = client_secret or "test_" + secrets.token_urlsafe(24)
         self.page_limit = page_limit
@@ -166,9 +168,7 @@ class FakeScalekit:
         routes = {"h2": grpc_port, "http/1.1": self._http.server_address[1]}
         ready = threading.Event()
         self._loop = asyncio.new_event_loop()
-        threading.Thread(
-            target=self._front, args=(tls, routes, ready), name="fake-scalekit-tls", daemon=True
-        ).start()
+        threading.Thread(target=self._front, args=(tls, routes, ready), name="fake-scalekit-tls", daemon=True).start()
         ready.wait(10)
         return self.url
 
@@ -215,7 +215,7 @@ async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> N
 
 def _token_handler(scalekit: FakeScalekit) -> type[BaseHTTPRequestHandler]:
     class TokenEndpoint(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+        def do_POST(self) -> None:  # http.server's naming
             if self.path != "/oauth/token":
                 self._answer(404, {"error": "not_found"})
                 return
@@ -276,5 +276,5 @@ def sample_events(
 
 def _rfc3339(moment: datetime) -> str:
     stamp = Timestamp()
-    stamp.FromDatetime(moment.astimezone(timezone.utc))
+    stamp.FromDatetime(moment.astimezone(UTC))
     return stamp.ToJsonString()

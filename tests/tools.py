@@ -163,7 +163,8 @@ def _build_compose(go: str, plugin: Path) -> None:
         capture_output=True, text=True, timeout=900, cwd=tempfile.gettempdir(),
     )
     if done.returncode != 0:
-        raise ToolUnavailable(f"could not download {COMPOSE_MODULE}@{COMPOSE_VERSION}: {done.stdout[-400:]}{done.stderr[-400:]}")
+        output = done.stdout[-400:] + done.stderr[-400:]
+        raise ToolUnavailable(f"could not download {COMPOSE_MODULE}@{COMPOSE_VERSION}: {output}")
     source = Path(json.loads(done.stdout)["Dir"])
     with tempfile.TemporaryDirectory() as scratch:
         work = Path(scratch) / "compose"

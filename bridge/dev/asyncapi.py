@@ -20,8 +20,8 @@ from typing import Any
 from bridge import __version__
 from bridge.config import Settings
 from bridge.contract import OBJECTS_SCHEMA, Contract, read_schemas
-from bridge.envelope import JSON_CONTENT_TYPE, partition_key_source, topic_for
 from bridge.dev.samples import sample
+from bridge.envelope import JSON_CONTENT_TYPE, partition_key_source, topic_for
 
 BINDING_VERSION = "0.5.0"
 DEADLETTER = "deadletter"
@@ -131,7 +131,9 @@ def _operation(channel: str) -> dict[str, Any]:
         "action": "send",
         "channel": {"$ref": f"#/channels/{channel}"},
         "messages": [{"$ref": f"#/channels/{channel}/messages/{channel}"}],
-        "bindings": {"kafka": {"clientId": {"type": "string", "const": "scalekit-bridge"}, "bindingVersion": BINDING_VERSION}},
+        "bindings": {
+            "kafka": {"clientId": {"type": "string", "const": "scalekit-bridge"}, "bindingVersion": BINDING_VERSION}
+        },
     }
 
 
@@ -216,7 +218,9 @@ def _headers_schema() -> dict[str, Any]:
 
 def _rewrite(node: Any, local: Mapping[str, str]) -> Any:
     if isinstance(node, dict):
-        return {key: local.get(value, value) if key == "$ref" else _rewrite(value, local) for key, value in node.items()}
+        return {
+            key: local.get(value, value) if key == "$ref" else _rewrite(value, local) for key, value in node.items()
+        }
     if isinstance(node, list):
         return [_rewrite(item, local) for item in node]
     return node

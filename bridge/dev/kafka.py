@@ -350,13 +350,14 @@ class LocalKafka:
 
     def _plan_nodes(self) -> dict[int, _Node]:
         assert self._workdir is not None
+        workdir = self._workdir
         listeners = ["PLAINTEXT", *(("SSL", "SASL_SSL") if self._secured else ())]
 
         def node(node_id: int, roles: str, heap: str) -> _Node:
             ports = {"CONTROLLER": free_port()} if "controller" in roles else {}
             if "broker" in roles:
                 ports |= {name: free_port() for name in listeners}
-            return _Node(node_id, roles, self._workdir / f"node-{node_id}", ports, heap)  # type: ignore[operator]
+            return _Node(node_id, roles, workdir / f"node-{node_id}", ports, heap)
 
         if self._brokers == 1:
             return {1: node(1, "broker,controller", self._heap)}

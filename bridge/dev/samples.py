@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import secrets
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from importlib import resources
 from typing import Any
 
@@ -32,5 +32,5 @@ def fresh_delivery(event_type: str) -> dict[str, Any]:
     """A sample with a new event id and time, so each test event is a distinct event."""
     envelope = sample(event_type)
     envelope["id"] = f"evt_test_{secrets.token_hex(8)}"
-    envelope["occurred_at"] = datetime.now(timezone.utc).isoformat(timespec="microseconds").replace("+00:00", "Z")
+    envelope["occurred_at"] = datetime.now(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
     return envelope

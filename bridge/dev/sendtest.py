@@ -12,8 +12,11 @@ import secrets
 import time
 import urllib.error
 import urllib.request
+from urllib.parse import urlsplit
+
 from bridge.dev.samples import fresh_delivery
 from bridge.verify import SigningKey, signature_header
+
 
 def signed_headers(key: SigningKey, body: bytes) -> dict[str, str]:
     """The headers Scalekit sends with `body`: a fresh webhook-id, the current time, the signature."""
@@ -28,14 +31,17 @@ def signed_headers(key: SigningKey, body: bytes) -> dict[str, str]:
 
 
 def signed_request(url: str, key: SigningKey, body: bytes) -> urllib.request.Request:
-    return urllib.request.Request(url, data=body, method="POST", headers=signed_headers(key, body))
+    """A signed POST of `body` to an http(s) `url`; ValueError for any other scheme (file:, ftp:)."""
+    if urlsplit(url).scheme not in ("http", "https"):
+        raise ValueError(f"not an http(s) URL: {url!r}")
+    return urllib.request.Request(url, data=body, method="POST", headers=signed_headers(key, body))  # noqa: S310
 
 
 def send(url: str, key: SigningKey, event_type: str, timeout: float = 15.0) -> tuple[int, str]:
     """POST one signed test delivery; returns the status and the response text."""
     body = json.dumps(fresh_delivery(event_type)).encode("utf-8")
     try:
-        with urllib.request.urlopen(signed_request(url, key, body), timeout=timeout) as response:
+        with urllib.request.urlopen(signed_request(url, key, body), timeout=timeout) as response:  # noqa: S310 - http(s) only
             return response.status, response.read().decode("utf-8", "replace")
     except urllib.error.HTTPError as exc:
         return exc.code, exc.read().decode("utf-8", "replace")

@@ -30,7 +30,7 @@ import urllib.request
 from collections.abc import Coroutine, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 from cloudevents.core.base import BaseCloudEvent
@@ -56,7 +56,11 @@ __all__ = [
 T = TypeVar("T")
 _STRUCTURED = b"application/cloudevents+json"
 # Where each documented type keeps its organization besides the top level (see the README's key rules).
-_ORGANIZATION_PATHS = (("data", "organization_id"), ("data", "organization", "id"), ("data", "user", "membership", "organization_id"))
+_ORGANIZATION_PATHS = (
+    ("data", "organization_id"),
+    ("data", "organization", "id"),
+    ("data", "user", "membership", "organization_id"),
+)
 
 
 def event_types() -> list[str]:
@@ -75,7 +79,7 @@ def scalekit_event(
     """
     delivery = sample(event_type)
     delivery["id"] = f"evt_{secrets.token_hex(10)}"
-    delivery["occurred_at"] = datetime.now(timezone.utc).isoformat(timespec="microseconds").replace("+00:00", "Z")
+    delivery["occurred_at"] = datetime.now(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
     if organization_id is not None:
         delivery["organization_id"] = organization_id
         for path in _ORGANIZATION_PATHS:
@@ -156,7 +160,7 @@ class _Endpoint:
         body = event if isinstance(event, bytes) else json.dumps(event).encode("utf-8")
         request = signed_request(self.url, SigningKey.from_secret(self.secret), body)
         try:
-            with urllib.request.urlopen(request, timeout=timeout) as response:
+            with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310 - http(s) only
                 status, text = response.status, response.read()
         except urllib.error.HTTPError as exc:
             status, text = exc.code, exc.read()
@@ -178,7 +182,7 @@ class _Endpoint:
         def wanted(topic: str) -> bool:
             if not topic.startswith(self.topic_prefix) or topic == self.deadletter_topic:
                 return False
-            return fnmatch.fnmatchcase(topic[len(self.topic_prefix):], type_or_pattern)
+            return fnmatch.fnmatchcase(topic[len(self.topic_prefix) :], type_or_pattern)
 
         events = []
         for record in await read_topics(self.bootstrap_servers, wanted, timeout):
@@ -190,8 +194,8 @@ class _Endpoint:
         return events
 
     async def _find(self, event: dict[str, Any], webhook_id: str) -> Landed | None:
-        from bridge.envelope import event_id_of_record
         from bridge.dev.topics import read_topics
+        from bridge.envelope import event_id_of_record
 
         topic = self.topic_prefix + str(event.get("type"))
         for record in await read_topics(self.bootstrap_servers, {topic, self.deadletter_topic}.__contains__, 30.0):
@@ -221,7 +225,7 @@ class BridgeServer(_Endpoint):
         self.url = f"http://127.0.0.1:{self.port}{env.get('BRIDGE_WEBHOOK_PATH', '/webhooks/scalekit')}"
         self._env = env
         self._process: subprocess.Popen[bytes] | None = None
-        self._output = tempfile.TemporaryFile()
+        self._output = tempfile.TemporaryFile()  # noqa: SIM115 - output() reads it after stop(); freed with the object
 
     def start(self, timeout: float = 60.0) -> BridgeServer:
         child_env = {

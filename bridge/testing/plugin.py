@@ -12,7 +12,12 @@ FIXTURES = "bridge.testing.fixtures"
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
-    parser.addini("scalekit_bridge", "load scalekit-bridge's test-kit fixtures (bridge.testing.fixtures)", type="bool", default=False)
+    parser.addini(
+        "scalekit_bridge",
+        "load scalekit-bridge's test-kit fixtures (bridge.testing.fixtures)",
+        type="bool",
+        default=False,
+    )
 
 
 def pytest_configure(config: pytest.Config) -> None:

@@ -18,7 +18,7 @@ import json
 import sqlite3
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -30,7 +30,7 @@ GROUP_DELETED = f"{PREFIX}.group_deleted"
 DIRECTORY_TOGGLES = {"organization.directory_enabled": True, "organization.directory_disabled": False}
 HANDLED = USER_UPSERTS | GROUP_UPSERTS | {USER_DELETED, GROUP_DELETED} | set(DIRECTORY_TOGGLES)
 
-_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS processed_events (
@@ -146,15 +146,17 @@ class DirectoryStore:
 
     def _upsert(self, table: str, key_column: str, org: str, key: str, version: int, **values: Any) -> bool:
         """Write one row unless it already reflects a newer event; True if it was written."""
+        # Table and column names come from this module's constants, never from an event; values are bound.
         row = self._db.execute(
-            f"SELECT version FROM {table} WHERE organization_id = ? AND {key_column} = ?", (org, key)
+            f"SELECT version FROM {table} WHERE organization_id = ? AND {key_column} = ?",  # noqa: S608
+            (org, key),
         ).fetchone()
         if row is not None and version < row[0]:  # equal times: the later arrival wins
             return False
         columns = {"organization_id": org, key_column: key, **values, "version": version}
         updates = ", ".join(f"{name} = excluded.{name}" for name in list(columns)[2:])
         self._db.execute(
-            f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})"
+            f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})"  # noqa: S608
             f" ON CONFLICT (organization_id, {key_column}) DO UPDATE SET {updates}",
             tuple(columns.values()),
         )
@@ -223,4 +225,4 @@ class DirectoryStore:
 
 def _version(time: datetime | None) -> int:
     """Event time in microseconds; an event without a time (never seen from Scalekit) counts as now."""
-    return ((time or datetime.now(timezone.utc)) - _EPOCH) // timedelta(microseconds=1)
+    return ((time or datetime.now(UTC)) - _EPOCH) // timedelta(microseconds=1)

@@ -6,14 +6,13 @@ packaged samples, with just the fields the story needs changed.
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from bridge.testing import scalekit_event
 from examples.directory_sync.store import Snapshot, User
 
-from bridge.testing import scalekit_event
-
-START = datetime(2026, 3, 2, 9, 0, tzinfo=timezone.utc)
+START = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
 
 
 def _delivery(event_type: str, org: str, minute: int, **data: Any) -> dict[str, Any]:

@@ -13,9 +13,10 @@ import secrets
 from collections.abc import AsyncIterator, Callable
 
 import pytest
+
 from examples.directory_sync.consumer import DirectorySync
-from examples.directory_sync.story import expected_directory, provisioning_story
 from examples.directory_sync.store import DirectoryStore
+from examples.directory_sync.story import expected_directory, provisioning_story
 
 pytestmark = pytest.mark.integration
 
@@ -38,7 +39,9 @@ async def until(condition: Callable[[], bool], timeout: float = 30.0) -> None:
 
 
 def consumer_of(bridge, store: DirectoryStore, group: str) -> DirectorySync:
-    return DirectorySync(store, bootstrap_servers=bridge.bootstrap_servers, topic_prefix=bridge.topic_prefix, group_id=group)
+    return DirectorySync(
+        store, bootstrap_servers=bridge.bootstrap_servers, topic_prefix=bridge.topic_prefix, group_id=group
+    )
 
 
 async def test_a_provisioning_story_ends_as_the_same_directory_in_sqlite(start_scalekit_bridge, tmp_path):
@@ -91,8 +94,10 @@ async def test_the_consumer_group_resumes_after_its_committed_offsets(start_scal
 async def test_a_user_deleted_in_the_idp_is_gone(scalekit_bridge, scalekit_event, tmp_path):
     """The README's "Testing your consumer" example, run as written."""
     org, user = f"org_{secrets.token_hex(4)}", {"id": "diruser_1", "email": "jane@acme.example"}
-    sent = [scalekit_event(event_type, organization_id=org, data=user)
-            for event_type in ("organization.directory.user_created", "organization.directory.user_deleted")]
+    sent = [
+        scalekit_event(event_type, organization_id=org, data=user)
+        for event_type in ("organization.directory.user_created", "organization.directory.user_deleted")
+    ]
     for event in sent:
         assert scalekit_bridge.send(event).status == 201
 

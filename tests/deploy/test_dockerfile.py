@@ -16,7 +16,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -179,7 +179,7 @@ async def test_the_replayed_image_serves_a_signed_event_into_kafka_and_backfills
         scalekit = FakeScalekit()
         scalekit.start()
         try:
-            (lost,) = sample_events(1, start=datetime.now(timezone.utc) - timedelta(minutes=30), types=["role.created"])
+            (lost,) = sample_events(1, start=datetime.now(UTC) - timedelta(minutes=30), types=["role.created"])
             scalekit.add(lost)
             backfill_env = {k: v for k, v in env.items() if k != "SCALEKIT_WEBHOOK_SECRET"} | scalekit.env()
             recovered = subprocess.run(

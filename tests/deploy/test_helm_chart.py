@@ -62,7 +62,9 @@ def render(helm: Path, values: str, *extra: str) -> list[dict[str, Any]]:
 
 
 def one(docs: list[dict[str, Any]], kind: str) -> dict[str, Any]:
-    (found,) = [doc for doc in docs if doc["kind"] == kind and "helm.sh/hook" not in doc["metadata"].get("annotations", {})]
+    (found,) = [
+        doc for doc in docs if doc["kind"] == kind and "helm.sh/hook" not in doc["metadata"].get("annotations", {})
+    ]
     return found
 
 
@@ -93,8 +95,11 @@ def rendered_env(
     Secrets the chart does not render are passed in.
     """
     env = dict(bridge_config(docs))
-    available = {doc["metadata"]["name"]: {k: base64.b64decode(v).decode() for k, v in doc.get("data", {}).items()}
-                 for doc in docs if doc["kind"] == "Secret"}
+    available = {
+        doc["metadata"]["name"]: {k: base64.b64decode(v).decode() for k, v in doc.get("data", {}).items()}
+        for doc in docs
+        if doc["kind"] == "Secret"
+    }
     available.update(secrets or {})
     for variable in (of or container(docs))["env"]:
         if "value" in variable:
@@ -133,7 +138,10 @@ def test_every_custom_resource_is_valid_for_its_operator(helm, crd_models, value
 def validate_custom(crd_models: Path, resources: list[dict[str, Any]]) -> list[Any]:
     done = subprocess.run(
         ["node", str(Path(__file__).with_name("validate_crds.mjs")), str(crd_models)],
-        input=json.dumps(resources), capture_output=True, text=True, timeout=120,
+        input=json.dumps(resources),
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert done.returncode == 0, done.stderr
     return json.loads(done.stdout)
@@ -166,18 +174,30 @@ def kinds(docs: list[dict[str, Any]]) -> list[str]:
 
 def test_a_minimal_install_is_the_core_and_nothing_optional(helm):
     assert kinds(render(helm, "minimal")) == [
-        "ConfigMap", "Deployment", "Pod", "PodDisruptionBudget", "Secret", "Service", "ServiceAccount"
+        "ConfigMap",
+        "Deployment",
+        "Pod",
+        "PodDisruptionBudget",
+        "Secret",
+        "Service",
+        "ServiceAccount",
     ]
 
 
 def test_everything_enabled_adds_each_optional_piece(helm):
     docs = render(helm, "everything")
     assert set(kinds(docs)) >= {
-        "Ingress", "ServiceMonitor", "PrometheusRule", "HorizontalPodAutoscaler", "NetworkPolicy", "KafkaTopic",
+        "Ingress",
+        "ServiceMonitor",
+        "PrometheusRule",
+        "HorizontalPodAutoscaler",
+        "NetworkPolicy",
+        "KafkaTopic",
         "CronJob",
     }
     assert sorted(doc["metadata"]["name"] for doc in docs if doc["kind"] == "ConfigMap") == [
-        "bridge-scalekit-bridge", "bridge-scalekit-bridge-dashboard"
+        "bridge-scalekit-bridge",
+        "bridge-scalekit-bridge-dashboard",
     ]
     assert "replicas" not in one(docs, "Deployment")["spec"]  # the HPA owns the replica count
 
@@ -185,8 +205,10 @@ def test_everything_enabled_adds_each_optional_piece(helm):
 @pytest.mark.parametrize("values", sorted(VALUES))
 def test_the_rendered_environment_is_one_the_bridge_accepts(helm, values, tmp_path):
     docs = render(helm, values)
-    outside = {"scalekit-webhook": {"signing-secret": "whsec_" + base64.b64encode(b"k" * 32).decode()},
-               "kafka-credentials": {"username": "u", "password": "p"}}
+    outside = {
+        "scalekit-webhook": {"signing-secret": "whsec_" + base64.b64encode(b"k" * 32).decode()},
+        "kafka-credentials": {"username": "u", "password": "p"},
+    }
     env = rendered_env(docs, outside)
     if "KAFKA_SSL_CAFILE" in env:  # mounted from a Secret in the pod; stand in a file here
         (tmp_path / "ca.crt").write_text("")
@@ -215,8 +237,11 @@ def test_no_secret_value_is_written_outside_the_secret(helm):
     docs = render(helm, "everything")
     everything_but_secrets = yaml.safe_dump_all([doc for doc in docs if doc["kind"] != "Secret"])
     values = yaml.safe_load(VALUES["everything"].read_text())
-    for secret in [*values["webhook"]["secret"].split(), values["kafka"]["sasl"]["password"],
-                   values["backfill"]["clientSecret"]]:
+    for secret in [
+        *values["webhook"]["secret"].split(),
+        values["kafka"]["sasl"]["password"],
+        values["backfill"]["clientSecret"],
+    ]:
         assert secret not in everything_but_secrets
 
 
@@ -237,7 +262,7 @@ def test_a_stopping_pod_gets_time_to_answer_every_delivery_in_flight(helm):
     pre_stop = int(container(docs)["lifecycle"]["preStop"]["exec"]["command"][1])
     publish_timeout = float(config["BRIDGE_PUBLISH_TIMEOUT"])
     shutdown_grace = float(config["BRIDGE_SHUTDOWN_GRACE"])
-    assert 0 < pre_stop
+    assert pre_stop > 0
     assert publish_timeout < shutdown_grace
     assert pre_stop + shutdown_grace < pod["terminationGracePeriodSeconds"]
 
@@ -245,9 +270,15 @@ def test_a_stopping_pod_gets_time_to_answer_every_delivery_in_flight(helm):
 def test_the_shortest_accepted_grace_period_still_drains_for_the_whole_publish_timeout(helm):
     docs = render(helm, "minimal", "--set", "terminationGracePeriodSeconds=16")  # 5 + 8 + 3
     assert float(bridge_config(docs)["BRIDGE_SHUTDOWN_GRACE"]) >= float(bridge_config(docs)["BRIDGE_PUBLISH_TIMEOUT"])
-    done = run_helm(helm, "template", "bridge", "-f", str(VALUES["minimal"]), "--set", "terminationGracePeriodSeconds=15")
+    done = run_helm(
+        helm, "template", "bridge", "-f", str(VALUES["minimal"]), "--set", "terminationGracePeriodSeconds=15"
+    )
     assert done.returncode != 0
-    assert "terminationGracePeriodSeconds (15) must be at least preStopSleepSeconds + config.publishTimeoutSeconds + 3 (16)" in done.stderr
+    assert (
+        "terminationGracePeriodSeconds (15) must be at least "
+        "preStopSleepSeconds + config.publishTimeoutSeconds + 3 (16)"
+        in done.stderr
+    )
 
 
 def test_the_pod_is_hardened(helm):
@@ -265,7 +296,9 @@ def test_the_pod_is_hardened(helm):
 
 def test_a_config_change_rolls_the_pods(helm):
     before = one(render(helm, "minimal"), "Deployment")["spec"]["template"]["metadata"]["annotations"]
-    after = one(render(helm, "minimal", "--set", "config.logLevel=DEBUG"), "Deployment")["spec"]["template"]["metadata"]["annotations"]
+    after = one(render(helm, "minimal", "--set", "config.logLevel=DEBUG"), "Deployment")["spec"]["template"][
+        "metadata"
+    ]["annotations"]
     assert before["checksum/config"] != after["checksum/config"]
 
 
@@ -296,7 +329,9 @@ def test_the_alerts_and_dashboard_are_the_observability_files_not_copies(helm):
     docs = render(helm, "everything")
     rules = yaml.safe_load((ROOT / "deploy" / "prometheus" / "scalekit-bridge-rules.yaml").read_text())
     assert one(docs, "PrometheusRule")["spec"] == rules
-    (dashboard_map,) = [doc for doc in docs if doc["kind"] == "ConfigMap" and doc["metadata"]["name"].endswith("-dashboard")]
+    (dashboard_map,) = [
+        doc for doc in docs if doc["kind"] == "ConfigMap" and doc["metadata"]["name"].endswith("-dashboard")
+    ]
     dashboard = json.loads((ROOT / "deploy" / "grafana" / "scalekit-bridge-dashboard.json").read_text())
     assert json.loads(dashboard_map["data"]["scalekit-bridge-dashboard.json"]) == dashboard
     assert dashboard_map["metadata"]["namespace"] == "monitoring"
@@ -309,7 +344,9 @@ def test_kafka_topics_cover_every_documented_type_and_the_dead_letter_topic(helm
     docs = render(helm, "everything")
     topics = [doc for doc in docs if doc["kind"] == "KafkaTopic"]
     config = bridge_config(docs)
-    expected = {config["BRIDGE_TOPIC_PREFIX"] + t for t in Contract.load().event_types} | {config["BRIDGE_DEADLETTER_TOPIC"]}
+    expected = {config["BRIDGE_TOPIC_PREFIX"] + t for t in Contract.load().event_types} | {
+        config["BRIDGE_DEADLETTER_TOPIC"]
+    }
     assert {topic["spec"]["topicName"] for topic in topics} == expected
     assert len(topics) == len(sample_types()) + 1
     for topic in topics:
@@ -357,8 +394,10 @@ BACKFILLED = ("everything", "existing-secret-sasl")
 def test_the_backfill_environment_is_one_backfill_accepts_and_has_no_webhook_secret(helm, values, tmp_path):
     docs = render(helm, values)
     (job,) = backfill_pod(docs)["spec"]["containers"]
-    outside = {"scalekit-api-client": {"SCALEKIT_CLIENT_ID": "skc_1", "SCALEKIT_CLIENT_SECRET": "s"},
-               "kafka-credentials": {"username": "u", "password": "p"}}
+    outside = {
+        "scalekit-api-client": {"SCALEKIT_CLIENT_ID": "skc_1", "SCALEKIT_CLIENT_SECRET": "s"},
+        "kafka-credentials": {"username": "u", "password": "p"},
+    }
     env = rendered_env(docs, outside, of=job)
     if "KAFKA_SSL_CAFILE" in env:
         (tmp_path / "ca.crt").write_text("")
@@ -432,8 +471,18 @@ def render_notes(helm: Path, values: str, tmp_path: Path) -> str:
         "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: notes\ndata:\n  notes: |\n"
         '{{ tpl (.Files.Get "files/notes-under-test.txt") . | indent 4 }}\n'
     )
-    done = run_helm(helm, "template", "bridge", "-n", "prod", "-f", str(VALUES[values]),
-                    "--show-only", "templates/notes-under-test.yaml", chart=chart)
+    done = run_helm(
+        helm,
+        "template",
+        "bridge",
+        "-n",
+        "prod",
+        "-f",
+        str(VALUES[values]),
+        "--show-only",
+        "templates/notes-under-test.yaml",
+        chart=chart,
+    )
     assert done.returncode == 0, done.stderr
     return yaml.safe_load(done.stdout)["data"]["notes"]
 
@@ -458,7 +507,10 @@ def test_the_notes_say_how_to_backfill_after_an_outage(helm, tmp_path):
 @pytest.mark.parametrize(
     ("bad", "message"),
     [
-        ("config.schemaValidation=strict", "at '/config/schemaValidation': value must be one of 'off', 'warn', 'enforce'"),
+        (
+            "config.schemaValidation=strict",
+            "at '/config/schemaValidation': value must be one of 'off', 'warn', 'enforce'",
+        ),
         ("replicaCount=0", "at '/replicaCount': minimum: got 0, want 1"),
         ("kafka.securityProtocol=TLS", "at '/kafka/securityProtocol': value must be one of"),
         ("webhook.secret=hunter2", "at '/webhook/secret'"),
@@ -488,20 +540,51 @@ def test_a_bad_values_file_is_refused_by_lint_too(helm, tmp_path):
     [
         ({"kafka": {"bootstrapServers": "k:9092"}}, "set webhook.secret"),
         ({"webhook": {"existingSecret": "s"}}, "set kafka.bootstrapServers"),
-        ({"webhook": {"existingSecret": "s"}, "kafka": {"bootstrapServers": "k:9092", "securityProtocol": "SASL_SSL"}},
-         "kafka.securityProtocol=SASL_SSL needs kafka.sasl.mechanism"),
-        ({"webhook": {"existingSecret": "s"},
-          "kafka": {"bootstrapServers": "k:9092", "securityProtocol": "SASL_SSL", "sasl": {"mechanism": "PLAIN"}}},
-         "needs kafka.sasl.username and kafka.sasl.password, or kafka.sasl.existingSecret"),
-        ({"webhook": {"existingSecret": "s"}, "kafka": {"bootstrapServers": "k:9092"}, "ingress": {"enabled": True}},
-         "ingress.enabled needs ingress.host"),
-        ({"webhook": {"existingSecret": "s"}, "kafka": {"bootstrapServers": "k:9092"}, "kafkaTopics": {"enabled": True}},
-         "kafkaTopics.enabled needs kafkaTopics.clusterName"),
-        ({"webhook": {"existingSecret": "s"}, "kafka": {"bootstrapServers": "k:9092"}, "backfill": {"enabled": True}},
-         "backfill.enabled needs backfill.environmentUrl"),
-        ({"webhook": {"existingSecret": "s"}, "kafka": {"bootstrapServers": "k:9092"},
-          "backfill": {"enabled": True, "environmentUrl": "https://acme.scalekit.example", "clientId": "skc_1"}},
-         "backfill.enabled needs backfill.clientId and backfill.clientSecret (a Scalekit API client), or backfill.existingSecret"),
+        (
+            {
+                "webhook": {"existingSecret": "s"},
+                "kafka": {"bootstrapServers": "k:9092", "securityProtocol": "SASL_SSL"},
+            },
+            "kafka.securityProtocol=SASL_SSL needs kafka.sasl.mechanism",
+        ),
+        (
+            {
+                "webhook": {"existingSecret": "s"},
+                "kafka": {"bootstrapServers": "k:9092", "securityProtocol": "SASL_SSL", "sasl": {"mechanism": "PLAIN"}},
+            },
+            "needs kafka.sasl.username and kafka.sasl.password, or kafka.sasl.existingSecret",
+        ),
+        (
+            {"webhook": {"existingSecret": "s"}, "kafka": {"bootstrapServers": "k:9092"}, "ingress": {"enabled": True}},
+            "ingress.enabled needs ingress.host",
+        ),
+        (
+            {
+                "webhook": {"existingSecret": "s"},
+                "kafka": {"bootstrapServers": "k:9092"},
+                "kafkaTopics": {"enabled": True},
+            },
+            "kafkaTopics.enabled needs kafkaTopics.clusterName",
+        ),
+        (
+            {
+                "webhook": {"existingSecret": "s"},
+                "kafka": {"bootstrapServers": "k:9092"},
+                "backfill": {"enabled": True},
+            },
+            "backfill.enabled needs backfill.environmentUrl",
+        ),
+        (
+            {
+                "webhook": {"existingSecret": "s"},
+                "kafka": {"bootstrapServers": "k:9092"},
+                "backfill": {"enabled": True, "environmentUrl": "https://acme.scalekit.example", "clientId": "skc_1"},
+            },
+            (
+                "backfill.enabled needs backfill.clientId and backfill.clientSecret (a Scalekit API client), "
+                "or backfill.existingSecret"
+            ),
+        ),
     ],
 )
 def test_a_missing_required_setting_is_named(helm, tmp_path, values, message):

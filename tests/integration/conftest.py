@@ -11,8 +11,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -148,7 +147,7 @@ class BridgeProcess:
             **env,
         }
         # A file, not a pipe: a chatty bridge must never block on a pipe nobody reads.
-        self._output = tempfile.TemporaryFile()
+        self._output = tempfile.TemporaryFile()  # noqa: SIM115 - open for the process's life
         self.process = subprocess.Popen(
             [sys.executable, "-m", "bridge", command],
             env=child_env, stdout=self._output, stderr=subprocess.STDOUT,
@@ -164,16 +163,20 @@ class BridgeProcess:
 
     async def readiness(self) -> int | None:
         try:
-            async with aiohttp.ClientSession() as session:
-                async with session.get(f"http://127.0.0.1:{self.admin_port}/readyz") as response:
-                    return response.status
+            async with (
+                aiohttp.ClientSession() as session,
+                session.get(f"http://127.0.0.1:{self.admin_port}/readyz") as response,
+            ):
+                return response.status
         except aiohttp.ClientError:
             return None
 
     async def metrics(self) -> str:
-        async with aiohttp.ClientSession() as session:
-            async with session.get(f"http://127.0.0.1:{self.admin_port}/metrics") as response:
-                return await response.text()
+        async with (
+            aiohttp.ClientSession() as session,
+            session.get(f"http://127.0.0.1:{self.admin_port}/metrics") as response,
+        ):
+            return await response.text()
 
     async def wait_for_readiness(self, status: int, timeout: float) -> None:
         deadline = time.monotonic() + timeout
@@ -187,9 +190,12 @@ class BridgeProcess:
 
     async def deliver(self, envelope: dict, webhook_id: str | None = None) -> tuple[int, dict]:
         body = body_of(envelope)
-        async with aiohttp.ClientSession() as session:
-            async with session.post(self.url, data=body, headers=signed_headers(SECRET, body, webhook_id=webhook_id)) as response:
-                return response.status, await response.json()
+        headers = signed_headers(SECRET, body, webhook_id=webhook_id)
+        async with (
+            aiohttp.ClientSession() as session,
+            session.post(self.url, data=body, headers=headers) as response,
+        ):
+            return response.status, await response.json()
 
     def output_after_exit(self, timeout: float) -> tuple[int, str]:
         self.process.wait(timeout=timeout)

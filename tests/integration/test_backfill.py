@@ -13,7 +13,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 import pytest
@@ -23,7 +23,7 @@ from tests.conftest import KafkaTool, Record
 from tests.fake_scalekit import FakeScalekit, sample_events
 from tests.helpers import free_port
 
-NOW = datetime.now(timezone.utc)
+NOW = datetime.now(UTC)
 SUMMARY_PREFIX = "fetched "
 
 
@@ -246,8 +246,8 @@ async def test_wrong_credentials_exit_non_zero_with_one_line_and_write_nothing(s
 
     assert run.returncode == 1
     assert run.stderr.strip().splitlines() == [
-        f"scalekit-bridge backfill: Scalekit at {scalekit.url} refused the API credentials (401); "
-        "check SCALEKIT_CLIENT_ID and SCALEKIT_CLIENT_SECRET; nothing was written"
+        (f"scalekit-bridge backfill: Scalekit at {scalekit.url} refused the API credentials (401); "
+        "check SCALEKIT_CLIENT_ID and SCALEKIT_CLIENT_SECRET; nothing was written")
     ]
     assert "not-the-secret" not in run.stdout + run.stderr
     assert not {t for t in await kafka.topics() if t.startswith(f"t{unique}.")}

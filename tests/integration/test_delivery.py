@@ -11,8 +11,8 @@ import pytest
 from cloudevents.core.bindings import kafka as ce_kafka
 from cloudevents.core.formats.json import JSONFormat
 
-from bridge.envelope import partition_key, rebuild_delivery
 from bridge.dev.samples import sample, sample_types
+from bridge.envelope import partition_key, rebuild_delivery
 from tests.helpers import signed_headers
 from tests.integration.conftest import SECRET
 

@@ -7,8 +7,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from bridge.envelope import MAX_DEPTH
 from bridge.dev.samples import sample
+from bridge.envelope import MAX_DEPTH
 
 pytestmark = pytest.mark.integration
 

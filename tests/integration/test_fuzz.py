@@ -72,8 +72,9 @@ def bodies(draw: st.DrawFn) -> bytes:
         ), json_values, max_size=4)))
         return json.dumps(envelope, ensure_ascii=draw(st.booleans())).encode()
     if kind == "raw":
-        return ('{"id":"evt_raw","type":%s,"data":{"v":%s}}' % (
-            json.dumps(draw(st.sampled_from(TYPES))), draw(st.sampled_from(RAW_VALUES)))).encode()
+        return (
+            f'{{"id":"evt_raw","type":{json.dumps(draw(st.sampled_from(TYPES)))},"data":{{"v":{draw(st.sampled_from(RAW_VALUES))}}}}}'
+        ).encode()
     return draw(st.binary(max_size=3000))
 
 
@@ -98,10 +99,18 @@ def requests(draw: st.DrawFn) -> dict[str, Any]:
     encoding = draw(st.sampled_from([None, None, None, "gzip", "identity", "br"]))
     if encoding:
         headers["content-encoding"] = encoding
-    method, path = draw(st.sampled_from([("POST", "/webhooks/scalekit")] * 8 + [("GET", "/webhooks/scalekit"),
-                                                                                 ("POST", "/elsewhere")]))
-    return {"method": method, "path": path, "headers": headers, "body": body, "signing": signing,
-            "encoding": encoding, "timestamp_ok": abs(int(timestamp) - time.time()) < 300}
+    method, path = draw(
+        st.sampled_from([("POST", "/webhooks/scalekit")] * 8 + [("GET", "/webhooks/scalekit"), ("POST", "/elsewhere")])
+    )
+    return {
+        "method": method,
+        "path": path,
+        "headers": headers,
+        "body": body,
+        "signing": signing,
+        "encoding": encoding,
+        "timestamp_ok": abs(int(timestamp) - time.time()) < 300,
+    }
 
 
 def validly_signed(request: dict[str, Any]) -> bool:
@@ -117,8 +126,9 @@ def validly_signed(request: dict[str, Any]) -> bool:
     return request["headers"]["webhook-signature"] != "v1,AAAA"
 
 
-async def test_every_request_gets_a_defined_answer_and_only_signed_ones_reach_kafka(bridge_process, kafka_bootstrap,
-                                                                                    kafka):
+async def test_every_request_gets_a_defined_answer_and_only_signed_ones_reach_kafka(
+    bridge_process, kafka_bootstrap, kafka
+):
     bridge = bridge_process("serve", KAFKA_BOOTSTRAP_SERVERS=kafka_bootstrap, BRIDGE_LOG_LEVEL="WARNING")
     bridge_topics = bridge.prefix  # its dead-letter topic too (see BridgeProcess)
     await bridge.wait_for_readiness(200, timeout=30)
@@ -126,15 +136,18 @@ async def test_every_request_gets_a_defined_answer_and_only_signed_ones_reach_ka
     acknowledged: set[str] = set()
     connection = http.client.HTTPConnection("127.0.0.1", bridge.port, timeout=30)
 
-    @settings(max_examples=EXAMPLES, deadline=None, database=None,
-              suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+    @settings(
+        max_examples=EXAMPLES,
+        deadline=None,
+        database=None,
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+    )
     @given(requests())
     def each(request: dict[str, Any]) -> None:
         nonlocal connection
         for attempt in (1, 2):
             try:
-                connection.request(request["method"], request["path"], body=request["body"],
-                                   headers=request["headers"])
+                connection.request(request["method"], request["path"], body=request["body"], headers=request["headers"])
                 response = connection.getresponse()
                 response.read()
                 break
@@ -170,6 +183,8 @@ async def test_every_request_gets_a_defined_answer_and_only_signed_ones_reach_ka
     assert (await bridge.deliver(sample("role.created")))[0] == 201
     metrics = await bridge.metrics()
     assert "scalekit_bridge_internal_errors_total 0.0" in metrics, "no unexpected exception on any example"
-    print(f"\nfuzz: {sum(statuses.values())} requests in {elapsed:.1f}s "
-          f"({sum(statuses.values()) / elapsed:.0f}/s); statuses {dict(sorted(statuses.items()))}; "
-          f"{len(acknowledged)} signed deliveries acknowledged, {len(written)} found in Kafka")
+    print(
+        f"\nfuzz: {sum(statuses.values())} requests in {elapsed:.1f}s "
+        f"({sum(statuses.values()) / elapsed:.0f}/s); statuses {dict(sorted(statuses.items()))}; "
+        f"{len(acknowledged)} signed deliveries acknowledged, {len(written)} found in Kafka"
+    )

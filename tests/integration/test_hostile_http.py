@@ -10,8 +10,8 @@ import time
 import aiohttp
 import pytest
 
-from bridge.guard import MAX_HEADER_BYTES
 from bridge.dev.samples import sample
+from bridge.guard import MAX_HEADER_BYTES
 from tests.helpers import body_of, signed_headers
 from tests.integration.conftest import SECRET
 

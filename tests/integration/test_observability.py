@@ -12,9 +12,9 @@ import pytest
 import yaml
 
 from bridge import __version__
-from bridge.logs import JsonFormatter
 from bridge.core import Outcome
 from bridge.dev.samples import sample
+from bridge.logs import JsonFormatter
 from tests.helpers import body_of, signed_headers
 from tests.integration.conftest import SECRET
 
@@ -62,13 +62,15 @@ async def driven(start_bridge, kafka, caplog):
     assert (await running.deliver(b"not json"))[0] == 201                                           # deadlettered
     assert (await running.deliver(sample("role.created"), secret="whsec_AAAA"))[0] == 401           # rejected
     big = body_of(sample("role.created") | {"data": {"pad": "x" * 5000}})
-    assert (await running.client.post("/webhooks/scalekit", data=big, headers=signed_headers(SECRET, big))).status == 413
+    assert (
+        await running.client.post("/webhooks/scalekit", data=big, headers=signed_headers(SECRET, big))
+    ).status == 413
     await kafka.create_topic(running.topic("role.updated"))
     await kafka.create_topic(running.topic("role.archived"))
     off_contract = sample("role.updated")
     off_contract["data"]["name"] = None
-    assert (await running.deliver(off_contract))[0] == 201                                          # schema violation
-    assert (await running.deliver(sample("role.created") | {"type": "role.archived"}))[0] == 201     # unknown type
+    assert (await running.deliver(off_contract))[0] == 201  # schema violation
+    assert (await running.deliver(sample("role.created") | {"type": "role.archived"}))[0] == 201  # unknown type
 
     exposition = await (await running.admin.get("/metrics")).text()
     return exposition, list(caplog.records)
@@ -76,13 +78,21 @@ async def driven(start_bridge, kafka, caplog):
 
 async def test_every_outcome_counter_moves(driven):
     exposition, _ = driven
-    expected_type = {"published": "role.created", "duplicate": "unknown", "deadlettered": "unknown",
-                     "rejected": "unknown", "failed": "permission.created", "too_large": "unknown"}
+    expected_type = {
+        "published": "role.created",
+        "duplicate": "unknown",
+        "deadlettered": "unknown",
+        "rejected": "unknown",
+        "failed": "permission.created",
+        "too_large": "unknown",
+    }
     assert set(expected_type) == {outcome.value for outcome in Outcome}
     for outcome, event_type in expected_type.items():
         series = f'scalekit_bridge_deliveries_total{{event_type="{event_type}",outcome="{outcome}"}}'
         assert sample_value(exposition, series) == 1.0, series
-    assert sample_value(exposition, 'scalekit_bridge_verification_failures_total{reason="no_matching_signature"}') == 1.0
+    assert (
+        sample_value(exposition, 'scalekit_bridge_verification_failures_total{reason="no_matching_signature"}') == 1.0
+    )
     assert sample_value(exposition, 'scalekit_bridge_schema_violations_total{event_type="role.updated"}') == 1.0
     assert sample_value(exposition, 'scalekit_bridge_unknown_event_types_total{event_type="role.archived"}') == 1.0
     assert sample_value(exposition, "scalekit_bridge_publish_duration_seconds_count") == 4.0
@@ -107,7 +117,7 @@ async def test_dashboard_and_alerts_use_only_exported_metrics_in_valid_promql(dr
 
 
 def test_the_promql_check_catches_a_broken_expression():
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="unclosed left parenthesis"):
         promql_parser.parse("sum(rate(scalekit_bridge_deliveries_total[5m])")
 
 
@@ -123,13 +133,20 @@ async def test_one_json_log_line_per_delivery_without_bodies_or_secrets(driven):
     _, records = driven
     lines = [json.loads(JsonFormatter().format(r)) for r in records if r.name == "bridge.delivery"]
     assert [line["outcome"] for line in lines] == [
-        "published", "duplicate", "failed", "deadlettered", "rejected", "too_large", "published", "published"
+        "published",
+        "duplicate",
+        "failed",
+        "deadlettered",
+        "rejected",
+        "too_large",
+        "published",
+        "published",
     ]
-    assert [line.get("schema") for line in lines] == [
-        "valid", None, None, None, None, None, "invalid", "unknown_type"
-    ]
+    assert [line.get("schema") for line in lines] == ["valid", None, None, None, None, None, "invalid", "unknown_type"]
     published = lines[0]
-    assert {"webhook_id", "event_id", "event_type", "topic", "partition", "offset", "outcome", "latency_ms"} <= set(published)
+    assert {"webhook_id", "event_id", "event_type", "topic", "partition", "offset", "outcome", "latency_ms"} <= set(
+        published
+    )
     everything = "\n".join(JsonFormatter().format(r) for r in records)
     for forbidden in (SECRET, SECRET[6:], "v1,", "not json", sample("role.created")["data"]["description"]):
         assert forbidden not in everything

@@ -112,7 +112,7 @@ async def test_dev_brings_up_kafka_and_the_bridge_and_ctrl_c_stops_both(bridge_p
     secret = re.search(r"Signing secret:\s+(whsec_\S+)", output).group(1)
     assert f"SCALEKIT_WEBHOOK_SECRET={secret} " in output
     kafka_port = int(re.search(r"Kafka:\s+127\.0\.0\.1:(\d+)", output).group(1))
-    with pytest.raises(OSError):
+    with pytest.raises(ConnectionRefusedError):
         socket.create_connection(("127.0.0.1", kafka_port), timeout=2).close()
 
 

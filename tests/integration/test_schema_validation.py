@@ -7,8 +7,8 @@ import logging
 import pytest
 
 from bridge.contract import Contract
-from bridge.envelope import rebuild_delivery
 from bridge.dev.samples import sample
+from bridge.envelope import rebuild_delivery
 
 pytestmark = pytest.mark.integration
 

@@ -8,7 +8,7 @@ import subprocess
 import sys
 import uuid
 from collections.abc import Iterator
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -101,7 +101,7 @@ async def test_backfill_reads_and_writes_through_sasl_ssl(secured_kafka, tmp_pat
     scalekit = FakeScalekit()
     scalekit.start()
     try:
-        for envelope in sample_events(3, start=datetime.now(timezone.utc) - timedelta(minutes=30)):
+        for envelope in sample_events(3, start=datetime.now(UTC) - timedelta(minutes=30)):
             scalekit.add(envelope)
         env = {
             **{k: v for k, v in os.environ.items() if not k.startswith(("SCALEKIT_", "BRIDGE_", "KAFKA_"))},

@@ -46,7 +46,9 @@ def test_a_verified_but_malformed_delivery_is_reported_in_the_dead_letter_topic(
     assert [event.get_id() for event in bridge.records("organization.directory.user_created")] == []
 
 
-@pytest.mark.skipif(not docker_engine_answers(), reason="no Docker engine answers here: the container test runs where one does")
+@pytest.mark.skipif(
+    not docker_engine_answers(), reason="no Docker engine answers here: the container test runs where one does"
+)
 def test_the_image_under_testcontainers_answers_and_publishes():  # pragma: no cover - needs Docker
     from testcontainers.core.network import Network
     from testcontainers.kafka import KafkaContainer
@@ -54,9 +56,12 @@ def test_the_image_under_testcontainers_answers_and_publishes():  # pragma: no c
     from bridge.testing.container import ScalekitBridgeContainer
 
     image = os.environ.get("SCALEKIT_BRIDGE_IMAGE", "scalekit-bridge:latest")
-    with Network() as network, KafkaContainer().with_kraft().with_network(network).with_network_aliases("kafka") as kafka:
-        with ScalekitBridgeContainer(image, kafka=kafka, network=network) as bridge:
-            event = scalekit_event("organization.created", organization_id="org_container")
-            delivered = bridge.send(event)
-            assert delivered.status == 201 and delivered.record is not None
-            assert [e.get_id() for e in bridge.records("organization.created")] == [event["id"]]
+    with (
+        Network() as network,
+        KafkaContainer().with_kraft().with_network(network).with_network_aliases("kafka") as kafka,
+        ScalekitBridgeContainer(image, kafka=kafka, network=network) as bridge,
+    ):
+        event = scalekit_event("organization.created", organization_id="org_container")
+        delivered = bridge.send(event)
+        assert delivered.status == 201 and delivered.record is not None
+        assert [e.get_id() for e in bridge.records("organization.created")] == [event["id"]]

@@ -10,11 +10,11 @@ import jsonschema_rs
 import pytest
 import yaml
 
-from bridge.dev.asyncapi import DEADLETTER, DEADLETTER_HEADERS, HEADERS, document, render
 from bridge.config import Settings
 from bridge.contract import Contract
-from bridge.envelope import Origin, Recovered, build_record, deadletter_message, partition_key
+from bridge.dev.asyncapi import DEADLETTER, DEADLETTER_HEADERS, HEADERS, document, render
 from bridge.dev.samples import sample, sample_types
+from bridge.envelope import Origin, Recovered, build_record, deadletter_message, partition_key
 from bridge.verify import VerifiedDelivery
 from tests import tools
 

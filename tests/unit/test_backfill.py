@@ -5,13 +5,14 @@ from __future__ import annotations
 import io
 import json
 import logging
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from scalekit.v1.events.events_pb2 import ScalekitEvent
 
 from bridge.backfill import Progress, Tally, parse_since, parse_time
 from bridge.config import BackfillSettings
+from bridge.dev.samples import sample
 from bridge.envelope import (
     BACKFILLED_AT_EXTENSION,
     WEBHOOK_ID_EXTENSION,
@@ -22,9 +23,8 @@ from bridge.envelope import (
 )
 from bridge.errors import ConfigError
 from bridge.eventsapi import EventQuery, envelope_of
-from bridge.dev.samples import sample
 
-NOW = datetime(2026, 11, 27, 12, 0, tzinfo=timezone.utc)
+NOW = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
 API_ENV = {
     "SCALEKIT_ENVIRONMENT_URL": "https://acme.scalekit.example",
     "SCALEKIT_CLIENT_ID": "skc_1",
@@ -42,8 +42,8 @@ API_ENV = {
         ("2h", NOW - timedelta(hours=2)),
         ("3d", NOW - timedelta(days=3)),
         ("1w", NOW - timedelta(weeks=1)),
-        ("2026-11-27T10:00:00Z", datetime(2026, 11, 27, 10, tzinfo=timezone.utc)),
-        ("2026-11-27T12:00:00+02:00", datetime(2026, 11, 27, 10, tzinfo=timezone.utc)),
+        ("2026-11-27T10:00:00Z", datetime(2026, 11, 27, 10, tzinfo=UTC)),
+        ("2026-11-27T12:00:00+02:00", datetime(2026, 11, 27, 10, tzinfo=UTC)),
     ],
 )
 def test_since_is_a_duration_back_from_now_or_an_rfc3339_time(text, expected):
@@ -52,7 +52,7 @@ def test_since_is_a_duration_back_from_now_or_an_rfc3339_time(text, expected):
 
 @pytest.mark.parametrize("text", ["yesterday", "2h30", "-2h", "2026-11-27T10:00:00", "2026-11-27"])
 def test_a_since_that_is_neither_or_has_no_zone_is_refused(text):
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"is neither an RFC 3339 time nor a duration|has no time zone"):
         parse_since(text, NOW)
 
 

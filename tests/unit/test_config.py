@@ -35,7 +35,9 @@ def documented_defaults() -> dict[str, str]:
     """The README's configuration table: each variable whose default is written as a literal."""
     documented: dict[str, str] = {}
     # "| `BRIDGE_PORT` | `8080` | ..." or "| `BRIDGE_HOST` / `BRIDGE_PORT` | `0.0.0.0` / `8080` | ...", units after.
-    for row in re.findall(r"^\| (`[A-Z_]+`(?: / `[A-Z_]+`)?) \| (`[^`|]*`(?: / `[^`|]*`)?)", README.read_text(), re.MULTILINE):
+    for row in re.findall(
+        r"^\| (`[A-Z_]+`(?: / `[A-Z_]+`)?) \| (`[^`|]*`(?: / `[^`|]*`)?)", README.read_text(), re.MULTILINE
+    ):
         names, defaults = (re.findall(r"`([^`]*)`", cell) for cell in row)
         documented.update(zip(names, defaults, strict=True))
     return documented
@@ -120,7 +122,10 @@ def test_several_secrets_separated_by_spaces_or_commas_are_all_kept():
         ({"BRIDGE_KEEPALIVE_TIMEOUT": "forever"}, "BRIDGE_KEEPALIVE_TIMEOUT"),
         ({"BRIDGE_SHUTDOWN_GRACE": "soon"}, "BRIDGE_SHUTDOWN_GRACE"),
         ({"BRIDGE_TOPIC_REPLICATION": "0"}, "BRIDGE_TOPIC_REPLICATION"),
-        ({"BRIDGE_TOPIC_REPLICATION": "2", "BRIDGE_TOPIC_MIN_INSYNC_REPLICAS": "3"}, "BRIDGE_TOPIC_MIN_INSYNC_REPLICAS"),
+        (
+            {"BRIDGE_TOPIC_REPLICATION": "2", "BRIDGE_TOPIC_MIN_INSYNC_REPLICAS": "3"},
+            "BRIDGE_TOPIC_MIN_INSYNC_REPLICAS",
+        ),
         ({"BRIDGE_WEBHOOK_PATH": "webhooks"}, "BRIDGE_WEBHOOK_PATH"),
         ({"BRIDGE_TOPIC_PREFIX": "scale kit"}, "BRIDGE_TOPIC_PREFIX"),
         ({"BRIDGE_DEADLETTER_TOPIC": "dead/letter"}, "BRIDGE_DEADLETTER_TOPIC"),
@@ -137,8 +142,14 @@ def test_several_secrets_separated_by_spaces_or_commas_are_all_kept():
         ({"KAFKA_SECURITY_PROTOCOL": "SASL_SSL"}, "KAFKA_SASL_MECHANISM"),
         ({"KAFKA_SECURITY_PROTOCOL": "SASL_SSL", "KAFKA_SASL_MECHANISM": "GSSAPI"}, "KAFKA_SASL_MECHANISM"),
         ({"KAFKA_SECURITY_PROTOCOL": "SASL_PLAINTEXT", "KAFKA_SASL_MECHANISM": "PLAIN"}, "KAFKA_SASL_USERNAME"),
-        ({"KAFKA_SECURITY_PROTOCOL": "SASL_SSL", "KAFKA_SASL_MECHANISM": "SCRAM-SHA-512",
-          "KAFKA_SASL_USERNAME": "u"}, "KAFKA_SASL_PASSWORD"),
+        (
+            {
+                "KAFKA_SECURITY_PROTOCOL": "SASL_SSL",
+                "KAFKA_SASL_MECHANISM": "SCRAM-SHA-512",
+                "KAFKA_SASL_USERNAME": "u",
+            },
+            "KAFKA_SASL_PASSWORD",
+        ),
         ({"KAFKA_SSL_CAFILE": "/nonexistent/ca.pem"}, "KAFKA_SSL_CAFILE"),
     ],
 )
@@ -155,14 +166,23 @@ def test_the_admin_listener_may_share_the_port_number_on_another_host():
 
 def test_sasl_settings_are_accepted_for_each_mechanism():
     for mechanism in ("PLAIN", "SCRAM-SHA-256", "scram-sha-512"):
-        kafka = settings(KAFKA_SECURITY_PROTOCOL="sasl_ssl", KAFKA_SASL_MECHANISM=mechanism,
-                         KAFKA_SASL_USERNAME="bridge", KAFKA_SASL_PASSWORD="hunter2").kafka
+        kafka = settings(
+            KAFKA_SECURITY_PROTOCOL="sasl_ssl",
+            KAFKA_SASL_MECHANISM=mechanism,
+            KAFKA_SASL_USERNAME="bridge",
+            KAFKA_SASL_PASSWORD="hunter2",
+        ).kafka
         assert (kafka.security_protocol, kafka.sasl_mechanism) == ("SASL_SSL", mechanism.upper())
 
 
 def test_secrets_never_show_in_repr_or_errors():
-    s = settings(SCALEKIT_WEBHOOK_SECRET=f"{SECRET},{OLD_SECRET}", KAFKA_SECURITY_PROTOCOL="SASL_SSL",
-                 KAFKA_SASL_MECHANISM="PLAIN", KAFKA_SASL_USERNAME="bridge", KAFKA_SASL_PASSWORD="hunter2")
+    s = settings(
+        SCALEKIT_WEBHOOK_SECRET=f"{SECRET},{OLD_SECRET}",
+        KAFKA_SECURITY_PROTOCOL="SASL_SSL",
+        KAFKA_SASL_MECHANISM="PLAIN",
+        KAFKA_SASL_USERNAME="bridge",
+        KAFKA_SASL_PASSWORD="hunter2",
+    )
     text = repr(s) + str(s)
     for secret in (SECRET, SECRET[6:], OLD_SECRET[6:], "hunter2"):
         assert secret not in text
@@ -175,7 +195,9 @@ def test_serve_refuses_to_start_naming_the_variable():
     result = subprocess.run(
         [sys.executable, "-m", "bridge", "serve"],
         env={"SCALEKIT_WEBHOOK_SECRET": SECRET, "BRIDGE_PORT": "eighty", "PATH": ""},
-        capture_output=True, text=True, timeout=60,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert result.returncode == 2
     assert "BRIDGE_PORT" in result.stderr and SECRET not in result.stderr

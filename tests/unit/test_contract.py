@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from bridge.contract import Contract, read_schemas
-from bridge.envelope import build_record
 from bridge.dev.samples import sample, sample_types
+from bridge.envelope import build_record
 from bridge.verify import VerifiedDelivery
 
 CONTRACT = Contract.load()

@@ -8,11 +8,11 @@ import random
 import pytest
 from cloudevents.core.bindings import kafka as ce_kafka
 from cloudevents.core.formats.json import JSONFormat
-from examples.directory_sync.store import DirectoryStore
 
-from bridge.envelope import build_record
 from bridge.dev.samples import sample
+from bridge.envelope import build_record
 from bridge.verify import VerifiedDelivery
+from examples.directory_sync.store import DirectoryStore
 from examples.directory_sync.story import expected_directory, provisioning_story
 
 ORG = "org_story"

@@ -8,6 +8,7 @@ import pytest
 from cloudevents.core.bindings import kafka as ce_kafka
 from cloudevents.core.formats.json import JSONFormat
 
+from bridge.dev.samples import sample, sample_types
 from bridge.envelope import (
     build_record,
     deadletter_message,
@@ -15,7 +16,6 @@ from bridge.envelope import (
     rebuild_delivery,
 )
 from bridge.errors import MalformedDelivery
-from bridge.dev.samples import sample, sample_types
 from bridge.verify import VerifiedDelivery
 
 # Where CATALOG.md says each family keeps its organization id.

@@ -1,4 +1,7 @@
-"""The HTTP surface: status codes, JSON error bodies and probes (publisher faked; delivery itself is proven in integration)."""
+"""The HTTP surface: status codes, JSON error bodies and probes.
+
+The publisher is faked here; delivery itself is proven against a real broker in tests/integration.
+"""
 
 from __future__ import annotations
 
@@ -9,10 +12,10 @@ import pytest
 
 from bridge.app import Bridge, create_admin_app, create_app
 from bridge.config import Settings
+from bridge.core import Ack
 from bridge.envelope import KafkaMessage
 from bridge.errors import PublishFailed
 from bridge.metrics import Metrics
-from bridge.core import Ack
 from tests.helpers import body_of, signed_headers
 
 SECRET = "whsec_" + base64.b64encode(b"h" * 32).decode()

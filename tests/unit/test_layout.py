@@ -6,13 +6,17 @@ The runtime modules are `bridge/*.py`; `bridge/dev/` and `bridge/testing/` are t
 from __future__ import annotations
 
 import ast
+import re
 import subprocess
 import sys
+import tomllib
+from importlib.metadata import packages_distributions
 from pathlib import Path
 
 import pytest
 
-PACKAGE = Path(__file__).resolve().parents[2] / "bridge"
+ROOT = Path(__file__).resolve().parents[2]
+PACKAGE = ROOT / "bridge"
 RUNTIME = sorted(path for path in PACKAGE.glob("*.py") if path.name != "__main__.py")
 
 
@@ -70,3 +74,22 @@ def test_serve_and_backfill_load_neither_dev_tools_nor_test_only_libraries():
     )
     loaded = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout.split()
     assert loaded == []
+
+
+def normalized(distribution: str) -> str:
+    return re.sub(r"[-_.]+", "-", distribution).lower()
+
+
+def test_the_runtime_dependencies_are_exactly_the_libraries_the_service_imports():
+    declared = {
+        normalized(re.split(r"[<>=!~;\[ ]", requirement)[0])
+        for requirement in tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    }
+    standard = sys.stdlib_module_names | {"bridge"}
+    third_party = {
+        name.split(".")[0] for path in RUNTIME for name in imported_modules(path) if name.split(".")[0] not in standard
+    }
+    distributions = packages_distributions()
+    provided_by = {module: {normalized(d) for d in distributions[module]} for module in third_party}
+    assert [module for module, providers in provided_by.items() if not providers & declared] == []
+    assert declared - set().union(*provided_by.values()) == set()

@@ -10,7 +10,6 @@ import json
 
 import pytest
 
-from bridge import metrics as m
 from bridge.core import Outcome
 from bridge.dev.samples import sample
 from bridge.envelope import KafkaMessage, Recovered
