@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: run test unit lint bench bench-backfill kafka asyncapi clean fuzz soak
+.PHONY: run test unit lint chart-docs bench bench-backfill kafka asyncapi clean fuzz soak
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -29,6 +29,10 @@ unit: $(VENV)/.installed
 lint: $(VENV)/.installed
 	$(BIN)/ruff check .
 	$(BIN)/mypy
+
+# deploy/helm/scalekit-bridge/README.md from values.yaml's comments, by the pinned helm-docs.
+chart-docs: $(VENV)/.installed
+	$(BIN)/python -m tests.tools chart-docs
 
 bench: $(VENV)/.installed
 	$(BIN)/python bench/run.py

@@ -1,6 +1,7 @@
 """Pinned outside tools the checks need, fetched once into the user cache (never into the repo).
 
-- `helm`: built with `go install` from the Go module proxy (checksums verified by Go).
+- `helm`, `helm-docs` and Prometheus's `promtool`: built with `go install` from the Go module proxy
+  (checksums verified by Go), each at its pinned version.
 - The official AsyncAPI JSON Schemas: the `@asyncapi/specs` package from the npm registry,
   checked against its pinned sha512 integrity.
 - Schemas of the custom resources the chart renders (Prometheus Operator, Strimzi): the
@@ -37,6 +38,15 @@ HELM_VERSION = "v3.22.0"
 # What helm's own release build stamps in (its Makefile derives 1.37 from client-go v0.37): without it
 # helm assumes Kubernetes 1.20, refuses charts needing newer, and lints for 1.20's deprecations.
 HELM_KUBE_MAJOR, HELM_KUBE_MINOR = "1", "37"
+HELM_DOCS_MODULE = "github.com/norwoodj/helm-docs/cmd/helm-docs"
+HELM_DOCS_VERSION = "v1.14.2"
+# How the chart's README is generated; `make chart-docs` and the test that it is current both use these.
+HELM_DOCS_ARGS = ("--skip-version-footer", "--sort-values-order", "file", "--log-level", "warning")
+PROMTOOL_MODULE = "github.com/prometheus/prometheus/cmd/promtool"
+# Prometheus 3's Go module is versioned v0.3xx.y; remove_all_sd leaves out the service-discovery
+# plugins promtool does not need here, which halves what a cold machine downloads and compiles.
+PROMTOOL_VERSION = "v0.316.0"
+PROMTOOL_TAGS = "remove_all_sd"
 ASYNCAPI_SPECS = "@asyncapi/specs@6.11.1"
 ASYNCAPI_SPECS_INTEGRITY = (
     "sha512-A3WBLqAKGoJ2+6FWFtpjBlCQ1oFCcs4GxF7zsIGvNqp/klGUHjlA3aAcZ9XMMpLGE8zPeYDz2x9FmO6DSuKraQ=="
@@ -102,6 +112,26 @@ def helm() -> Path:
     _once(home, binary, lambda: _run(
         [_program("go", "helm is built with Go"), "install", "-trimpath", "-ldflags", " ".join(stamps),
          f"{HELM_MODULE}@{HELM_VERSION}"],
+        env={**os.environ, "GOBIN": str(home)},
+    ))
+    return binary
+
+
+def helm_docs() -> Path:
+    """A helm-docs binary of the pinned version; raises ToolUnavailable."""
+    return _go_install("helm-docs", HELM_DOCS_MODULE, HELM_DOCS_VERSION)
+
+
+def promtool() -> Path:
+    """Prometheus's promtool of the pinned version; raises ToolUnavailable."""
+    return _go_install("promtool", PROMTOOL_MODULE, PROMTOOL_VERSION, "-tags", PROMTOOL_TAGS)
+
+
+def _go_install(name: str, module: str, version: str, *flags: str) -> Path:
+    home = cache_dir() / name / version
+    binary = home / name
+    _once(home, binary, lambda: _run(
+        [_program("go", f"{name} is built with Go"), "install", "-trimpath", *flags, f"{module}@{version}"],
         env={**os.environ, "GOBIN": str(home)},
     ))
     return binary
@@ -175,3 +205,28 @@ def _build_compose(go: str, plugin: Path) -> None:
         plugin.parent.mkdir(parents=True, exist_ok=True)
         version_flag = f"-X {COMPOSE_MODULE}/internal.Version={COMPOSE_VERSION}"
         _run([go, "build", "-trimpath", "-ldflags", version_flag, "-o", str(plugin), "./cmd"], cwd=work)
+
+
+CHART = Path(__file__).resolve().parents[1] / "deploy" / "helm" / "scalekit-bridge"
+
+
+def main() -> None:
+    """`python -m tests.tools NAME`: print where the pinned tool is, building it first if need be.
+
+    `python -m tests.tools chart-docs` regenerates the chart's README with it (`make chart-docs`).
+    """
+    import sys
+
+    tools = {"helm": helm, "helm-docs": helm_docs, "promtool": promtool}
+    (name,) = sys.argv[1:]
+    try:
+        if name == "chart-docs":
+            subprocess.run([str(helm_docs()), *HELM_DOCS_ARGS], cwd=CHART, check=True)
+        else:
+            print(tools[name]())
+    except ToolUnavailable as exc:
+        sys.exit(f"{name}: {exc}")
+
+
+if __name__ == "__main__":
+    main()

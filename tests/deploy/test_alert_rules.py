@@ -1,0 +1,133 @@
+"""The alert rules and the dashboard, checked by Prometheus's own promtool (built pinned; see tests/tools.py).
+
+`promtool test rules` runs deploy/prometheus/scalekit-bridge-rules.test.yaml: every alert fires on the
+series that should fire it and stays silent on look-alikes. `promtool check rules` is the PromQL check for
+the rules and for every dashboard query.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tests import tools
+
+PROMETHEUS = Path(__file__).resolve().parents[2] / "deploy" / "prometheus"
+RULES = PROMETHEUS / "scalekit-bridge-rules.yaml"
+RULE_TESTS = PROMETHEUS / "scalekit-bridge-rules.test.yaml"
+DASHBOARD = PROMETHEUS.parent / "grafana" / "scalekit-bridge-dashboard.json"
+LABEL = re.compile(r"\{\{\s*\$labels\.(\w+)\s*\}\}")
+
+
+@pytest.fixture(scope="module")
+def promtool() -> Path:
+    return tools.required(tools.promtool)
+
+
+def alerts() -> dict[str, dict[str, Any]]:
+    groups = yaml.safe_load(RULES.read_text())["groups"]
+    return {rule["alert"]: rule for group in groups for rule in group["rules"]}
+
+
+def seconds(duration: str) -> int:
+    number, unit = int(duration[:-1]), duration[-1]
+    return number * {"s": 1, "m": 60, "h": 3600}[unit]
+
+
+def with_annotations(cases: dict[str, Any]) -> dict[str, Any]:
+    """The rule tests, each expected alert given its rule's annotations as Prometheus renders them."""
+    rules = alerts()
+    for test in cases["tests"]:
+        for check in test["alert_rule_test"]:
+            annotations = rules[check["alertname"]]["annotations"]
+            for expected in check["exp_alerts"]:
+                labels = expected["exp_labels"]
+                expected["exp_annotations"] = {
+                    name: LABEL.sub(lambda m, labels=labels: str(labels[m.group(1)]), text)
+                    for name, text in annotations.items()
+                }
+    return cases
+
+
+def run_rule_tests(promtool: Path, cases: dict[str, Any], workdir: Path) -> subprocess.CompletedProcess[str]:
+    (workdir / RULES.name).write_text(RULES.read_text())
+    test_file = workdir / RULE_TESTS.name
+    test_file.write_text(yaml.safe_dump(cases, sort_keys=False))
+    return subprocess.run(
+        [str(promtool), "test", "rules", str(test_file)], capture_output=True, text=True, timeout=120, check=False
+    )
+
+
+def checks(cases: dict[str, Any]) -> list[dict[str, Any]]:
+    return [check for test in cases["tests"] for check in test["alert_rule_test"]]
+
+
+def test_every_alert_has_a_case_that_fires_it_and_one_it_must_stay_silent_through():
+    cases = yaml.safe_load(RULE_TESTS.read_text())
+    for name, rule in alerts().items():
+        mine = [check for check in checks(cases) if check["alertname"] == name]
+        assert any(check["exp_alerts"] for check in mine), f"nothing fires {name}"
+        waited = seconds(rule.get("for", "0s"))
+        # Silent after its `for` has passed, so the silence is the expression's, not the wait's.
+        assert any(not check["exp_alerts"] and seconds(check["eval_time"]) > waited for check in mine), (
+            f"no case shows {name} staying silent"
+        )
+
+
+def test_each_alert_fires_exactly_where_the_rule_tests_say(promtool, tmp_path):
+    done = run_rule_tests(promtool, with_annotations(yaml.safe_load(RULE_TESTS.read_text())), tmp_path)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "SUCCESS" in done.stdout
+
+
+def test_the_rule_tests_fail_when_an_expectation_is_wrong(promtool, tmp_path):
+    cases = with_annotations(yaml.safe_load(RULE_TESTS.read_text()))
+    firing = next(check for check in checks(cases) if check["exp_alerts"])
+    firing["exp_alerts"] = []
+    done = run_rule_tests(promtool, cases, tmp_path)
+    assert done.returncode != 0
+    assert firing["alertname"] in done.stdout + done.stderr
+
+
+def check_rules(promtool: Path, expressions: list[str], workdir: Path) -> subprocess.CompletedProcess[str]:
+    """`promtool check rules` over `expressions`, each as a recording rule."""
+    rules = {"groups": [{"name": "queries", "rules": [
+        {"record": f"query:{n}", "expr": expression} for n, expression in enumerate(expressions)
+    ]}]}
+    path = workdir / "queries.yaml"
+    path.write_text(yaml.safe_dump(rules))
+    return subprocess.run(
+        [str(promtool), "check", "rules", str(path)], capture_output=True, text=True, timeout=60, check=False
+    )
+
+
+def dashboard_queries() -> list[str]:
+    panels = json.loads(DASHBOARD.read_text())["panels"]
+    return [target["expr"] for panel in panels for target in panel["targets"]]
+
+
+def test_promtool_accepts_the_rule_file(promtool):
+    done = subprocess.run(
+        [str(promtool), "check", "rules", str(RULES)], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert f"SUCCESS: {len(alerts())} rules found" in done.stdout
+
+
+def test_every_dashboard_query_is_valid_promql(promtool, tmp_path):
+    queries = dashboard_queries()
+    assert queries
+    done = check_rules(promtool, queries, tmp_path)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_the_promql_check_refuses_a_broken_query(promtool, tmp_path):
+    done = check_rules(promtool, ["sum(rate(scalekit_bridge_deliveries_total[5m])"], tmp_path)
+    assert done.returncode != 0
+    assert "unclosed left parenthesis" in done.stdout + done.stderr
