@@ -1,4 +1,4 @@
-"""Command line: `serve` (production), `backfill` (recover events), `dev` (with a local Kafka), `send-test`."""
+"""Command line: `serve` (production), `backfill` (recover events); `dev`, `send-test` and `tail` for local use."""
 
 from __future__ import annotations
 
@@ -47,6 +47,16 @@ def main(argv: Sequence[str] | None = None) -> None:
     send = commands.add_parser("send-test", help="sign a sample delivery with SCALEKIT_WEBHOOK_SECRET and POST it")
     send.add_argument("--type", required=True, dest="event_type", help="a documented Scalekit event type")
     send.add_argument("--url", help="webhook URL (default: this machine's BRIDGE_PORT and BRIDGE_WEBHOOK_PATH)")
+    follow = commands.add_parser(
+        "tail",
+        help="follow the bridge's topics and print each event on one line as it lands",
+        description="Follow the topics under BRIDGE_TOPIC_PREFIX (and the dead-letter topic) on "
+        "KAFKA_BOOTSTRAP_SERVERS; one line per event: time, type, key, id, a short data summary.",
+    )
+    follow.add_argument("--type", default="*", dest="type_pattern", metavar="PATTERN",
+                        help="only event types matching this pattern, e.g. 'organization.directory.*' (default: all)")
+    follow.add_argument("--from-beginning", action="store_true", help="print what the topics already hold first")
+    follow.add_argument("--count", type=int, help="exit after printing this many events")
     args = parser.parse_args(argv)
 
     if args.command == "serve":
@@ -55,6 +65,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         sys.exit(_backfill(parser, args))
     if args.command == "dev":
         sys.exit(_dev())
+    if args.command == "tail":
+        sys.exit(_tail(args.type_pattern, args.from_beginning, args.count))
     sys.exit(_send_test(args.event_type, args.url))
 
 
@@ -140,6 +152,9 @@ def _dev() -> int:
                         f"{_this_command()} send-test --type organization.directory.user_created --url {url}"
                     ),
                     "",
+                    "  Watch events land in Kafka, one line each (another terminal):",
+                    f"    KAFKA_BOOTSTRAP_SERVERS={env['KAFKA_BOOTSTRAP_SERVERS']} {_this_command()} tail",
+                    "",
                     "  Ctrl-C stops the bridge, then Kafka.",
                     "",
                 ]
@@ -156,6 +171,24 @@ def _dev() -> int:
         if kafka is not None:
             print("Stopping the local Kafka...", flush=True)
             kafka.stop()
+
+
+def _tail(type_pattern: str, from_beginning: bool, count: int | None) -> int:
+    from bridge.config import KafkaSettings, topic_names_from_env
+    from bridge.dev.tail import Tail, follow
+
+    try:
+        kafka = KafkaSettings.from_env()
+        prefix, deadletter_topic = topic_names_from_env()
+    except ConfigError as exc:
+        print(f"scalekit-bridge: configuration error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    tail = Tail(kafka, prefix, deadletter_topic, type_pattern, from_beginning)
+    try:
+        asyncio.run(follow(tail, sys.stdout, count=count))
+    except KeyboardInterrupt:
+        return 130
+    return 0
 
 
 def _this_command() -> str:

@@ -64,6 +64,11 @@ class KafkaSettings:
     # None: one fewer than the replication factor, at least 1 and at most 2.
     topic_min_insync_replicas: int | None = None
 
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> KafkaSettings:
+        """Only the Kafka connection settings (for tools that read the topics); raises ConfigError."""
+        return _kafka_settings(_Reader(os.environ if env is None else env))
+
     def replication_for(self, brokers: int) -> tuple[int, int, str | None]:
         """Replication factor and min.insync.replicas for a new topic on a cluster of `brokers`.
 
@@ -196,6 +201,16 @@ def _record_shaping(reader: _Reader) -> _RecordShaping:
     }
     _check_topics(shared["topic_prefix"], shared["deadletter_topic"])
     return shared
+
+
+def topic_names_from_env(env: Mapping[str, str] | None = None) -> tuple[str, str]:
+    """BRIDGE_TOPIC_PREFIX and BRIDGE_DEADLETTER_TOPIC, checked (for tools that read the topics)."""
+    reader = _Reader(os.environ if env is None else env)
+    d = _defaults(Settings)
+    prefix = reader.text("BRIDGE_TOPIC_PREFIX", d["topic_prefix"])
+    deadletter_topic = reader.text("BRIDGE_DEADLETTER_TOPIC", d["deadletter_topic"])
+    _check_topics(prefix, deadletter_topic)
+    return prefix, deadletter_topic
 
 
 @dataclass(frozen=True)

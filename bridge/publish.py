@@ -46,6 +46,7 @@ log = logging.getLogger(__name__)
 # Headroom over the body limit for CloudEvents headers, key and batch framing.
 _RECORD_OVERHEAD_BYTES = 64 * 1024
 _PROBE_INTERVAL_SECONDS = 2.0
+_LEADER_WAIT_SECONDS = 5.0
 _CONNECT_BACKOFF_SECONDS = (0.5, 10.0)  # first wait between attempts, and the most it grows to
 _MAX_MESSAGE_BYTES = "max.message.bytes"
 _SASL_AUTHENTICATION_FAILED = 58
@@ -98,7 +99,7 @@ class KafkaPublisher:
 
     async def start(self) -> None:
         """Connect; raises PublishFailed when the brokers cannot be reached (call again to retry)."""
-        common = _connection_options(self._settings)
+        common = connection_options(self._settings)
         request_timeout_ms = int(self._timeout * 1000)
         self._producer = AIOKafkaProducer(
             acks="all",
@@ -285,8 +286,41 @@ class KafkaPublisher:
                 return False
             if code:
                 raise error(f"creating topic {topic}")
+        await self._leaders_elected(topic)
         log.info("topic created", extra={"topic": topic, "replication": replication, "min_insync": min_insync})
         return True
+
+    async def _leaders_elected(self, topic: str) -> None:
+        """Wait (a few seconds at most) until every partition of a new topic has a leader that serves it.
+
+        Sent earlier, the first records meet NotLeaderForPartition and the producer retries them with a
+        warning. The metadata names a leader before that broker acts as one, so the wait ends with a
+        request only a serving leader answers (the end offsets, which needs no more than Describe on the
+        topic). Past the wait the producer's own retries still cover.
+        """
+        assert self._admin is not None
+        probe = AIOKafkaConsumer(
+            group_id=None, enable_auto_commit=False, client_id="scalekit-bridge-admin",
+            **connection_options(self._settings),
+        )
+        started = False
+        try:
+            async with asyncio.timeout(_LEADER_WAIT_SECONDS):
+                while True:
+                    (described,) = await self._admin.describe_topics([topic])
+                    partitions = described["partitions"]
+                    if not described["error_code"] and partitions and all(p["leader"] >= 0 for p in partitions):
+                        break
+                    await asyncio.sleep(0.05)
+                started = True
+                await probe.start()
+                await probe.end_offsets([TopicPartition(topic, p["partition"]) for p in partitions])
+        except (TimeoutError, KafkaError):
+            log.info("a new topic's leaders are not all serving yet; sending anyway", extra={"topic": topic})
+        finally:
+            if started:
+                with contextlib.suppress(Exception):  # closing must finish even when the broker is gone
+                    await probe.stop()
 
     async def _configured_limit(self, topic: str) -> int:
         """The topic's own max.message.bytes; RecordRejected when the broker says it does not exist."""
@@ -357,7 +391,7 @@ async def event_ids_since(
     (nothing is committed, no group ACL needed); topics that do not exist hold nothing.
     Raises PublishFailed when Kafka cannot be reached or stops answering for `timeout`.
     """
-    common = _connection_options(settings)
+    common = connection_options(settings)
     request_timeout_ms = int(timeout * 1000)
     consumer = AIOKafkaConsumer(
         group_id=None,
@@ -445,7 +479,8 @@ def _ack(metadata: Any) -> Ack:
     return Ack(topic=metadata.topic, partition=metadata.partition, offset=metadata.offset)
 
 
-def _connection_options(settings: KafkaSettings) -> dict[str, Any]:
+def connection_options(settings: KafkaSettings) -> dict[str, Any]:
+    """aiokafka's connection arguments for `settings`: servers, TLS context, SASL credentials."""
     options: dict[str, Any] = {
         "bootstrap_servers": settings.bootstrap_servers,
         "security_protocol": settings.security_protocol,

@@ -196,3 +196,13 @@ async def test_readiness_is_up_while_kafka_answers(start_bridge):
     running = await start_bridge()
     response = await running.admin.get("/readyz")
     assert response.status == 200 and (await response.json())["kafka"] == "reachable"
+
+
+async def test_the_first_delivery_to_a_new_topic_waits_for_its_leaders_and_logs_no_retries(start_bridge, caplog):
+    running = await start_bridge(BRIDGE_TOPIC_PARTITIONS="6")
+    with caplog.at_level(logging.INFO):
+        for event_type in ("role.created", "role.updated", "organization.created"):
+            assert (await running.deliver(sample(event_type)))[0] == 201
+
+    complaints = [r for r in caplog.records if r.name.startswith("aiokafka") and r.levelno >= logging.WARNING]
+    assert complaints == [], [r.getMessage() for r in complaints]

@@ -9,6 +9,7 @@ from cloudevents.core.bindings import kafka as ce_kafka
 from cloudevents.core.formats.json import JSONFormat
 
 from bridge.dev.samples import sample, sample_types
+from bridge.dev.tail import describe
 from bridge.envelope import (
     build_record,
     deadletter_message,
@@ -161,3 +162,15 @@ def test_key_lookup_falls_through_to_the_environment():
     assert partition_key({"environment_id": "env_1", "data": {"organization": "Acme Corp"}}) == "env_1"
     assert partition_key({"organization_id": "", "data": {"organization_id": "org_2"}}) == "org_2"
     assert partition_key({"data": None}) is None
+
+
+@pytest.mark.parametrize("mode", ["binary", "structured"])
+def test_tail_describes_a_record_on_one_line_with_time_type_key_id_and_data(mode):
+    envelope = sample("organization.directory.user_created")
+    message = build_record(delivery(envelope), topic_prefix="scalekit.", mode=mode).message
+
+    line = describe(message.topic, "scalekit.deadletter", 0, message.key, message.headers, message.value)
+
+    assert line.startswith(f"{envelope['occurred_at']}  organization.directory.user_created  ")
+    assert f"  key={envelope['organization_id']}  id={envelope['id']}  {{" in line
+    assert "\n" not in line and len(line) < 260
