@@ -53,6 +53,19 @@ class RunningBridge:
 BridgeFactory = Callable[..., Awaitable[RunningBridge]]
 
 
+def settings_for(kafka_bootstrap: str, prefix: str, **env: str) -> Settings:
+    """Settings for a bridge on the session broker whose topics are `<prefix><type>`; env overrides."""
+    return Settings.from_env(
+        {
+            "SCALEKIT_WEBHOOK_SECRET": SECRET,
+            "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap,
+            "BRIDGE_TOPIC_PREFIX": prefix,
+            "BRIDGE_DEADLETTER_TOPIC": f"{prefix}deadletter",
+            **env,
+        }
+    )
+
+
 @pytest.fixture
 async def start_bridge(kafka_bootstrap, unique, aiohttp_client) -> AsyncIterator[BridgeFactory]:
     """Start a bridge whose topics are `t<unique>.<type>`; env overrides the defaults."""
@@ -60,15 +73,7 @@ async def start_bridge(kafka_bootstrap, unique, aiohttp_client) -> AsyncIterator
 
         async def start(**env: str) -> RunningBridge:
             prefix = f"t{unique}."
-            settings = Settings.from_env(
-                {
-                    "SCALEKIT_WEBHOOK_SECRET": SECRET,
-                    "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap,
-                    "BRIDGE_TOPIC_PREFIX": prefix,
-                    "BRIDGE_DEADLETTER_TOPIC": f"{prefix}deadletter",
-                    **env,
-                }
-            )
+            settings = settings_for(kafka_bootstrap, prefix, **env)
             bridge = await parts.enter_async_context(running(settings, metrics=Metrics(), connect_within=30))
             return RunningBridge(
                 bridge, await aiohttp_client(create_app(bridge)), await aiohttp_client(create_admin_app(bridge)), prefix
@@ -105,19 +110,13 @@ async def listening_bridge(kafka_bootstrap, unique) -> AsyncIterator[ListeningFa
 
         async def start(**env: str) -> ListeningBridge:
             prefix = f"h{unique}."
-            settings = Settings.from_env(
-                {
-                    "SCALEKIT_WEBHOOK_SECRET": SECRET,
-                    "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap,
-                    "BRIDGE_HOST": "127.0.0.1",
-                    "BRIDGE_ADMIN_HOST": "127.0.0.1",
-                    "BRIDGE_PORT": str(free_port()),
-                    "BRIDGE_ADMIN_PORT": str(free_port()),
-                    "BRIDGE_TOPIC_PREFIX": prefix,
-                    "BRIDGE_DEADLETTER_TOPIC": f"{prefix}deadletter",
-                    **env,
-                }
-            )
+            loopback = {
+                "BRIDGE_HOST": "127.0.0.1",
+                "BRIDGE_ADMIN_HOST": "127.0.0.1",
+                "BRIDGE_PORT": str(free_port()),
+                "BRIDGE_ADMIN_PORT": str(free_port()),
+            }
+            settings = settings_for(kafka_bootstrap, prefix, **(loopback | env))
             bridge = await parts.enter_async_context(
                 running(settings, metrics=Metrics(process_metrics=False), connect_within=30)
             )
