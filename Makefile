@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: run test unit lint chart-docs bench bench-backfill kafka asyncapi clean fuzz soak
+.PHONY: run test unit lint chart-docs bench bench-cpu bench-backfill kafka asyncapi clean fuzz soak
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -34,7 +34,17 @@ lint: $(VENV)/.installed
 chart-docs: $(VENV)/.installed
 	$(BIN)/python -m tests.tools chart-docs
 
-bench: $(VENV)/.installed
+# The peers' packages (Flask, gunicorn, confluent-kafka) only where the benchmark runs.
+$(VENV)/.bench-installed: $(VENV)/.installed
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[test,lint,bench]'
+	touch $@
+
+# Open loop, side by side: the bridge, the ceiling forwarder and the seed-guide handler on one Kafka.
+bench: $(VENV)/.bench-installed
+	$(BIN)/python bench/openloop.py
+
+# The CPU micro-benchmarks and the closed-loop end-to-end figures.
+bench-cpu: $(VENV)/.installed
 	$(BIN)/python bench/run.py
 
 # Two backfill runs over 5,000 events from a local Scalekit: everything missing, then nothing.

@@ -1,7 +1,7 @@
 """Pinned outside tools the checks need, fetched once into the user cache (never into the repo).
 
-- `helm`, `helm-docs` and Prometheus's `promtool`: built with `go install` from the Go module proxy
-  (checksums verified by Go), each at its pinned version.
+- `helm`, `helm-docs`, Prometheus's `promtool` and `vegeta` (for `make bench`): built with `go install`
+  from the Go module proxy (checksums verified by Go), each at its pinned version.
 - The official AsyncAPI JSON Schemas: the `@asyncapi/specs` package from the npm registry,
   checked against its pinned sha512 integrity.
 - Schemas of the custom resources the chart renders (Prometheus Operator, Strimzi): the
@@ -42,6 +42,8 @@ HELM_DOCS_MODULE = "github.com/norwoodj/helm-docs/cmd/helm-docs"
 HELM_DOCS_VERSION = "v1.14.2"
 # How the chart's README is generated; `make chart-docs` and the test that it is current both use these.
 HELM_DOCS_ARGS = ("--skip-version-footer", "--sort-values-order", "file", "--log-level", "warning")
+VEGETA_MODULE = "github.com/tsenart/vegeta/v12"
+VEGETA_VERSION = "v12.13.0"
 PROMTOOL_MODULE = "github.com/prometheus/prometheus/cmd/promtool"
 # Prometheus 3's Go module is versioned v0.3xx.y; remove_all_sd leaves out the service-discovery
 # plugins promtool does not need here, which halves what a cold machine downloads and compiles.
@@ -125,6 +127,11 @@ def helm_docs() -> Path:
 def promtool() -> Path:
     """Prometheus's promtool of the pinned version; raises ToolUnavailable."""
     return _go_install("promtool", PROMTOOL_MODULE, PROMTOOL_VERSION, "-tags", PROMTOOL_TAGS)
+
+
+def vegeta() -> Path:
+    """The vegeta load generator of the pinned version (open loop, constant rate); raises ToolUnavailable."""
+    return _go_install("vegeta", VEGETA_MODULE, VEGETA_VERSION)
 
 
 def _go_install(name: str, module: str, version: str, *flags: str) -> Path:
@@ -217,7 +224,7 @@ def main() -> None:
     """
     import sys
 
-    tools = {"helm": helm, "helm-docs": helm_docs, "promtool": promtool}
+    tools = {"helm": helm, "helm-docs": helm_docs, "promtool": promtool, "vegeta": vegeta}
     (name,) = sys.argv[1:]
     try:
         if name == "chart-docs":

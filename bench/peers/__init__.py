@@ -1,0 +1,1 @@
+"""The servers `bench/openloop.py` measures the bridge against, on the same Kafka and workload."""
