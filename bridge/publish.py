@@ -296,7 +296,8 @@ class KafkaPublisher:
         Sent earlier, the first records meet NotLeaderForPartition and the producer retries them with a
         warning. The metadata names a leader before that broker acts as one, so the wait ends with a
         request only a serving leader answers (the end offsets, which needs no more than Describe on the
-        topic). Past the wait the producer's own retries still cover.
+        topic). Past the wait the producer's own retries still cover. The wait takes at most half the
+        publish timeout, so the first delivery keeps the other half for its own write.
         """
         assert self._admin is not None
         probe = AIOKafkaConsumer(
@@ -305,7 +306,7 @@ class KafkaPublisher:
         )
         started = False
         try:
-            async with asyncio.timeout(_LEADER_WAIT_SECONDS):
+            async with asyncio.timeout(min(_LEADER_WAIT_SECONDS, self._timeout / 2)):
                 while True:
                     (described,) = await self._admin.describe_topics([topic])
                     partitions = described["partitions"]
