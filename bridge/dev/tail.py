@@ -61,8 +61,18 @@ def describe(topic: str, deadletter_topic: str, timestamp_ms: int, key: bytes | 
     return f"{when}  {envelope['type']}  key={key_text}  id={envelope['id']}  {summary}".rstrip()
 
 
-async def follow(tail: Tail, out: TextIO, *, count: int | None = None, stop: asyncio.Event | None = None) -> int:
-    """Print records as they land until `count` were printed or `stop` is set; returns how many."""
+async def follow(
+    tail: Tail,
+    out: TextIO,
+    *,
+    count: int | None = None,
+    stop: asyncio.Event | None = None,
+    following: asyncio.Event | None = None,
+) -> int:
+    """Print records as they land until `count` were printed or `stop` is set; returns how many.
+
+    `following` is set once tail is connected and positioned: what lands after that is printed.
+    """
     options = connection_options(tail.kafka)
     consumer = AIOKafkaConsumer(group_id=None, enable_auto_commit=False, client_id="scalekit-bridge-tail", **options)
     admin = AIOKafkaAdminClient(client_id="scalekit-bridge-tail", **options)
@@ -78,6 +88,8 @@ async def follow(tail: Tail, out: TextIO, *, count: int | None = None, stop: asy
             if loop.time() >= next_discovery:
                 assigned = await _assign_new(consumer, admin, tail, assigned, started_ms)
                 next_discovery = loop.time() + _DISCOVERY_SECONDS
+                if following is not None:
+                    following.set()
             if not assigned:
                 await asyncio.sleep(0.2)
                 continue

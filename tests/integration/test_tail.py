@@ -26,8 +26,9 @@ async def test_tail_prints_each_event_that_lands_after_it_started_even_on_a_new_
     assert (await running.deliver(before))[0] == 201
 
     out = io.StringIO()
-    following = asyncio.create_task(follow(tail_of(running, kafka_bootstrap), out, count=2))
-    await asyncio.sleep(1.0)  # tail is up and has seen the role.created topic
+    ready = asyncio.Event()
+    following = asyncio.create_task(follow(tail_of(running, kafka_bootstrap), out, count=2, following=ready))
+    await asyncio.wait_for(ready.wait(), 30)
     assert (await running.deliver(sample("role.created") | {"id": "evt_after"}))[0] == 201
     # The first event of its type: its topic is created now, after tail started.
     created = sample("organization.directory.user_created")
