@@ -11,7 +11,7 @@ import os
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import MISSING, dataclass, field, fields
-from typing import Any, Literal, TypedDict, TypeVar
+from typing import Any, Literal, TypeVar
 from urllib.parse import urlsplit
 
 from bridge.envelope import CLOUDEVENTS_MODES, MAX_TOPIC_LENGTH, CloudEventsMode
@@ -93,9 +93,30 @@ class KafkaSettings:
         return replication, min_insync, warning
 
 
-@dataclass(frozen=True)
-class Settings:
-    """Everything `serve` runs on. Field defaults are the documented defaults; `from_env` reads them here."""
+@dataclass(frozen=True, kw_only=True)
+class RecordShaping:
+    """The settings `serve` and `backfill` share: what a record looks like and where it goes.
+
+    Field defaults here and in `Settings` are the documented defaults; `from_env` reads them here.
+    """
+
+    topic_prefix: str = "scalekit."
+    deadletter_topic: str = "scalekit.deadletter"
+    publish_timeout: float = 8.0
+    # Scalekit's largest documented delivery is about 1.5 KB; 256 KiB leaves two orders of
+    # magnitude for big directory users and groups while keeping the worst case small.
+    max_body_bytes: int = 262_144
+    # Also backfill's margin before its window's start when looking for records already in Kafka.
+    timestamp_tolerance: int = 300
+    cloudevents_mode: CloudEventsMode = "binary"
+    schema_validation: SchemaValidation = "warn"
+    log_level: str = "INFO"
+    log_format: LogFormat = "json"
+
+
+@dataclass(frozen=True, kw_only=True)
+class Settings(RecordShaping):
+    """Everything `serve` runs on: the shared record settings, the webhook secrets and the listeners."""
 
     signing_keys: tuple[SigningKey, ...]
     kafka: KafkaSettings
@@ -104,12 +125,6 @@ class Settings:
     admin_host: str = "0.0.0.0"  # noqa: S104 - probes come from the kubelet, off-pod
     admin_port: int = 8081
     webhook_path: str = "/webhooks/scalekit"
-    topic_prefix: str = "scalekit."
-    deadletter_topic: str = "scalekit.deadletter"
-    publish_timeout: float = 8.0
-    # Scalekit's largest documented delivery is about 1.5 KB; 256 KiB leaves two orders of
-    # magnitude for big directory users and groups while keeping the worst case small.
-    max_body_bytes: int = 262_144
     # Public-port limits (see the README's "Limits on the public port").
     max_inflight: int = 64
     max_connections: int = 512
@@ -117,15 +132,10 @@ class Settings:
     body_timeout: float = 10.0
     # Longer than the usual load balancer's 60 s idle timeout, so the balancer closes first.
     keepalive_timeout: float = 75.0
-    timestamp_tolerance: int = 300
-    cloudevents_mode: CloudEventsMode = "binary"
-    schema_validation: SchemaValidation = "warn"
     redelivery_cache_size: int = 100_000
     redelivery_cache_ttl: float = 1800.0
     # None: publish timeout + 5 s, room for every in-flight publish to reach its own deadline.
     shutdown_grace: float | None = None
-    log_level: str = "INFO"
-    log_format: LogFormat = "json"
 
     @property
     def drain_seconds(self) -> float:
@@ -165,52 +175,37 @@ class Settings:
         return settings
 
 
-class _RecordShaping(TypedDict):
-    """The settings `serve` and `backfill` share: what a record looks like and where it goes."""
-
-    topic_prefix: str
-    deadletter_topic: str
-    publish_timeout: float
-    max_body_bytes: int
-    timestamp_tolerance: int
-    cloudevents_mode: CloudEventsMode
-    schema_validation: SchemaValidation
-    log_level: str
-    log_format: LogFormat
-
-
-def _record_shaping(reader: _Reader) -> _RecordShaping:
-    """Read the settings `serve` and `backfill` share (their defaults are `Settings`' field defaults)."""
-    d = _defaults(Settings)
-    shared: _RecordShaping = {
-        "topic_prefix": reader.text("BRIDGE_TOPIC_PREFIX", d["topic_prefix"]),
-        "deadletter_topic": reader.text("BRIDGE_DEADLETTER_TOPIC", d["deadletter_topic"]),
-        "publish_timeout": reader.number(
-            "BRIDGE_PUBLISH_TIMEOUT", d["publish_timeout"], float, low=0.1, high=60.0
-        ),
-        "max_body_bytes": reader.number("BRIDGE_MAX_BODY_BYTES", d["max_body_bytes"], int, low=1024, high=16 << 20),
-        "timestamp_tolerance": reader.number(
+def _record_shaping(reader: _Reader) -> dict[str, Any]:
+    """Read the settings `serve` and `backfill` share, as keyword arguments for either's constructor."""
+    d = _defaults(RecordShaping)
+    prefix, deadletter_topic = _topic_names(reader)
+    shared = RecordShaping(
+        topic_prefix=prefix,
+        deadletter_topic=deadletter_topic,
+        publish_timeout=reader.number("BRIDGE_PUBLISH_TIMEOUT", d["publish_timeout"], float, low=0.1, high=60.0),
+        max_body_bytes=reader.number("BRIDGE_MAX_BODY_BYTES", d["max_body_bytes"], int, low=1024, high=16 << 20),
+        timestamp_tolerance=reader.number(
             "BRIDGE_TIMESTAMP_TOLERANCE", d["timestamp_tolerance"], int, low=1, high=3600
         ),
-        "cloudevents_mode": reader.choice("BRIDGE_CLOUDEVENTS_MODE", d["cloudevents_mode"], CLOUDEVENTS_MODES),
-        "schema_validation": reader.choice(
-            "BRIDGE_SCHEMA_VALIDATION", d["schema_validation"], SCHEMA_VALIDATION_MODES
-        ),
-        "log_level": reader.choice("BRIDGE_LOG_LEVEL", d["log_level"], LOG_LEVELS, fold=str.upper),
-        "log_format": reader.choice("BRIDGE_LOG_FORMAT", d["log_format"], LOG_FORMATS),
-    }
-    _check_topics(shared["topic_prefix"], shared["deadletter_topic"])
-    return shared
+        cloudevents_mode=reader.choice("BRIDGE_CLOUDEVENTS_MODE", d["cloudevents_mode"], CLOUDEVENTS_MODES),
+        schema_validation=reader.choice("BRIDGE_SCHEMA_VALIDATION", d["schema_validation"], SCHEMA_VALIDATION_MODES),
+        log_level=reader.choice("BRIDGE_LOG_LEVEL", d["log_level"], LOG_LEVELS, fold=str.upper),
+        log_format=reader.choice("BRIDGE_LOG_FORMAT", d["log_format"], LOG_FORMATS),
+    )
+    return {f.name: getattr(shared, f.name) for f in fields(RecordShaping)}
 
 
-def topic_names_from_env(env: Mapping[str, str] | None = None) -> tuple[str, str]:
-    """BRIDGE_TOPIC_PREFIX and BRIDGE_DEADLETTER_TOPIC, checked (for tools that read the topics)."""
-    reader = _Reader(os.environ if env is None else env)
-    d = _defaults(Settings)
+def _topic_names(reader: _Reader) -> tuple[str, str]:
+    d = _defaults(RecordShaping)
     prefix = reader.text("BRIDGE_TOPIC_PREFIX", d["topic_prefix"])
     deadletter_topic = reader.text("BRIDGE_DEADLETTER_TOPIC", d["deadletter_topic"])
     _check_topics(prefix, deadletter_topic)
     return prefix, deadletter_topic
+
+
+def topic_names_from_env(env: Mapping[str, str] | None = None) -> tuple[str, str]:
+    """BRIDGE_TOPIC_PREFIX and BRIDGE_DEADLETTER_TOPIC, checked (for tools that read the topics)."""
+    return _topic_names(_Reader(os.environ if env is None else env))
 
 
 @dataclass(frozen=True)
@@ -222,8 +217,8 @@ class ScalekitApi:
     client_secret: Secret
 
 
-@dataclass(frozen=True)
-class BackfillSettings:
+@dataclass(frozen=True, kw_only=True)
+class BackfillSettings(RecordShaping):
     """Everything `backfill` runs on: API credentials, Kafka, and the settings that shape records.
 
     No webhook secret: a backfill verifies no signatures, so its CronJob needs none.
@@ -231,16 +226,6 @@ class BackfillSettings:
 
     api: ScalekitApi
     kafka: KafkaSettings
-    topic_prefix: str
-    deadletter_topic: str
-    publish_timeout: float
-    max_body_bytes: int
-    # Also the margin before the window's start when looking for records already in Kafka.
-    timestamp_tolerance: int
-    cloudevents_mode: CloudEventsMode
-    schema_validation: SchemaValidation
-    log_level: str
-    log_format: LogFormat
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> BackfillSettings:

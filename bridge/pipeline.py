@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 
 from bridge import metrics as m
-from bridge.config import BackfillSettings, SchemaValidation, Settings
+from bridge.config import RecordShaping, SchemaValidation
 from bridge.contract import Contract, Verdict
 from bridge.core import Ack, Outcome, Pending, Publisher, Sender
 from bridge.envelope import CloudEventsMode, KafkaMessage, Origin, build_record, deadletter_message, parse_envelope
@@ -129,7 +129,7 @@ class Writer:
         self._validation = schema_validation
 
     @classmethod
-    def configured(cls, settings: Settings | BackfillSettings, publisher: Publisher, metrics: m.Metrics) -> Writer:
+    def configured(cls, settings: RecordShaping, publisher: Publisher, metrics: m.Metrics) -> Writer:
         """A writer shaping records as `settings` say (prefix, mode, validation, dead-letter topic)."""
         return cls(
             publisher=publisher,
