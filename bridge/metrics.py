@@ -19,19 +19,22 @@ from prometheus_client import (
     generate_latest,
 )
 
-from bridge import __version__, guard
+from bridge import __version__
 from bridge.core import Outcome
 from bridge.verify import REASONS
 
-# Why the public port refused a request or connection: the guard's reasons below HTTP, the app's above.
+# Why the public port refused a request or connection (bridge.listener), before any delivery work.
+CONNECTION_LIMIT = "connection_limit"
+HEADER_TIMEOUT = "header_timeout"
+HEADER_TOO_LARGE = "header_too_large"
 BODY_TIMEOUT = "body_timeout"
 UNSUPPORTED_ENCODING = "unsupported_content_encoding"
 OVERLOADED = "overloaded"
 BAD_REQUEST = "bad_request"
 HTTP_REFUSALS = (
-    guard.CONNECTION_LIMIT,
-    guard.HEADER_TIMEOUT,
-    guard.HEADER_TOO_LARGE,
+    CONNECTION_LIMIT,
+    HEADER_TIMEOUT,
+    HEADER_TOO_LARGE,
     BODY_TIMEOUT,
     UNSUPPORTED_ENCODING,
     OVERLOADED,

@@ -18,10 +18,10 @@ from typing import Any
 import aiohttp
 import pytest
 
-from bridge.app import Bridge, create_admin_app, create_app, listen, running
+from bridge.app import Bridge, listen, running
 from bridge.config import Settings
 from bridge.metrics import Metrics
-from tests.helpers import body_of, free_port, signed_headers
+from tests.helpers import body_of, free_port, loopback, serving, signed_headers
 
 SECRET = "whsec_" + base64.b64encode(b"integration-secret-bytes-32-long").decode()
 
@@ -67,17 +67,16 @@ def settings_for(kafka_bootstrap: str, prefix: str, **env: str) -> Settings:
 
 
 @pytest.fixture
-async def start_bridge(kafka_bootstrap, unique, aiohttp_client) -> AsyncIterator[BridgeFactory]:
-    """Start a bridge whose topics are `t<unique>.<type>`; env overrides the defaults."""
+async def start_bridge(kafka_bootstrap, unique) -> AsyncIterator[BridgeFactory]:
+    """Start a bridge whose topics are `t<unique>.<type>`, listening on loopback; env overrides the defaults."""
     async with contextlib.AsyncExitStack() as parts:
 
         async def start(**env: str) -> RunningBridge:
             prefix = f"t{unique}."
-            settings = settings_for(kafka_bootstrap, prefix, **env)
+            settings = settings_for(kafka_bootstrap, prefix, **(loopback() | env))
             bridge = await parts.enter_async_context(running(settings, metrics=Metrics(), connect_within=30))
-            return RunningBridge(
-                bridge, await aiohttp_client(create_app(bridge)), await aiohttp_client(create_admin_app(bridge)), prefix
-            )
+            client, admin = await parts.enter_async_context(serving(bridge))
+            return RunningBridge(bridge, client, admin, prefix)
 
         yield start
 
@@ -110,13 +109,7 @@ async def listening_bridge(kafka_bootstrap, unique) -> AsyncIterator[ListeningFa
 
         async def start(**env: str) -> ListeningBridge:
             prefix = f"h{unique}."
-            loopback = {
-                "BRIDGE_HOST": "127.0.0.1",
-                "BRIDGE_ADMIN_HOST": "127.0.0.1",
-                "BRIDGE_PORT": str(free_port()),
-                "BRIDGE_ADMIN_PORT": str(free_port()),
-            }
-            settings = settings_for(kafka_bootstrap, prefix, **(loopback | env))
+            settings = settings_for(kafka_bootstrap, prefix, **(loopback() | env))
             bridge = await parts.enter_async_context(
                 running(settings, metrics=Metrics(process_metrics=False), connect_within=30)
             )

@@ -1,22 +1,25 @@
-"""The HTTP surface: status codes, JSON error bodies and probes.
+"""The HTTP surface: status codes, JSON error bodies and probes, on the real listeners.
 
 The publisher is faked here; delivery itself is proven against a real broker in tests/integration.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
+import re
 
 import pytest
 
-from bridge.app import Bridge, create_admin_app, create_app
+from bridge.app import Bridge
 from bridge.config import Settings
 from bridge.core import Ack
 from bridge.envelope import KafkaMessage
 from bridge.errors import PublishFailed
 from bridge.metrics import Metrics
-from tests.helpers import body_of, signed_headers
+from tests.fakes import RecordingProducer
+from tests.helpers import body_of, loopback, serving, signed_headers
 
 SECRET = "whsec_" + base64.b64encode(b"h" * 32).decode()
 ENVELOPE = {"id": "evt_1", "type": "role.created", "environment_id": "env_1", "data": {}}
@@ -37,18 +40,24 @@ class RefusingPublisher:
 
 @pytest.fixture
 def bridge() -> Bridge:
-    settings = Settings.from_env({"SCALEKIT_WEBHOOK_SECRET": SECRET, "BRIDGE_MAX_BODY_BYTES": "1024"})
+    settings = Settings.from_env({"SCALEKIT_WEBHOOK_SECRET": SECRET, "BRIDGE_MAX_BODY_BYTES": "1024", **loopback()})
     return Bridge.assemble(settings, RefusingPublisher(), Metrics(process_metrics=False))
 
 
 @pytest.fixture
-async def client(aiohttp_client, bridge):
-    return await aiohttp_client(create_app(bridge))
+async def clients(bridge):
+    async with serving(bridge) as both:
+        yield both
 
 
 @pytest.fixture
-async def admin(aiohttp_client, bridge):
-    return await aiohttp_client(create_admin_app(bridge))
+def client(clients):
+    return clients[0]
+
+
+@pytest.fixture
+def admin(clients):
+    return clients[1]
 
 
 async def post(client, body: bytes, headers: dict[str, str]):
@@ -142,15 +151,101 @@ class BrokenPublisher(RefusingPublisher):
         raise RuntimeError("a bug, with input in its message: v1,c2VjcmV0")
 
 
-async def test_an_unexpected_exception_is_answered_counted_and_logged_without_its_message(aiohttp_client, caplog):
-    settings = Settings.from_env({"SCALEKIT_WEBHOOK_SECRET": SECRET})
+async def test_an_unexpected_exception_is_answered_counted_and_logged_without_its_message(caplog):
+    settings = Settings.from_env({"SCALEKIT_WEBHOOK_SECRET": SECRET, **loopback()})
     broken = Bridge.assemble(settings, BrokenPublisher(), Metrics(process_metrics=False))
-    client = await aiohttp_client(create_app(broken))
     body = body_of(ENVELOPE)
 
-    status, answer, _ = await post(client, body, signed_headers(SECRET, body))
+    async with serving(broken) as (client, _admin):
+        status, answer, _ = await post(client, body, signed_headers(SECRET, body))
 
     assert (status, answer["error"]) == (500, "internal_error")
     assert broken.metrics.registry.get_sample_value("scalekit_bridge_internal_errors_total") == 1
     logged = "\n".join(str(vars(record)) for record in caplog.records)
     assert "RuntimeError" in logged and "c2VjcmV0" not in logged
+
+
+# --- the listener's own HTTP duties (bridge.listener) -----------------------------------------------
+
+
+@pytest.fixture
+async def accepting():
+    """A bridge whose (fake) Kafka acknowledges everything, on real loopback sockets."""
+    producer = RecordingProducer()
+    settings = Settings.from_env({"SCALEKIT_WEBHOOK_SECRET": SECRET, **loopback()})
+    bridge = Bridge.assemble(settings, producer, Metrics(process_metrics=False))
+    async with serving(bridge):
+        yield bridge, producer
+
+
+def signed_request(envelope: dict, *, version: str = "1.1", **extra: str) -> bytes:
+    body = body_of(envelope)
+    headers = signed_headers(SECRET, body) | {"Host": "bridge", "Content-Length": str(len(body))} | extra
+    head = f"POST /webhooks/scalekit HTTP/{version}\r\n" + "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+    return head.encode() + b"\r\n" + body
+
+
+async def exchange(port: int, data: bytes, *, until_closed: bool = True) -> bytes:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(data)
+    await writer.drain()
+    try:
+        async with asyncio.timeout(5):
+            return await reader.read() if until_closed else await reader.read(65536)
+    finally:
+        writer.close()
+
+
+def statuses(raw: bytes) -> list[int]:
+    """The status of every answer in `raw`, in order (an answer's head follows the last one's body)."""
+    return [int(status) for status in re.findall(rb"HTTP/1\.1 (\d{3}) ", raw)]
+
+
+async def test_pipelined_requests_are_answered_in_the_order_they_were_sent(accepting):
+    bridge, producer = accepting
+    first = signed_request(ENVELOPE | {"id": "evt_first"})
+    second = signed_request(ENVELOPE | {"id": "evt_second"}, Connection="close")
+
+    raw = await exchange(bridge.settings.port, first + second)
+
+    assert statuses(raw) == [201, 201]
+    assert [dict(m.headers)["ce_id"] for m in producer.handed] == [b"evt_first", b"evt_second"]
+
+
+async def test_a_refusal_ends_the_connection_and_nothing_pipelined_after_it_is_read(accepting):
+    bridge, producer = accepting
+    refused = b"POST /elsewhere HTTP/1.1\r\nHost: bridge\r\nContent-Length: 2\r\n\r\n{}"
+
+    raw = await exchange(bridge.settings.port, refused + signed_request(ENVELOPE))
+
+    assert statuses(raw) == [404]
+    assert producer.handed == []
+
+
+async def test_a_client_that_expects_100_continue_is_told_to_go_on(accepting):
+    bridge, producer = accepting
+    request = signed_request(ENVELOPE, Expect="100-continue", Connection="close")
+    head, body = request.split(b"\r\n\r\n", 1)
+    reader, writer = await asyncio.open_connection("127.0.0.1", bridge.settings.port)
+    writer.write(head + b"\r\n\r\n")
+    async with asyncio.timeout(5):
+        interim = await reader.readuntil(b"\r\n\r\n")
+        writer.write(body)
+        final = await reader.read()
+    writer.close()
+
+    assert interim == b"HTTP/1.1 100 Continue\r\n\r\n"
+    assert statuses(final) == [201]
+    assert len(producer.handed) == 1
+
+
+async def test_answers_carry_a_date_and_no_server_banner_and_http_1_0_closes(accepting):
+    bridge, _ = accepting
+
+    raw = await exchange(bridge.settings.port, signed_request(ENVELOPE, version="1.0"))
+
+    head = raw.split(b"\r\n\r\n", 1)[0].decode().lower()
+    assert statuses(raw) == [201]
+    assert "\r\ndate: " in head and "\r\nconnection: close" in head
+    assert "server:" not in head
+    assert json.loads(raw.split(b"\r\n\r\n", 1)[1]) == {"received": True, "outcome": "published"}
