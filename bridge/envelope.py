@@ -104,10 +104,14 @@ def _refuse_constant(name: str) -> Any:
     raise _NotJsonNumber(name)
 
 
+# One decoder for every delivery: `json.loads` with an option builds a new one per call.
+_DECODER = json.JSONDecoder(parse_constant=_refuse_constant)
+
+
 def parse_envelope(body: bytes) -> dict[str, Any]:
     """Decode a verified body into an envelope, or raise MalformedDelivery."""
     try:
-        envelope = json.loads(body, parse_constant=_refuse_constant)
+        envelope = _DECODER.decode(body.decode(json.detect_encoding(body), "surrogatepass"))
     except _NotJsonNumber:
         raise MalformedDelivery("body is not JSON: NaN and Infinity are not JSON numbers") from None
     except RecursionError:

@@ -66,6 +66,12 @@ def _logfmt(value: object) -> str:
 
 
 def configure(level: str, fmt: str) -> None:
+    # Neither format prints where a call was made, or the thread or process: the logging module's
+    # documented switches skip gathering them (a stack walk per record, on the delivery path).
+    logging._srcfile = None
+    logging.logThreads = False
+    logging.logProcesses = False
+    logging.logMultiprocessing = False
     handler = logging.StreamHandler(sys.stderr)
     if fmt == "json":
         handler.setFormatter(JsonFormatter())
