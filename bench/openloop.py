@@ -16,7 +16,8 @@ by at least the number of 201s, and a warning when other processes took CPU duri
 own ProducerPerformance with the same record size and guarantees, as the broker's limit on this machine.
 
 Prints a Markdown table and the ratios; asserts nothing. Usage: `make bench` or
-`python bench/openloop.py [--seconds 20] [--servers bridge,ceiling,seed-guide]`.
+`python bench/openloop.py [--seconds 20] [--servers bridge,ceiling,seed-guide] [--rates 1000,2000]`
+(`--rates`: only those steps, no search). `bench/levers.py` compares settings of the bridge, interleaved.
 """
 
 from __future__ import annotations
@@ -381,9 +382,9 @@ CATEGORIES = (
     ("metrics", ("prometheus_client", "bridge/metrics.py")),
     ("logging", ("logging/", "bridge/logs.py")),
     ("producer (aiokafka)", ("aiokafka",)),
-    ("HTTP (aiohttp, guard)", ("aiohttp", "multidict", "yarl", "bridge/guard.py", "bridge/app.py")),
+    ("HTTP (listener, httptools)", ("bridge/listener.py", "httptools", "aiohttp", "bridge/app.py")),
     ("pipeline, redelivery cache", ("bridge/pipeline.py", "bridge/redelivery.py")),
-    ("event loop", ("asyncio/", "selectors.py", "uvloop")),
+    ("event loop and sockets", ("asyncio/", "selectors.py", "uvloop")),
 )
 
 
@@ -422,6 +423,8 @@ def main() -> None:
     parser.add_argument("--servers", default="bridge,ceiling,seed-guide")
     parser.add_argument("--perf-records", type=int, default=300_000)
     parser.add_argument("--profile", type=int, metavar="RATE", help="only profile the bridge at RATE with py-spy")
+    parser.add_argument("--rates", metavar="R,R,...",
+                        help="only these fixed rates, a fresh server each, no search (for comparing one lever)")
     args = parser.parse_args()
     vegeta = tools.vegeta()
     if args.profile:
@@ -440,6 +443,12 @@ def main() -> None:
         workdir = Path(scratch)
         print(header, flush=True)
         for name in args.servers.split(","):
+            if args.rates:
+                for rate in (int(r) for r in args.rates.split(",")):
+                    with running(name, bootstrap, run_id, vegeta, workdir) as server:
+                        steps.append(attack(server, rate, args.seconds, bootstrap, vegeta, workdir))
+                    print(steps[-1].row(), flush=True)
+                continue
             with running(name, bootstrap, run_id, vegeta, workdir) as server:
                 for rate in (500, 1000):
                     step = attack(server, rate, args.seconds, bootstrap, vegeta, workdir)
@@ -448,6 +457,9 @@ def main() -> None:
             steps.extend(search(name, bootstrap, run_id, args.seconds, vegeta, workdir))
             passing = [s.rate for s in steps if s.server == name and s.passed]
             saturation[name] = max(passing) if passing else 0
+        if args.rates:
+            ratios(steps, saturation)
+            return
         perf = producer_performance(bootstrap, args.perf_records, record_size())
     print("\n| server | saturation rate/s (highest passing step) |\n|---|---|")
     for name, rate in saturation.items():
