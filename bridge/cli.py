@@ -10,7 +10,7 @@ import secrets
 import shlex
 import sys
 import urllib.error
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC
 
 from bridge import __version__
@@ -86,8 +86,18 @@ def _serve(env: os._Environ[str] | dict[str, str]) -> int:
     from bridge.app import serve
 
     logs.configure(settings.log_level, settings.log_format)
-    asyncio.run(serve(settings))
+    with asyncio.Runner(loop_factory=_loop_factory(settings.event_loop)) as runner:
+        runner.run(serve(settings))
     return 0
+
+
+def _loop_factory(event_loop: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop's event loop (libuv; less CPU per request), or asyncio's own (None)."""
+    if event_loop == "uvloop":
+        import uvloop
+
+        return uvloop.new_event_loop
+    return None
 
 
 def _backfill(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:

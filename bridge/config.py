@@ -20,6 +20,10 @@ from bridge.verify import SigningKey
 
 LogFormat = Literal["json", "text"]
 LOG_FORMATS: tuple[LogFormat, ...] = ("json", "text")
+Compression = Literal["none", "gzip", "lz4", "zstd", "snappy"]
+COMPRESSIONS: tuple[Compression, ...] = ("none", "gzip", "lz4", "zstd", "snappy")
+EventLoop = Literal["uvloop", "asyncio"]
+EVENT_LOOPS: tuple[EventLoop, ...] = ("uvloop", "asyncio")
 SchemaValidation = Literal["off", "warn", "enforce"]
 SCHEMA_VALIDATION_MODES: tuple[SchemaValidation, ...] = ("off", "warn", "enforce")
 
@@ -53,6 +57,7 @@ class Secret:
 class KafkaSettings:
     bootstrap_servers: str
     security_protocol: str = "PLAINTEXT"
+    compression_type: Compression = "none"
     sasl_mechanism: str | None = None
     sasl_username: str | None = None
     sasl_password: Secret | None = None
@@ -112,6 +117,7 @@ class RecordShaping:
     schema_validation: SchemaValidation = "warn"
     log_level: str = "INFO"
     log_format: LogFormat = "json"
+    event_loop: EventLoop = "uvloop"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -191,6 +197,7 @@ def _record_shaping(reader: _Reader) -> dict[str, Any]:
         schema_validation=reader.choice("BRIDGE_SCHEMA_VALIDATION", d["schema_validation"], SCHEMA_VALIDATION_MODES),
         log_level=reader.choice("BRIDGE_LOG_LEVEL", d["log_level"], LOG_LEVELS, fold=str.upper),
         log_format=reader.choice("BRIDGE_LOG_FORMAT", d["log_format"], LOG_FORMATS),
+        event_loop=reader.choice("BRIDGE_EVENT_LOOP", d["event_loop"], EVENT_LOOPS),
     )
     return {f.name: getattr(shared, f.name) for f in fields(RecordShaping)}
 
@@ -355,6 +362,7 @@ def _kafka_settings(reader: _Reader) -> KafkaSettings:
     return KafkaSettings(
         bootstrap_servers=reader.text("KAFKA_BOOTSTRAP_SERVERS", "localhost:9092"),
         security_protocol=protocol,
+        compression_type=reader.choice("KAFKA_COMPRESSION_TYPE", d["compression_type"], COMPRESSIONS, fold=str.lower),
         sasl_mechanism=mechanism,
         sasl_username=username,
         sasl_password=password,

@@ -105,7 +105,7 @@ class KafkaPublisher:
             acks="all",
             enable_idempotence=True,
             linger_ms=5,
-            compression_type="gzip",
+            compression_type=None if self._settings.compression_type == "none" else self._settings.compression_type,
             max_request_size=self._max_record_bytes,
             request_timeout_ms=request_timeout_ms,
             client_id="scalekit-bridge",

@@ -42,6 +42,17 @@ async def test_a_verified_delivery_is_published_then_answered_201(start_bridge, 
     assert rebuild_delivery(record.headers, record.value) == delivery
 
 
+@pytest.mark.parametrize("codec", ["gzip", "lz4", "zstd", "snappy"])
+async def test_every_offered_compression_writes_records_consumers_read_back(start_bridge, kafka, codec):
+    running = await start_bridge(KAFKA_COMPRESSION_TYPE=codec)
+    delivery = envelope(id=f"evt_{codec}")
+
+    assert (await running.deliver(delivery))[0] == 201
+
+    (record,) = await kafka.read_all(running.topic(delivery["type"]))
+    assert rebuild_delivery(record.headers, record.value) == delivery
+
+
 async def test_a_topic_is_created_on_first_use_with_the_configured_partitions(start_bridge, kafka):
     running = await start_bridge(BRIDGE_TOPIC_PARTITIONS="4")
     assert (await running.deliver(envelope("role.created")))[0] == 201

@@ -201,3 +201,9 @@ def test_serve_refuses_to_start_naming_the_variable():
     )
     assert result.returncode == 2
     assert "BRIDGE_PORT" in result.stderr and SECRET not in result.stderr
+
+
+def test_an_unknown_event_loop_or_compression_is_refused_by_name():
+    assert refused(BRIDGE_EVENT_LOOP="trio").variable == "BRIDGE_EVENT_LOOP"
+    assert refused(KAFKA_COMPRESSION_TYPE="brotli").variable == "KAFKA_COMPRESSION_TYPE"
+    assert settings(KAFKA_COMPRESSION_TYPE="LZ4").kafka.compression_type == "lz4"

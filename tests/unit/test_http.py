@@ -11,6 +11,7 @@ import json
 import re
 
 import pytest
+import uvloop
 
 from bridge.app import Bridge
 from bridge.config import Settings
@@ -249,3 +250,28 @@ async def test_answers_carry_a_date_and_no_server_banner_and_http_1_0_closes(acc
     assert "\r\ndate: " in head and "\r\nconnection: close" in head
     assert "server:" not in head
     assert json.loads(raw.split(b"\r\n\r\n", 1)[1]) == {"received": True, "outcome": "published"}
+
+
+def test_under_uvloop_the_listener_keeps_its_deadlines_and_answers():
+    """`serve` runs on uvloop by default; its timer and transport objects are not asyncio's."""
+
+    async def scenario() -> tuple[bytes, bytes]:
+        producer = RecordingProducer()
+        settings = Settings.from_env(
+            {"SCALEKIT_WEBHOOK_SECRET": SECRET, "BRIDGE_HEADER_TIMEOUT": "0.3", **loopback()}
+        )
+        bridge = Bridge.assemble(settings, producer, Metrics(process_metrics=False))
+        async with serving(bridge):
+            delivered = await exchange(bridge.settings.port, signed_request(ENVELOPE, Connection="close"))
+            reader, writer = await asyncio.open_connection("127.0.0.1", bridge.settings.port)
+            writer.write(b"POST /webhooks/scalekit HTTP/1.1\r\nHost: bri")
+            async with asyncio.timeout(5):
+                cut_off = await reader.read()
+            writer.close()
+        return delivered, cut_off
+
+    delivered, cut_off = uvloop.run(scenario())
+
+    assert statuses(delivered) == [201]
+    assert statuses(cut_off) == [408]
+    assert b'"header_timeout"' in cut_off
