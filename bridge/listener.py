@@ -285,6 +285,7 @@ class _Connection(asyncio.Protocol):
         self._queue: deque[_Request] = deque()
         self.worker: asyncio.Task[None] | None = None
         self._done = False  # a closing answer is queued, or the socket is gone: parse nothing more
+        self._writing_paused = False
         # The request being parsed.
         self._url = b""
         self._headers: dict[str, str] = {}
@@ -328,6 +329,18 @@ class _Connection(asyncio.Protocol):
         # only when nothing is being worked on).
         self._done = True
         return self.worker is not None
+
+    def pause_writing(self) -> None:
+        # The client is not reading its answers: read nothing more from it until it does, so what
+        # we hold for it stays within the transport's high-water mark.
+        self._writing_paused = True
+        if self._transport is not None:
+            self._transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        self._writing_paused = False
+        if self.worker is None:
+            self._resume()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._done = True
@@ -496,7 +509,8 @@ class _Connection(asyncio.Protocol):
     def _resume(self) -> None:
         if self._transport is None or self._transport.is_closing():
             return
-        self._transport.resume_reading()
+        if not self._writing_paused:
+            self._transport.resume_reading()
         if self._phase is _Phase.HEAD:
             self._arm(self._limits.header_timeout)
         elif self._phase is _Phase.BODY:

@@ -13,7 +13,7 @@ import re
 import pytest
 import uvloop
 
-from bridge.app import Bridge
+from bridge.app import Bridge, public_listener
 from bridge.config import Settings
 from bridge.core import Ack
 from bridge.envelope import KafkaMessage
@@ -275,3 +275,47 @@ def test_under_uvloop_the_listener_keeps_its_deadlines_and_answers():
     assert statuses(delivered) == [201]
     assert statuses(cut_off) == [408]
     assert b'"header_timeout"' in cut_off
+
+
+class TransportThatRecords(asyncio.Transport):
+    """Keeps what the listener writes and whether it reads, without a socket."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.written = b""
+        self.reading = True
+        self.closed = False
+
+    def write(self, data: bytes) -> None:
+        self.written += data
+
+    def pause_reading(self) -> None:
+        self.reading = False
+
+    def resume_reading(self) -> None:
+        self.reading = True
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def close(self) -> None:
+        self.closed = True
+
+
+async def test_a_client_that_does_not_read_its_answers_is_not_read_from_either():
+    settings = Settings.from_env({"SCALEKIT_WEBHOOK_SECRET": SECRET})
+    bridge = Bridge.assemble(settings, RecordingProducer(), Metrics(process_metrics=False))
+    connection = public_listener(bridge).protocol()
+    transport = TransportThatRecords()
+    connection.connection_made(transport)
+
+    connection.pause_writing()  # the socket's send buffer is full: the client reads nothing
+    connection.data_received(signed_request(ENVELOPE))
+    async with asyncio.timeout(5):
+        while connection.worker is not None or not transport.written:
+            await asyncio.sleep(0.01)
+
+    assert statuses(transport.written) == [201]
+    assert not transport.reading
+    connection.resume_writing()
+    assert transport.reading
