@@ -465,14 +465,15 @@ class _Connection(asyncio.Protocol):
 
     def _start_worker(self) -> None:
         if self.worker is not None:
+            # A pipelining client: it waits for its answers before we read more of what it sends.
+            if self._transport is not None:
+                self._transport.pause_reading()
             return
         request = self._queue[0]
         if request.answer is not None and len(self._queue) == 1:
             self._queue.popleft()
             self._respond(request, request.answer)  # nothing to wait for: answer now
             return
-        if self._transport is not None:
-            self._transport.pause_reading()  # one request at a time: a pipelining client waits its turn
         self._disarm()
         self.worker = asyncio.get_running_loop().create_task(self._work())
 
