@@ -1,13 +1,17 @@
 """The bridge's few exceptions.
 
-Each maps to one HTTP answer, and that mapping lives in exactly one place
-(`bridge.app`'s error middleware); `ApiError` is backfill's alone (exit code 1).
+Those the pipeline raises map to HTTP answers in exactly one place
+(`bridge.listener.answer_for`); what the public port refuses on a request's head
+alone (oversized, draining, overloaded) it answers itself, without an exception.
+`ApiError` is backfill's alone (exit code 1).
 Each carries one line for a human (`reason`, or `detail` beside a fixed `code`).
 Library errors (aiokafka's, json's, the Scalekit SDK's) are
 translated into these where they are raised, never passed up raw.
 """
 
 from __future__ import annotations
+
+import traceback
 
 
 class BridgeError(Exception):
@@ -34,9 +38,6 @@ class VerificationFailed(BridgeError):
         self.code = code
         self.detail = detail
 
-
-class PayloadTooLarge(BridgeError):
-    """The body is over `BRIDGE_MAX_BODY_BYTES` (413)."""
 
 
 class MalformedDelivery(BridgeError):
@@ -70,13 +71,14 @@ class RecordRejected(BridgeError):
         self.reason = reason
 
 
-class Overloaded(BridgeError):
-    """The instance is at its cap of in-flight deliveries (503, retry soon)."""
-
-
-class ShuttingDown(BridgeError):
-    """The process is draining after SIGTERM and takes no new deliveries (503)."""
-
-
 class ApiError(BridgeError):
     """Scalekit's API could not be reached or refused us (backfill); the message is one line for an operator."""
+
+
+def where(exc: BaseException) -> str:
+    """Where an exception was raised (file:line in function), never its message, which may quote input."""
+    frames = traceback.extract_tb(exc.__traceback__)
+    if not frames:
+        return "unknown"
+    last = frames[-1]
+    return f"{last.filename.rsplit('/', 1)[-1]}:{last.lineno} in {last.name}"

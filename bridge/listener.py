@@ -34,7 +34,7 @@ import httptools
 
 from bridge import metrics as m
 from bridge.core import Outcome
-from bridge.errors import PublishFailed, VerificationFailed
+from bridge.errors import PublishFailed, VerificationFailed, where
 
 if TYPE_CHECKING:
     from prometheus_client import Histogram
@@ -223,8 +223,6 @@ class PublicListener:
         except (VerificationFailed, PublishFailed) as exc:
             return answer_for(exc)
         except Exception as exc:  # noqa: BLE001 - the error boundary: count it, log where, never the input
-            from bridge.pipeline import where
-
             self._metrics.internal_errors.inc()
             log.error(
                 "unexpected error while handling a request", extra={"error": type(exc).__name__, "at": where(exc)}

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import logging
 import time
-import traceback
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 
@@ -21,7 +20,7 @@ from bridge.config import RecordShaping, SchemaValidation
 from bridge.contract import Contract, Verdict
 from bridge.core import Ack, Outcome, Pending, Publisher, Sender
 from bridge.envelope import CloudEventsMode, KafkaMessage, Origin, build_record, deadletter_message, parse_envelope
-from bridge.errors import MalformedDelivery, PublishFailed, RecordRejected, VerificationFailed
+from bridge.errors import MalformedDelivery, PublishFailed, RecordRejected, VerificationFailed, where
 from bridge.redelivery import RedeliveryCache
 from bridge.verify import VerifiedDelivery, Verifier
 
@@ -295,12 +294,3 @@ class Writer:
 
 def _webhook_id(origin: Origin) -> str | None:
     return origin.webhook_id if isinstance(origin, VerifiedDelivery) else None
-
-
-def where(exc: BaseException) -> str:
-    """Where an exception was raised (file:line in function), never its message, which may quote input."""
-    frames = traceback.extract_tb(exc.__traceback__)
-    if not frames:
-        return "unknown"
-    last = frames[-1]
-    return f"{last.filename.rsplit('/', 1)[-1]}:{last.lineno} in {last.name}"
