@@ -220,6 +220,7 @@ class PublicListener:
     async def answer(self, headers: Mapping[str, str], body: bytes) -> Answer:
         try:
             receipt = await self._deliveries.handle(headers, body)
+            return _CREATED[receipt.outcome]
         except (VerificationFailed, PublishFailed) as exc:
             return answer_for(exc)
         except Exception as exc:  # noqa: BLE001 - the error boundary: count it, log where, never the input
@@ -228,7 +229,6 @@ class PublicListener:
                 "unexpected error while handling a request", extra={"error": type(exc).__name__, "at": where(exc)}
             )
             return _INTERNAL
-        return _CREATED[receipt.outcome]
 
     def head(self, answer: Answer, keep_alive: bool) -> bytes:
         """The response head for `answer`, closing the connection unless `keep_alive`."""

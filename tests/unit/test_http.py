@@ -15,10 +15,12 @@ import uvloop
 
 from bridge.app import Bridge, public_listener
 from bridge.config import Settings
-from bridge.core import Ack
+from bridge.core import Ack, Outcome
 from bridge.envelope import KafkaMessage
 from bridge.errors import PublishFailed
+from bridge.listener import PublicListener
 from bridge.metrics import Metrics
+from bridge.pipeline import Receipt
 from tests.fakes import RecordingProducer
 from tests.helpers import body_of, loopback, serving, signed_headers
 
@@ -319,3 +321,29 @@ async def test_a_client_that_does_not_read_its_answers_is_not_read_from_either()
     assert not transport.reading
     connection.resume_writing()
     assert transport.reading
+
+
+async def test_a_receipt_the_listener_cannot_answer_with_201_is_a_counted_500_not_a_silent_hang():
+    class Confused:
+        """A pipeline with a bug: it returns a receipt for an outcome that earns no 201."""
+
+        async def handle(self, headers, body):
+            return Receipt(Outcome.REJECTED, "msg_1")
+
+        def refuse_oversized(self, started):
+            return None
+
+    settings = Settings.from_env({"SCALEKIT_WEBHOOK_SECRET": SECRET})
+    bridge = Bridge.assemble(settings, RecordingProducer(), Metrics(process_metrics=False))
+    listener = PublicListener(public_listener(bridge).limits, Confused(), bridge.lifecycle, bridge.metrics)
+    connection = listener.protocol()
+    transport = TransportThatRecords()
+    connection.connection_made(transport)
+
+    connection.data_received(signed_request(ENVELOPE))
+    async with asyncio.timeout(5):
+        while not transport.written:
+            await asyncio.sleep(0.01)
+
+    assert statuses(transport.written) == [500]
+    assert bridge.metrics.registry.get_sample_value("scalekit_bridge_internal_errors_total") == 1
