@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from datetime import UTC
 
 from bridge import __version__
-from bridge.config import Settings
+from bridge.config import EventLoop, Settings
 from bridge.errors import ConfigError
 
 EXIT_CONFIG = 2
@@ -91,7 +91,7 @@ def _serve(env: os._Environ[str] | dict[str, str]) -> int:
     return 0
 
 
-def _loop_factory(event_loop: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
+def _loop_factory(event_loop: EventLoop) -> Callable[[], asyncio.AbstractEventLoop] | None:
     """uvloop's event loop (libuv; less CPU per request), or asyncio's own (None)."""
     if event_loop == "uvloop":
         import uvloop

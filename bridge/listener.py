@@ -493,17 +493,13 @@ class _Connection(asyncio.Protocol):
         listener = self._listener
         if request.tracked:
             listener.admission.leave()
-        keep_alive = (
-            request.keep_alive and not answer.close and not self._done_after(request) and listener.admission.accepting
-        )
+        # A half-closed client, or a refusal that ended parsing, ends the connection with the last queued answer.
+        last = self._done and not self._queue
+        keep_alive = request.keep_alive and not answer.close and not last and listener.admission.accepting
         if request.webhook:
             listener.observe(answer.status, time.perf_counter() - request.started)
         self._write(answer, keep_alive=keep_alive)
         return keep_alive
-
-    def _done_after(self, request: _Request) -> bool:
-        # The client half-closed, or a refusal ended parsing: the last queued answer ends the connection.
-        return self._done and not self._queue
 
     def _resume(self) -> None:
         if self._transport is None or self._transport.is_closing():
@@ -518,13 +514,9 @@ class _Connection(asyncio.Protocol):
             self._arm(self._limits.keepalive_timeout)
 
     def _write(self, answer: Answer, *, keep_alive: bool) -> None:
-        transport = self._transport
-        if transport is None or transport.is_closing():
-            return
-        transport.write(self._listener.head(answer, keep_alive) + answer.payload)
+        self._send(self._listener.head(answer, keep_alive) + answer.payload)
         if not keep_alive:
-            self._done = True
-            transport.close()
+            self.close()
 
     def _send(self, data: bytes) -> None:
         if self._transport is not None and not self._transport.is_closing():
