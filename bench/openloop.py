@@ -45,7 +45,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bridge.dev.kafka import KAFKA_VERSION, LocalKafka, cache_dir, kafka_jars  # noqa: E402
+from bridge.dev.kafka import KAFKA_VERSION, LocalKafka, cache_dir, kafka_jars, terminate  # noqa: E402
 from bridge.dev.samples import sample  # noqa: E402
 from bridge.dev.sendtest import signed_headers  # noqa: E402
 from bridge.testing import free_port  # noqa: E402
@@ -221,15 +221,6 @@ def wait_listening(server: Server, timeout: float = 60.0) -> None:
     raise SystemExit(f"{server.name} never listened")
 
 
-def stop_server(server: Server) -> None:
-    server.process.terminate()
-    try:
-        server.process.wait(30)
-    except subprocess.TimeoutExpired:
-        server.process.kill()
-        server.process.wait()
-
-
 # --- Kafka --------------------------------------------------------------------------------------
 
 
@@ -359,7 +350,7 @@ def running(name: str, bootstrap: str, run_id: str, vegeta: Path, workdir: Path)
         attack(server, 200, 5, bootstrap, vegeta, workdir)  # warm-up: connections, metadata, imports
         yield server
     finally:
-        stop_server(server)
+        terminate(server.process, 30)
 
 
 @contextlib.contextmanager

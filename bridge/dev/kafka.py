@@ -168,6 +168,18 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def terminate(process: subprocess.Popen[bytes], grace: float) -> None:
+    """SIGTERM `process` and wait up to `grace` seconds for it to exit, then SIGKILL it; a no-op once it has exited."""
+    if process.poll() is not None:
+        return
+    process.terminate()
+    try:
+        process.wait(grace)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
 def _die_with_parent() -> None:
     """Runs in the child before exec: if the launching process dies, Kafka gets SIGTERM."""
     if sys.platform.startswith("linux"):
@@ -399,12 +411,7 @@ class LocalKafka:
         process, node.process = node.process, None
         if process is not None and process.poll() is None:
             process.send_signal(signal.SIGCONT)  # a paused broker cannot act on SIGTERM
-            process.terminate()
-            try:
-                process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+            terminate(process, timeout)
 
     def _properties(self, node: _Node, voters: str) -> str:
         replicas = str(min(3, self._brokers))

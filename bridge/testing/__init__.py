@@ -37,7 +37,7 @@ from cloudevents.core.base import BaseCloudEvent
 from cloudevents.core.bindings import kafka as ce_kafka
 from cloudevents.core.formats.json import JSONFormat
 
-from bridge.dev.kafka import LocalKafka, free_port
+from bridge.dev.kafka import LocalKafka, free_port, terminate
 from bridge.dev.samples import sample, sample_types
 from bridge.dev.sendtest import signed_request
 from bridge.verify import SigningKey
@@ -252,13 +252,8 @@ class BridgeServer(_Endpoint):
         return self
 
     def stop(self) -> None:
-        if self._process is not None and self._process.poll() is None:
-            self._process.terminate()
-            try:
-                self._process.wait(30)
-            except subprocess.TimeoutExpired:
-                self._process.kill()
-                self._process.wait()
+        if self._process is not None:
+            terminate(self._process, 30)
 
     def output(self) -> str:
         """What the bridge has logged so far."""
