@@ -373,7 +373,7 @@ CATEGORIES = (
     ("metrics", ("prometheus_client", "bridge/metrics.py")),
     ("logging", ("logging/", "bridge/logs.py")),
     ("producer (aiokafka)", ("aiokafka",)),
-    ("HTTP (listener, httptools)", ("bridge/listener.py", "httptools", "aiohttp", "bridge/app.py")),
+    ("HTTP (aiohttp, the guard, the handler)", ("aiohttp", "bridge/guard.py", "bridge/app.py", "multidict", "yarl")),
     ("pipeline, redelivery cache", ("bridge/pipeline.py", "bridge/redelivery.py")),
     ("event loop and sockets", ("asyncio/", "selectors.py", "uvloop")),
 )

@@ -1,155 +1,213 @@
-"""The process: wiring, the admin listener, and the lifecycle (`running`, `serve`).
+"""HTTP on aiohttp: the webhook handler, mountable in any aiohttp application, and `serve`'s two listeners.
 
-The only module that imports aiohttp, for the admin port (probes and metrics). The public
-port is `bridge.listener`'s, which answers 201 only after the pipeline has returned a
-receipt, and a receipt exists only once Kafka acknowledged the record (or an earlier
-attempt's record).
+The only module that imports aiohttp. One handler (`receive`) takes every delivery, whether
+`serve` runs it or `setup_webhook` mounts it in a team's own aiohttp service; what stopped a
+delivery becomes its answer in one place (`_answer_for`). It answers 201 only after the
+pipeline returned a receipt, and a receipt exists only once Kafka acknowledged the record (or
+an earlier attempt's record).
+
+`serve` adds what an embedding application decides for itself: the connection limits of
+`bridge.guard` around aiohttp's protocol, aiohttp's own limits (keep-alive, lingering, no
+decompression), quiet parser errors, the admin port and the SIGTERM drain.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import signal
-from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
 
-from aiohttp import web
+from aiohttp import hdrs, web
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from bridge import metrics as m
 from bridge.config import Settings
-from bridge.core import Publisher
-from bridge.errors import PublishFailed
-from bridge.listener import Limits, PublicListener
-from bridge.pipeline import Pipeline, Writer
+from bridge.core import Outcome
+from bridge.errors import PublishFailed, VerificationFailed, where
+from bridge.guard import RETRY_AFTER_SECONDS, ConnectionGuard, connection_of
+from bridge.pipeline import Receipt
 from bridge.process import (
     freeze_startup_objects,
     raise_open_file_limit,
     return_freed_memory_to_the_kernel,
     trim_memory_every,
 )
-from bridge.publish import KafkaPublisher
-from bridge.redelivery import RedeliveryCache
-from bridge.verify import Verifier
+from bridge.service import Bridge, running
 
 log = logging.getLogger(__name__)
 
-_TRIM_INTERVAL_SECONDS = 5.0
-
-
-@dataclass
-class Lifecycle:
-    """Whether new deliveries are taken, how many are still being handled, and when the drain must end."""
-
-    accepting: bool = True
-    inflight: int = 0
-    # The event loop's time by which a drain must be over (None until one starts).
-    deadline: float | None = None
-    _idle: asyncio.Event = field(default_factory=asyncio.Event)
-
-    def drain(self, grace: float) -> None:
-        """Take no new deliveries from now on; everything must be closed within `grace` seconds."""
-        self.accepting = False
-        self.deadline = asyncio.get_running_loop().time() + grace
-
-    def remaining(self, default: float) -> float:
-        """Seconds left until the drain's deadline; `default` when no drain has started."""
-        if self.deadline is None:
-            return default
-        return max(0.0, self.deadline - asyncio.get_running_loop().time())
-
-    def enter(self) -> None:
-        """A delivery was taken in (its head passed the checks); `leave` when it is answered."""
-        self.inflight += 1
-        self._idle.clear()
-
-    def leave(self) -> None:
-        self.inflight -= 1
-        if self.inflight == 0:
-            self._idle.set()
-
-    async def drained(self, timeout: float) -> bool:
-        """Wait until nothing is in flight; False if `timeout` passed first."""
-        if self.inflight == 0:
-            return True
-        try:
-            async with asyncio.timeout(timeout):
-                await self._idle.wait()
-        except TimeoutError:
-            return False
-        return True
-
-
-@dataclass(frozen=True)
-class Bridge:
-    """Everything one running bridge is made of, wired once."""
-
-    settings: Settings
-    publisher: Publisher
-    pipeline: Pipeline
-    metrics: m.Metrics
-    lifecycle: Lifecycle
-
-    @classmethod
-    def assemble(cls, settings: Settings, publisher: Publisher, metrics: m.Metrics | None = None) -> Bridge:
-        metrics = metrics if metrics is not None else m.Metrics()
-        cache = RedeliveryCache(settings.redelivery_cache_size, settings.redelivery_cache_ttl)
-        lifecycle = Lifecycle()
-        pipeline = Pipeline(
-            verifier=Verifier(settings.signing_keys, settings.timestamp_tolerance),
-            cache=cache,
-            writer=Writer.configured(settings, publisher, metrics),
-        )
-        bridge = cls(settings, publisher, pipeline, metrics, lifecycle)
-        # Read at scrape time, so the gauges cannot drift from the truth.
-        metrics.ready.set_function(lambda: 1.0 if bridge.ready else 0.0)
-        metrics.inflight.set_function(lambda: float(lifecycle.inflight))
-        metrics.redelivery_cache_entries.set_function(lambda: float(len(cache)))
-        return bridge
-
-    @property
-    def ready(self) -> bool:
-        return self.lifecycle.accepting and self.publisher.ready
-
-
 BRIDGE = web.AppKey("bridge", Bridge)
 
-
-def public_listener(bridge: Bridge) -> PublicListener:
-    """The public port's server: one POST route for Scalekit, with the limits of `bridge.settings`."""
-    settings = bridge.settings
-    limits = Limits(
-        path=settings.webhook_path,
-        max_body_bytes=settings.max_body_bytes,
-        max_connections=settings.max_connections,
-        max_inflight=settings.max_inflight,
-        header_timeout=settings.header_timeout,
-        body_timeout=settings.body_timeout,
-        keepalive_timeout=settings.keepalive_timeout,
-    )
-    listener = PublicListener(limits, bridge.pipeline, bridge.lifecycle, bridge.metrics)
-    bridge.metrics.open_connections.set_function(lambda: float(listener.open_connections))
-    return listener
+_TRIM_INTERVAL_SECONDS = 5.0
+_JSON = "application/json"
+# Scalekit keeps the answer in its delivery log: a 201 says whether the event was published,
+# dead-lettered (look in the dead-letter topic) or a redelivery of one already written.
+_CREATED = {
+    outcome: json.dumps({"received": True, "outcome": outcome}).encode()
+    for outcome in (Outcome.PUBLISHED, Outcome.DEADLETTERED, Outcome.DUPLICATE)
+}
 
 
-def create_admin_app(bridge: Bridge) -> web.Application:
-    """The admin listener: probes and metrics, kept off the public port."""
-    app = web.Application()
-    app[BRIDGE] = bridge
-    app.router.add_get("/healthz", _healthz)
-    app.router.add_get("/readyz", _readyz)
-    app.router.add_get("/metrics", _metrics)
-    return app
+# --- mounting -------------------------------------------------------------------------------
 
 
-async def _healthz(request: web.Request) -> web.Response:
+def setup_webhook(app: web.Application, settings: Settings, *, metrics: m.Metrics | None = None) -> None:
+    """Take Scalekit deliveries into Kafka inside `app`, an aiohttp application of your own.
+
+    Adds `POST settings.webhook_path` and a cleanup context that owns the Kafka producer: it
+    starts connecting when `app` starts (deliveries and readiness answer 503 until Kafka answers),
+    stops taking deliveries when `app` shuts down, and flushes the producer at cleanup. `healthz`,
+    `readyz` and `metrics` are handlers for wherever `app` exposes them. `metrics` defaults to a
+    registry of the bridge's own; pass `Metrics(your_registry, process_metrics=False)` to share one.
+    """
+    app.cleanup_ctx.append(_owner(settings, metrics))
+    app.on_shutdown.append(_stop_taking_deliveries)
+    add_webhook_route(app, settings.webhook_path)
+
+
+def add_webhook_route(app: web.Application, path: str) -> None:
+    """The webhook route alone, for an `app` whose `BRIDGE` is set by its owner (as `serve` does)."""
+    app.router.add_post(path, receive)
+
+
+def _owner(
+    settings: Settings, metrics: m.Metrics | None
+) -> Callable[[web.Application], contextlib.AbstractAsyncContextManager[None]]:
+    @contextlib.asynccontextmanager
+    async def own(app: web.Application) -> AsyncIterator[None]:
+        async with running(settings, metrics=metrics) as bridge:
+            app[BRIDGE] = bridge
+            yield
+
+    return own
+
+
+async def _stop_taking_deliveries(app: web.Application) -> None:
+    bridge = app[BRIDGE]
+    bridge.lifecycle.drain(bridge.settings.drain_seconds)
+
+
+# --- the webhook ---------------------------------------------------------------------------
+
+
+class Refused(Exception):
+    """A delivery refused on its request alone, before any pipeline work; its connection is closed."""
+
+    def __init__(self, status: int, error: str, detail: str, *, retry: bool = False) -> None:
+        super().__init__(error)
+        self.status, self.error, self.detail, self.retry = status, error, detail, retry
+
+
+class PayloadTooLarge(Refused):
+    """A body over the limit (413): counted as a delivery refused before verification."""
+
+
+async def receive(request: web.Request) -> web.Response:
+    """Deliver one webhook: 201 once Kafka has its record; every refusal as JSON (see the README's Responses)."""
+    bridge = request.config_dict[BRIDGE]
+    started = time.perf_counter()
+    try:
+        receipt = await _deliver(request, bridge)
+        response = _created(receipt)
+    except Exception as exc:  # noqa: BLE001 - the error boundary; _answer_for knows every case
+        response = _answer_for(exc, bridge, started)
+    if not bridge.lifecycle.accepting:
+        response.force_close()  # draining: no connection outlives its answer
+    bridge.metrics.request_duration.labels(status=str(response.status)).observe(time.perf_counter() - started)
+    return response
+
+
+async def _deliver(request: web.Request, bridge: Bridge) -> Receipt:
+    settings, lifecycle = bridge.settings, bridge.lifecycle
+    if not lifecycle.accepting:
+        raise Refused(503, "shutting_down", "this instance is draining; retry", retry=True)
+    if lifecycle.inflight >= settings.max_inflight:
+        raise Refused(503, m.OVERLOADED, f"over {settings.max_inflight} deliveries in flight; retry", retry=True)
+    with lifecycle.track():
+        if request.headers.get(hdrs.CONTENT_ENCODING, "identity").strip().lower() not in ("", "identity"):
+            # Scalekit sends plain bodies; decompressing a stranger's bytes is how bombs go off.
+            raise Refused(415, m.UNSUPPORTED_ENCODING, "request bodies must not be compressed")
+        if request.content_length is not None and request.content_length > settings.max_body_bytes:
+            raise _too_large(settings)
+        body = await _body(request, settings)
+        return await bridge.pipeline.handle(request.headers, body)
+
+
+async def _body(request: web.Request, settings: Settings) -> bytes:
+    """The whole body, at most `max_body_bytes`, within `body_timeout` unless it is already in."""
+    if request.content.is_eof():
+        return await _read_up_to(request, settings)
+    try:
+        async with asyncio.timeout(settings.body_timeout):
+            return await _read_up_to(request, settings)
+    except TimeoutError:
+        detail = f"the body did not arrive within {settings.body_timeout:g}s"
+        raise Refused(408, m.BODY_TIMEOUT, detail) from None
+
+
+async def _read_up_to(request: web.Request, settings: Settings) -> bytes:
+    # The application's client_max_size is not ours to rely on inside another service: count here.
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.content.iter_any():
+        size += len(chunk)
+        if size > settings.max_body_bytes:
+            raise _too_large(settings)
+        chunks.append(chunk)
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+def _too_large(settings: Settings) -> PayloadTooLarge:
+    return PayloadTooLarge(413, "payload_too_large", f"bodies over {settings.max_body_bytes} bytes are refused")
+
+
+def _created(receipt: Receipt) -> web.Response:
+    return web.Response(status=201, body=_CREATED[receipt.outcome], content_type=_JSON)
+
+
+def _answer_for(exc: Exception, bridge: Bridge, started: float) -> web.Response:
+    """The one place where what stopped a delivery becomes its answer."""
+    if isinstance(exc, VerificationFailed):
+        return error_response(401, exc.code, exc.detail)
+    if isinstance(exc, PublishFailed):
+        return error_response(503, "kafka_unavailable", exc.reason, retry=True)
+    if isinstance(exc, Refused):
+        if isinstance(exc, PayloadTooLarge):
+            bridge.pipeline.refuse_oversized(started)
+        elif exc.error in m.HTTP_REFUSALS:
+            bridge.metrics.http_refusals.labels(reason=exc.error).inc()
+        # Refused before (or while) reading the body: do not read what the client keeps sending.
+        return error_response(exc.status, exc.error, exc.detail, retry=exc.retry, close=True)
+    bridge.metrics.internal_errors.inc()
+    log.error("unexpected error while handling a request", extra={"error": type(exc).__name__, "at": where(exc)})
+    return error_response(500, "internal_error", "the bridge failed unexpectedly; this is a bug", close=True)
+
+
+def error_response(status: int, error: str, detail: str, *, retry: bool = False, close: bool = False) -> web.Response:
+    """An error answer: `{"error": <fixed code>, "detail": <a sentence>}`."""
+    headers = {hdrs.RETRY_AFTER: str(RETRY_AFTER_SECONDS)} if retry else None
+    body = json.dumps({"error": error, "detail": detail}).encode()
+    response = web.Response(status=status, body=body, content_type=_JSON, headers=headers)
+    if close:
+        response.force_close()
+    return response
+
+
+# --- probes and metrics (the admin port's, or wherever an embedding application puts them) ----
+
+
+async def healthz(request: web.Request) -> web.Response:
     return web.json_response({"status": "ok"})
 
 
-async def _readyz(request: web.Request) -> web.Response:
-    bridge = request.app[BRIDGE]
+async def readyz(request: web.Request) -> web.Response:
+    bridge = request.config_dict[BRIDGE]
     body = {
         "ready": bridge.ready,
         "kafka": "reachable" if bridge.publisher.ready else "unreachable",
@@ -158,27 +216,96 @@ async def _readyz(request: web.Request) -> web.Response:
     return web.json_response(body, status=200 if bridge.ready else 503)
 
 
-async def _metrics(request: web.Request) -> web.Response:
-    body = request.app[BRIDGE].metrics.exposition()
-    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+async def metrics(request: web.Request) -> web.Response:
+    body = request.config_dict[BRIDGE].metrics.exposition()
+    return web.Response(body=body, headers={hdrs.CONTENT_TYPE: CONTENT_TYPE_LATEST})
 
 
-class _QuietServerLog(logging.Filter):
-    """aiohttp logs a malformed request to the admin port with the offending bytes; say nothing of it."""
+# --- serve's listeners ------------------------------------------------------------------------
 
-    def filter(self, record: logging.LogRecord) -> bool:
-        return False
+
+def create_public_app(bridge: Bridge) -> web.Application:
+    """The public listener's application: the webhook route, with the guard told of each request."""
+    app = web.Application(middlewares=[_public_port])
+    app[BRIDGE] = bridge
+    add_webhook_route(app, bridge.settings.webhook_path)
+    app.on_response_prepare.append(_no_version_banner)
+    return app
+
+
+def create_admin_app(bridge: Bridge) -> web.Application:
+    """The admin listener: probes and metrics, kept off the public port."""
+    app = web.Application()
+    app[BRIDGE] = bridge
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics)
+    return app
+
+
+@web.middleware
+async def _public_port(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    """Tells the guard when a request starts, when its body is in and when it is answered; the
+    router's own refusals (404, 405) become JSON like every other answer on this port."""
+    connection = connection_of(request.transport)
+    if connection is not None:
+        connection.request_started()
+        request.content.on_eof(connection.hold)
+    try:
+        return await handler(request)
+    except web.HTTPException as exc:
+        response = error_response(exc.status, exc.reason.lower().replace(" ", "_"), exc.reason, close=True)
+        if hdrs.ALLOW in exc.headers:
+            response.headers[hdrs.ALLOW] = exc.headers[hdrs.ALLOW]
+        return response
+    finally:
+        if connection is not None:
+            connection.request_finished()
+
+
+async def _no_version_banner(request: web.Request, response: web.StreamResponse) -> None:
+    # aiohttp names itself and Python's versions unless a Server header is set.
+    response.headers[hdrs.SERVER] = "scalekit-bridge"
+
+
+class _ParserErrors(logging.Logger):
+    """aiohttp's server logs a malformed request with the offending bytes (a signature, say), and its
+    other narration quotes requests too. Given as the server's logger, it says none of it: a parser
+    error is counted (on the public port) and named by class, at DEBUG, on our own logger."""
+
+    def __init__(self, metrics: m.Metrics | None) -> None:
+        super().__init__("bridge.app.server", logging.DEBUG)
+        self._refusals = metrics.http_refusals.labels(reason=m.BAD_REQUEST) if metrics is not None else None
+
+    def handle(self, record: logging.LogRecord) -> None:
+        if record.exc_info and record.exc_info[0] is not None:
+            if self._refusals is not None:
+                self._refusals.inc()
+            log.debug("malformed HTTP request refused", extra={"error": record.exc_info[0].__name__})
+
+
+def _public_limits(settings: Settings, bridge: Bridge) -> dict[str, Any]:
+    """aiohttp's own settings for the public port (its RequestHandler's arguments)."""
+    return {
+        "keepalive_timeout": settings.keepalive_timeout,
+        # Bodies are refused, never decompressed, when they come compressed (415).
+        "auto_decompress": False,
+        # A refused body is not read on for seconds after the answer.
+        "lingering_time": 0,
+        "max_headers": 64,
+        "logger": _ParserErrors(bridge.metrics),
+    }
 
 
 @dataclass
 class Listeners:
     """The public and admin listeners of one bridge, and how to close them inside a deadline."""
 
-    public: PublicListener
-    admin: web.AppRunner
+    guard: ConnectionGuard
+    runners: tuple[web.AppRunner, web.AppRunner]
     servers: tuple[asyncio.Server, asyncio.Server]
-    cleanup_timeout: float
-    log_filter: logging.Filter
 
     @property
     def ports(self) -> tuple[int, int]:
@@ -186,68 +313,40 @@ class Listeners:
         return int(public), int(admin)
 
     async def close(self) -> None:
-        """Stop listening and close every connection; answers still being worked on after
-        `listen`'s `cleanup_timeout` are given up."""
+        """Stop listening, close every connection; handlers still running after the runners'
+        shutdown timeout (`listen`'s `cleanup_timeout`) are cancelled."""
         for server in self.servers:
             server.close()
-        await self.public.close_all(self.cleanup_timeout)
-        await self.admin.cleanup()
-        logging.getLogger("aiohttp.server").removeFilter(self.log_filter)
+        self.guard.close_idle()
+        for runner in self.runners:
+            await runner.cleanup()
 
 
 async def listen(bridge: Bridge, *, cleanup_timeout: float = 1.0) -> Listeners:
     """Open both listeners for `bridge` with the public port's limits in force."""
     settings = bridge.settings
-    public = public_listener(bridge)
-    log_filter = _QuietServerLog()
-    logging.getLogger("aiohttp.server").addFilter(log_filter)
+    guard = ConnectionGuard(
+        max_connections=settings.max_connections,
+        header_timeout=settings.header_timeout,
+        on_refusal=lambda reason: bridge.metrics.http_refusals.labels(reason=reason).inc(),
+    )
+    bridge.metrics.open_connections.set_function(lambda: float(guard.open_connections))
+    public = web.AppRunner(
+        create_public_app(bridge), access_log=None, shutdown_timeout=cleanup_timeout, **_public_limits(settings, bridge)
+    )
     admin = web.AppRunner(
-        create_admin_app(bridge), handle_signals=False, access_log=None, shutdown_timeout=cleanup_timeout
+        create_admin_app(bridge), access_log=None, shutdown_timeout=cleanup_timeout, logger=_ParserErrors(None)
     )
-    await admin.setup()
-    assert admin.server is not None
     loop = asyncio.get_running_loop()
-    servers = (
-        await loop.create_server(public.protocol, settings.host, settings.port, reuse_address=True, backlog=1024),
-        await loop.create_server(admin.server, settings.admin_host, settings.admin_port, reuse_address=True),
-    )
-    return Listeners(public, admin, servers, cleanup_timeout, log_filter)
-
-
-@contextlib.asynccontextmanager
-async def running(
-    settings: Settings, *, metrics: m.Metrics | None = None, connect_within: float | None = None
-) -> AsyncIterator[Bridge]:
-    """The one owner of a bridge's parts, for `serve` and the test fixtures alike.
-
-    Builds the Kafka publisher and the bridge and keeps connecting to Kafka in the background
-    (readiness and deliveries answer 503 until it succeeds), or first waits up to
-    `connect_within` seconds for the connection, raising PublishFailed if it does not come. On
-    exit it stops connecting, then flushes and closes the producer: within what is left of a
-    drain (`Lifecycle.drain`), or within `settings.drain_seconds` when none was started.
-    """
-    publisher = KafkaPublisher(
-        settings.kafka, timeout=settings.publish_timeout, max_record_bytes=settings.max_body_bytes
-    )
-    bridge = Bridge.assemble(settings, publisher, metrics)
-    connecting = asyncio.create_task(publisher.start_when_reachable(), name="kafka-connect")
-    try:
-        if connect_within is not None:
-            try:
-                async with asyncio.timeout(connect_within):
-                    await asyncio.shield(connecting)
-            except TimeoutError:
-                where = settings.kafka.bootstrap_servers
-                raise PublishFailed(f"Kafka at {where} did not answer within {connect_within:g}s") from None
-        yield bridge
-    finally:
-        connecting.cancel()
-        await asyncio.gather(connecting, return_exceptions=True)
-        try:
-            async with asyncio.timeout(max(0.1, bridge.lifecycle.remaining(settings.drain_seconds))):
-                await publisher.stop()
-        except TimeoutError:
-            log.warning("the producer did not close within the shutdown grace")
+    servers = []
+    for runner, host, port, wrap in (
+        (public, settings.host, settings.port, guard.wrap),
+        (admin, settings.admin_host, settings.admin_port, lambda factory: factory),
+    ):
+        await runner.setup()
+        assert runner.server is not None
+        servers.append(await loop.create_server(wrap(runner.server), host, port, reuse_address=True, backlog=1024))
+    return Listeners(guard, (public, admin), (servers[0], servers[1]))
 
 
 async def serve(settings: Settings, *, on_listening: Callable[[], None] | None = None) -> None:
@@ -285,7 +384,7 @@ async def serve(settings: Settings, *, on_listening: Callable[[], None] | None =
                 lifecycle.drain(grace)
                 log.info("draining", extra={"inflight": lifecycle.inflight, "grace_s": grace})
                 # Idle and half-sent connections have nothing to finish: close them now.
-                listeners.public.close_idle()
+                listeners.guard.close_idle()
                 if not await lifecycle.drained(max(0.0, lifecycle.remaining(grace) - reserve)):
                     log.warning(
                         "shutdown grace ran out with deliveries in flight", extra={"inflight": lifecycle.inflight}

@@ -1,8 +1,8 @@
 """The bridge's few exceptions.
 
 Those the pipeline raises map to HTTP answers in exactly one place
-(`bridge.listener.answer_for`); what the public port refuses on a request's head
-alone (oversized, draining, overloaded) it answers itself, without an exception.
+(`bridge.app._answer_for`), beside the refusals the webhook handler decides on a
+request alone (draining, overloaded, compressed, oversized, too slow).
 `ApiError` is backfill's alone (exit code 1).
 Each carries one line for a human (`reason`, or `detail` beside a fixed `code`).
 Library errors (aiokafka's, json's, the Scalekit SDK's) are

@@ -23,7 +23,7 @@ from bridge import __version__
 from bridge.core import Outcome
 from bridge.verify import REASONS
 
-# Why the public port refused a request or connection (bridge.listener), before any delivery work.
+# Why the public port refused a request or connection (bridge.guard, bridge.app), before any delivery work.
 CONNECTION_LIMIT = "connection_limit"
 HEADER_TIMEOUT = "header_timeout"
 HEADER_TOO_LARGE = "header_too_large"

@@ -17,7 +17,7 @@ from standardwebhooks.webhooks import Webhook
 from bridge.testing import free_port
 
 if TYPE_CHECKING:
-    from bridge.app import Bridge
+    from bridge.service import Bridge
 
 __all__ = ["body_of", "free_port", "loopback", "serving", "signed_headers"]
 

@@ -18,9 +18,10 @@ from typing import Any
 import aiohttp
 import pytest
 
-from bridge.app import Bridge, listen, running
+from bridge.app import listen
 from bridge.config import Settings
 from bridge.metrics import Metrics
+from bridge.service import Bridge, running
 from tests.helpers import body_of, free_port, loopback, serving, signed_headers
 
 SECRET = "whsec_" + base64.b64encode(b"integration-secret-bytes-32-long").decode()

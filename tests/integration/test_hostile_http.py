@@ -11,7 +11,7 @@ import aiohttp
 import pytest
 
 from bridge.dev.samples import sample
-from bridge.listener import MAX_HEADER_BYTES
+from bridge.guard import MAX_HEADER_BYTES
 from tests.helpers import body_of, signed_headers
 from tests.integration.conftest import SECRET
 

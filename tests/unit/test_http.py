@@ -1,4 +1,5 @@
-"""The HTTP surface: status codes, JSON error bodies and probes, on the real listeners.
+"""The HTTP surface: status codes, JSON error bodies and probes, on the real listeners (aiohttp's server
+inside the connection guard, as `serve` runs them).
 
 The publisher is faked here; delivery itself is proven against a real broker in tests/integration.
 """
@@ -7,20 +8,23 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import dataclasses
 import json
 import re
+from collections.abc import AsyncIterator
 
 import pytest
 import uvloop
 
-from bridge.app import Bridge, public_listener
+from bridge.app import Listeners, listen
 from bridge.config import Settings
 from bridge.core import Ack, Outcome
 from bridge.envelope import KafkaMessage
 from bridge.errors import PublishFailed
-from bridge.listener import PublicListener
+from bridge.guard import Connection
 from bridge.metrics import Metrics
 from bridge.pipeline import Receipt
+from bridge.service import Bridge
 from tests.fakes import RecordingProducer
 from tests.helpers import body_of, loopback, serving, signed_headers
 
@@ -168,7 +172,7 @@ async def test_an_unexpected_exception_is_answered_counted_and_logged_without_it
     assert "RuntimeError" in logged and "c2VjcmV0" not in logged
 
 
-# --- the listener's own HTTP duties (bridge.listener) -----------------------------------------------
+# --- what aiohttp's server and the guard do on the public port --------------------------------------
 
 
 @pytest.fixture
@@ -200,8 +204,9 @@ async def exchange(port: int, data: bytes, *, until_closed: bool = True) -> byte
 
 
 def statuses(raw: bytes) -> list[int]:
-    """The status of every answer in `raw`, in order (an answer's head follows the last one's body)."""
-    return [int(status) for status in re.findall(rb"HTTP/1\.1 (\d{3}) ", raw)]
+    """The status of every answer in `raw`, in order (an answer's head follows the last one's body;
+    aiohttp answers an HTTP/1.0 request in HTTP/1.0)."""
+    return [int(status) for status in re.findall(rb"HTTP/1\.[01] (\d{3}) ", raw)]
 
 
 async def test_pipelined_requests_are_answered_in_the_order_they_were_sent(accepting):
@@ -242,19 +247,20 @@ async def test_a_client_that_expects_100_continue_is_told_to_go_on(accepting):
     assert len(producer.handed) == 1
 
 
-async def test_answers_carry_a_date_and_no_server_banner_and_http_1_0_closes(accepting):
+async def test_answers_carry_a_date_and_no_version_banner_and_http_1_0_closes(accepting):
     bridge, _ = accepting
 
-    raw = await exchange(bridge.settings.port, signed_request(ENVELOPE, version="1.0"))
+    raw = await exchange(bridge.settings.port, signed_request(ENVELOPE, version="1.0"))  # returns at the close
 
     head = raw.split(b"\r\n\r\n", 1)[0].decode().lower()
     assert statuses(raw) == [201]
-    assert "\r\ndate: " in head and "\r\nconnection: close" in head
-    assert "server:" not in head
+    assert "\r\ndate: " in head and "keep-alive" not in head  # HTTP/1.0: closing is the default
+    assert "\r\nserver: scalekit-bridge\r\n" in head + "\r\n"
+    assert "aiohttp" not in head and "python" not in head
     assert json.loads(raw.split(b"\r\n\r\n", 1)[1]) == {"received": True, "outcome": "published"}
 
 
-def test_under_uvloop_the_listener_keeps_its_deadlines_and_answers():
+def test_under_uvloop_the_guard_keeps_its_deadlines_and_aiohttp_answers():
     """`serve` runs on uvloop by default; its timer and transport objects are not asyncio's."""
 
     async def scenario() -> tuple[bytes, bytes]:
@@ -280,7 +286,7 @@ def test_under_uvloop_the_listener_keeps_its_deadlines_and_answers():
 
 
 class TransportThatRecords(asyncio.Transport):
-    """Keeps what the listener writes and whether it reads, without a socket."""
+    """Keeps what the server writes and whether it reads, without a socket."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -289,7 +295,11 @@ class TransportThatRecords(asyncio.Transport):
         self.closed = False
 
     def write(self, data: bytes) -> None:
-        self.written += data
+        self.written += bytes(data)
+
+    def writelines(self, list_of_data) -> None:
+        for data in list_of_data:
+            self.write(data)
 
     def pause_reading(self) -> None:
         self.reading = False
@@ -304,18 +314,39 @@ class TransportThatRecords(asyncio.Transport):
         self.closed = True
 
 
-async def test_a_client_that_does_not_read_its_answers_is_not_read_from_either():
-    settings = Settings.from_env({"SCALEKIT_WEBHOOK_SECRET": SECRET})
-    bridge = Bridge.assemble(settings, RecordingProducer(), Metrics(process_metrics=False))
-    connection = public_listener(bridge).protocol()
+@pytest.fixture
+async def recording() -> AsyncIterator[tuple[Listeners, RecordingProducer]]:
+    """`serve`'s listeners for a bridge whose (fake) Kafka acknowledges everything."""
+    producer = RecordingProducer()
+    settings = Settings.from_env({"SCALEKIT_WEBHOOK_SECRET": SECRET, **loopback()})
+    listeners = await listen(Bridge.assemble(settings, producer, Metrics(process_metrics=False)))
+    yield listeners, producer
+    await listeners.close()
+
+
+def public_connection(listeners: Listeners) -> tuple[Connection, TransportThatRecords]:
+    """A public-port connection as `serve` makes one (the guard around aiohttp's protocol), on a recording transport."""
+    server = listeners.runners[0].server
+    assert server is not None
+    connection = listeners.guard.wrap(server)()
+    assert isinstance(connection, Connection)
     transport = TransportThatRecords()
     connection.connection_made(transport)
+    return connection, transport
+
+
+async def until(condition, timeout: float = 5.0) -> None:
+    async with asyncio.timeout(timeout):
+        while not condition():
+            await asyncio.sleep(0.01)
+
+
+async def test_a_client_that_does_not_read_its_answers_is_not_read_from_either(recording):
+    connection, transport = public_connection(recording[0])
 
     connection.pause_writing()  # the socket's send buffer is full: the client reads nothing
     connection.data_received(signed_request(ENVELOPE))
-    async with asyncio.timeout(5):
-        while connection.worker is not None or not transport.written:
-            await asyncio.sleep(0.01)
+    await until(lambda: statuses(transport.written))
 
     assert statuses(transport.written) == [201]
     assert not transport.reading
@@ -323,7 +354,38 @@ async def test_a_client_that_does_not_read_its_answers_is_not_read_from_either()
     assert transport.reading
 
 
-async def test_a_receipt_the_listener_cannot_answer_with_201_is_a_counted_500_not_a_silent_hang():
+async def test_a_pipelining_client_is_not_read_from_while_its_delivery_is_worked_on(recording):
+    """Once a request's body is in, nothing more is read until it is answered: a client that sends
+    request after request without waiting makes the bridge hold one at a time, not a queue."""
+    _listeners, producer = recording
+    producer.hold = asyncio.Event()  # Kafka's acknowledgement waits
+    connection, transport = public_connection(recording[0])
+
+    connection.data_received(signed_request(ENVELOPE | {"id": "evt_1"}))
+    await until(lambda: producer.handed)
+
+    assert not transport.reading  # the delivery is being worked on
+    producer.hold.set()
+    await until(lambda: statuses(transport.written))
+    assert statuses(transport.written) == [201]
+    await until(lambda: transport.reading)  # answered: the next request may come
+
+
+async def test_a_request_whose_body_is_still_coming_is_read_until_it_is_in(recording):
+    connection, transport = public_connection(recording[0])
+    request = signed_request(ENVELOPE)
+    head_and_some, rest = request[:-10], request[-10:]
+
+    connection.data_received(head_and_some)
+    await asyncio.sleep(0.05)
+    assert transport.reading and not transport.written
+    connection.data_received(rest)
+    await until(lambda: statuses(transport.written))
+
+    assert statuses(transport.written) == [201]
+
+
+async def test_a_receipt_that_earns_no_201_is_a_counted_500_not_a_silent_hang():
     class Confused:
         """A pipeline with a bug: it returns a receipt for an outcome that earns no 201."""
 
@@ -333,17 +395,12 @@ async def test_a_receipt_the_listener_cannot_answer_with_201_is_a_counted_500_no
         def refuse_oversized(self, started):
             return None
 
-    settings = Settings.from_env({"SCALEKIT_WEBHOOK_SECRET": SECRET})
+    settings = Settings.from_env({"SCALEKIT_WEBHOOK_SECRET": SECRET, **loopback()})
     bridge = Bridge.assemble(settings, RecordingProducer(), Metrics(process_metrics=False))
-    listener = PublicListener(public_listener(bridge).limits, Confused(), bridge.lifecycle, bridge.metrics)
-    connection = listener.protocol()
-    transport = TransportThatRecords()
-    connection.connection_made(transport)
+    confused = dataclasses.replace(bridge, pipeline=Confused())
 
-    connection.data_received(signed_request(ENVELOPE))
-    async with asyncio.timeout(5):
-        while not transport.written:
-            await asyncio.sleep(0.01)
+    async with serving(confused) as (client, _admin):
+        status, answer, _ = await post(client, body_of(ENVELOPE), signed_headers(SECRET, body_of(ENVELOPE)))
 
-    assert statuses(transport.written) == [500]
+    assert (status, answer["error"]) == (500, "internal_error")
     assert bridge.metrics.registry.get_sample_value("scalekit_bridge_internal_errors_total") == 1

@@ -1,0 +1,301 @@
+"""What a client costs the public port before aiohttp has a request to answer, and when its socket is read.
+
+aiohttp's server parses and answers; it has settings for line and field sizes, idle keep-alive and
+lingering, but none for how many connections are open, how long a request head may take, or how
+big a whole head may be. This module adds those at the asyncio level, around aiohttp's protocol,
+and knows no HTTP beyond counting head bytes up to the blank line:
+
+- a connection over `max_connections` gets a fixed 503 and is closed, before aiohttp sees it;
+- a new connection, or one reused after an answer, has `header_timeout` to send a whole request
+  head of at most `MAX_HEADER_BYTES` (else a fixed 408 or 431, and closed);
+- the socket is read only while aiohttp wants to read it, the client reads its answers, and no
+  request whose body is in is still being answered: a client that pipelines or stops reading is not
+  read from until it has its answers, so what it makes us hold stays one request.
+
+The three fixed answers are the only bytes this module writes; everything else aiohttp frames.
+The app tells each connection when a request starts, when its body is in, and when it is answered
+(`connection_of(request.transport)`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import json
+from collections.abc import Callable
+from http import HTTPStatus
+from typing import Any, cast
+
+from bridge import metrics as m
+
+# Scalekit's own second retry comes 5 s after the first; asking for the same keeps us honest.
+RETRY_AFTER_SECONDS = 5
+# Scalekit's request heads are well under 1 KiB; 16 KiB is generous for proxies' additions.
+MAX_HEADER_BYTES = 16 * 1024
+_HEAD_END = b"\r\n\r\n"
+
+
+def _fixed_answer(status: HTTPStatus, error: str, detail: str, *extra: str) -> bytes:
+    """A whole response for a connection aiohttp never gets: the same bytes every time."""
+    body = json.dumps({"error": error, "detail": detail}).encode()
+    head = [f"HTTP/1.1 {status.value} {status.phrase}", "Content-Type: application/json", "Connection: close",
+            *extra, f"Content-Length: {len(body)}"]
+    return ("\r\n".join(head) + "\r\n\r\n").encode() + body
+
+
+_TOO_MANY = _fixed_answer(HTTPStatus.SERVICE_UNAVAILABLE, m.CONNECTION_LIMIT, "connection limit reached",
+                          f"Retry-After: {RETRY_AFTER_SECONDS}")
+_HEAD_TOO_SLOW = _fixed_answer(HTTPStatus.REQUEST_TIMEOUT, m.HEADER_TIMEOUT, "the request head came too slowly")
+_HEAD_TOO_LARGE = _fixed_answer(HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE, m.HEADER_TOO_LARGE,
+                                "the request head is too big")
+
+
+class _State(enum.Enum):
+    WAITING = "waiting for a request head"
+    HEAD = "reading a request head"
+    REQUEST = "in a request"
+    IDLE = "idle between requests"
+
+
+# Why the socket is not being read (any one is enough).
+_BY_SERVER = 1  # aiohttp's own flow control (its queue or a body buffer is full)
+_HELD = 2  # a request's body is in and the request is not answered yet
+_NOT_READING_ANSWERS = 4  # the socket's send buffer is full: the client does not read
+
+
+class ConnectionGuard:
+    """Owns every open connection of one listener and the limits on them."""
+
+    def __init__(self, *, max_connections: int, header_timeout: float, on_refusal: Callable[[str], None]) -> None:
+        self._max_connections = max_connections
+        self.header_timeout = header_timeout
+        self.refused = on_refusal
+        self._open: set[Connection] = set()
+
+    @property
+    def open_connections(self) -> int:
+        return len(self._open)
+
+    def wrap(self, factory: Callable[[], asyncio.Protocol]) -> Callable[[], asyncio.Protocol]:
+        """A protocol factory for `loop.create_server` that guards what `factory` (aiohttp's server) makes."""
+        return lambda: Connection(self, factory)
+
+    def close_idle(self) -> None:
+        """For shutdown: close every connection not in a request (the app closes the others after their answer)."""
+        for connection in list(self._open):
+            if not connection.in_request:
+                connection.close()
+
+    def admit(self, connection: Connection) -> bool:
+        """Count a new connection in; False (and counted as refused) when the cap is reached."""
+        if len(self._open) >= self._max_connections:
+            self.refused(m.CONNECTION_LIMIT)
+            return False
+        self._open.add(connection)
+        return True
+
+    def forget(self, connection: Connection) -> None:
+        self._open.discard(connection)
+
+
+def connection_of(transport: object) -> Connection | None:
+    """The guarded connection a request came in on (aiohttp's `request.transport`), or None when unguarded."""
+    return transport.connection if isinstance(transport, _TransportView) else None
+
+
+class Connection(asyncio.Protocol):
+    """One client connection: forwards to aiohttp's protocol and enforces the guard's limits."""
+
+    def __init__(self, guard: ConnectionGuard, factory: Callable[[], asyncio.Protocol]) -> None:
+        self._guard = guard
+        self._factory = factory
+        self._inner: asyncio.Protocol | None = None
+        self._transport: asyncio.Transport | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._state = _State.WAITING
+        self._head_bytes = 0
+        self._tail = b""
+        self._pauses = 0
+
+    @property
+    def in_request(self) -> bool:
+        return self._state is _State.REQUEST
+
+    # --- asyncio.Protocol, called by the real transport ------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = cast("asyncio.Transport", transport)  # a stream transport (asyncio's or uvloop's)
+        if not self._guard.admit(self):
+            self._transport.write(_TOO_MANY)
+            self._transport.close()
+            return
+        self._inner = self._factory()
+        self._inner.connection_made(_TransportView(self._transport, self))
+        self._arm(self._guard.header_timeout)
+
+    def data_received(self, data: bytes) -> None:
+        if self._inner is None:
+            return  # refused; the socket is closing
+        if self._state is _State.IDLE or self._state is _State.WAITING:
+            if self._state is _State.IDLE:
+                self._arm(self._guard.header_timeout)
+            self._state = _State.HEAD
+            self._head_bytes, self._tail = 0, b""
+        if self._state is _State.HEAD and not self._count_head(data):
+            self._refuse(_HEAD_TOO_LARGE, m.HEADER_TOO_LARGE)
+            return
+        self._inner.data_received(data)
+
+    def eof_received(self) -> bool | None:
+        return self._inner.eof_received() if self._inner is not None else None
+
+    def pause_writing(self) -> None:
+        if self._inner is not None:
+            self._inner.pause_writing()
+        self.pause(_NOT_READING_ANSWERS)
+
+    def resume_writing(self) -> None:
+        if self._inner is not None:
+            self._inner.resume_writing()
+        self.resume(_NOT_READING_ANSWERS)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
+        self._guard.forget(self)
+        if self._inner is not None:
+            self._inner.connection_lost(exc)
+            self._inner = None
+
+    # --- told by the app -----------------------------------------------------------------
+
+    def request_started(self) -> None:
+        self._state = _State.REQUEST
+        self._disarm()
+
+    def hold(self) -> None:
+        """The request's body is in: read nothing more until it is answered (`request_finished`)."""
+        self.pause(_HELD)
+
+    def request_finished(self) -> None:
+        """The answer is written (aiohttp writes it before it reads again); idle until the next head."""
+        self._state = _State.IDLE
+        self.resume(_HELD)
+
+    def close(self) -> None:
+        if self._transport is not None:
+            self._transport.close()
+
+    # --- reading ---------------------------------------------------------------------------
+
+    def pause(self, reason: int) -> None:
+        paused = self._pauses
+        self._pauses |= reason
+        if not paused and self._transport is not None and not self._transport.is_closing():
+            self._transport.pause_reading()
+
+    def resume(self, reason: int) -> None:
+        if not self._pauses & reason:
+            return
+        self._pauses &= ~reason
+        if not self._pauses and self._transport is not None and not self._transport.is_closing():
+            self._transport.resume_reading()
+
+    @property
+    def reading(self) -> bool:
+        return not self._pauses
+
+    # --- internals ---------------------------------------------------------------------------
+
+    def _count_head(self, data: bytes) -> bool:
+        """Count request-head bytes up to the blank line; False once over the limit."""
+        window = self._tail + data
+        end = window.find(_HEAD_END)
+        if end >= 0:
+            self._head_bytes += end - len(self._tail)
+            self._state = _State.REQUEST  # the head is complete; the app takes over
+            return self._head_bytes <= MAX_HEADER_BYTES
+        self._head_bytes += len(data)
+        self._tail = window[-3:]
+        return self._head_bytes <= MAX_HEADER_BYTES
+
+    def _arm(self, seconds: float) -> None:
+        self._disarm()
+        self._timer = asyncio.get_running_loop().call_later(seconds, self._expire)
+
+    def _disarm(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _expire(self) -> None:
+        self._timer = None
+        if self._state is _State.WAITING or self._state is _State.HEAD:
+            self._refuse(_HEAD_TOO_SLOW, m.HEADER_TIMEOUT)
+
+    def _refuse(self, answer: bytes, reason: str) -> None:
+        self._guard.refused(reason)
+        self._disarm()
+        if self._transport is not None:
+            self._transport.write(answer)
+            self._transport.close()
+        # aiohttp must not parse what follows.
+        inner, self._inner = self._inner, None
+        if inner is not None:
+            inner.connection_lost(None)
+
+
+class _TransportView(asyncio.Transport):
+    """The transport aiohttp's protocol sees: the real one, except that its reading goes through the guard."""
+
+    def __init__(self, transport: asyncio.Transport, connection: Connection) -> None:
+        super().__init__()
+        self._transport = transport
+        self.connection = connection
+
+    def pause_reading(self) -> None:
+        self.connection.pause(_BY_SERVER)
+
+    def resume_reading(self) -> None:
+        self.connection.resume(_BY_SERVER)
+
+    def is_reading(self) -> bool:
+        return self.connection.reading
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        self._transport.write(data)
+
+    def writelines(self, list_of_data: Any) -> None:
+        self._transport.writelines(list_of_data)
+
+    def write_eof(self) -> None:
+        self._transport.write_eof()
+
+    def can_write_eof(self) -> bool:
+        return self._transport.can_write_eof()
+
+    def get_write_buffer_size(self) -> int:
+        return self._transport.get_write_buffer_size()
+
+    def get_write_buffer_limits(self) -> tuple[int, int]:
+        return self._transport.get_write_buffer_limits()
+
+    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
+        self._transport.set_write_buffer_limits(high, low)
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return self._transport.get_extra_info(name, default)
+
+    def is_closing(self) -> bool:
+        return self._transport.is_closing()
+
+    def close(self) -> None:
+        self._transport.close()
+
+    def abort(self) -> None:
+        self._transport.abort()
+
+    def set_protocol(self, protocol: asyncio.BaseProtocol) -> None:
+        raise NotImplementedError("a guarded connection keeps its protocol")
+
+    def get_protocol(self) -> asyncio.BaseProtocol:
+        return self.connection

@@ -1,0 +1,138 @@
+"""One bridge's parts, wired once, and the one owner of their life (`running`).
+
+HTTP-free: `bridge.app` serves a `Bridge` on aiohttp, as `serve` or inside another aiohttp
+application; the test fixtures run it the same way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
+
+from bridge import metrics as m
+from bridge.config import Settings
+from bridge.core import Publisher
+from bridge.errors import PublishFailed
+from bridge.pipeline import Pipeline, Writer
+from bridge.publish import KafkaPublisher
+from bridge.redelivery import RedeliveryCache
+from bridge.verify import Verifier
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Lifecycle:
+    """Whether new deliveries are taken, how many are still being handled, and when the drain must end."""
+
+    accepting: bool = True
+    inflight: int = 0
+    # The event loop's time by which a drain must be over (None until one starts).
+    deadline: float | None = None
+    _idle: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def drain(self, grace: float) -> None:
+        """Take no new deliveries from now on; everything must be closed within `grace` seconds."""
+        self.accepting = False
+        if self.deadline is None:
+            self.deadline = asyncio.get_running_loop().time() + grace
+
+    def remaining(self, default: float) -> float:
+        """Seconds left until the drain's deadline; `default` when no drain has started."""
+        if self.deadline is None:
+            return default
+        return max(0.0, self.deadline - asyncio.get_running_loop().time())
+
+    @contextlib.contextmanager
+    def track(self) -> Iterator[None]:
+        """Count one delivery in flight, from before its body is read until it is answered."""
+        self.inflight += 1
+        self._idle.clear()
+        try:
+            yield
+        finally:
+            self.inflight -= 1
+            if self.inflight == 0:
+                self._idle.set()
+
+    async def drained(self, timeout: float) -> bool:
+        """Wait until nothing is in flight; False if `timeout` passed first."""
+        if self.inflight == 0:
+            return True
+        try:
+            async with asyncio.timeout(timeout):
+                await self._idle.wait()
+        except TimeoutError:
+            return False
+        return True
+
+
+@dataclass(frozen=True)
+class Bridge:
+    """Everything one running bridge is made of, wired once."""
+
+    settings: Settings
+    publisher: Publisher
+    pipeline: Pipeline
+    metrics: m.Metrics
+    lifecycle: Lifecycle
+
+    @classmethod
+    def assemble(cls, settings: Settings, publisher: Publisher, metrics: m.Metrics | None = None) -> Bridge:
+        metrics = metrics if metrics is not None else m.Metrics()
+        cache = RedeliveryCache(settings.redelivery_cache_size, settings.redelivery_cache_ttl)
+        lifecycle = Lifecycle()
+        pipeline = Pipeline(
+            verifier=Verifier(settings.signing_keys, settings.timestamp_tolerance),
+            cache=cache,
+            writer=Writer.configured(settings, publisher, metrics),
+        )
+        bridge = cls(settings, publisher, pipeline, metrics, lifecycle)
+        # Read at scrape time, so the gauges cannot drift from the truth.
+        metrics.ready.set_function(lambda: 1.0 if bridge.ready else 0.0)
+        metrics.inflight.set_function(lambda: float(lifecycle.inflight))
+        metrics.redelivery_cache_entries.set_function(lambda: float(len(cache)))
+        return bridge
+
+    @property
+    def ready(self) -> bool:
+        return self.lifecycle.accepting and self.publisher.ready
+
+
+@contextlib.asynccontextmanager
+async def running(
+    settings: Settings, *, metrics: m.Metrics | None = None, connect_within: float | None = None
+) -> AsyncIterator[Bridge]:
+    """The one owner of a bridge's parts, for `serve`, an embedding application and the test fixtures.
+
+    Builds the Kafka publisher and the bridge and keeps connecting to Kafka in the background
+    (readiness and deliveries answer 503 until it succeeds), or first waits up to
+    `connect_within` seconds for the connection, raising PublishFailed if it does not come. On
+    exit it stops connecting, then flushes and closes the producer: within what is left of a
+    drain (`Lifecycle.drain`), or within `settings.drain_seconds` when none was started.
+    """
+    publisher = KafkaPublisher(
+        settings.kafka, timeout=settings.publish_timeout, max_record_bytes=settings.max_body_bytes
+    )
+    bridge = Bridge.assemble(settings, publisher, metrics)
+    connecting = asyncio.create_task(publisher.start_when_reachable(), name="kafka-connect")
+    try:
+        if connect_within is not None:
+            try:
+                async with asyncio.timeout(connect_within):
+                    await asyncio.shield(connecting)
+            except TimeoutError:
+                where = settings.kafka.bootstrap_servers
+                raise PublishFailed(f"Kafka at {where} did not answer within {connect_within:g}s") from None
+        yield bridge
+    finally:
+        connecting.cancel()
+        await asyncio.gather(connecting, return_exceptions=True)
+        try:
+            async with asyncio.timeout(max(0.1, bridge.lifecycle.remaining(settings.drain_seconds))):
+                await publisher.stop()
+        except TimeoutError:
+            log.warning("the producer did not close within the shutdown grace")
