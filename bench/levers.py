@@ -8,7 +8,9 @@ p50/p99 and the ratio to the first variant. Usage:
     python bench/levers.py --rate 1500 --rounds 4 'default:' 'uvloop:BRIDGE_EVENT_LOOP=uvloop'
 
 A variant is `name:` followed by comma-separated `VAR=value` settings for `scalekit-bridge serve`
-(`ceiling` as a name runs bench/peers/ceiling.py instead). Asserts nothing.
+(`ceiling` as a name runs bench/peers/ceiling.py instead). `BENCH_CHECKOUT=DIR` as a setting runs the
+code of another work tree, so two commits are compared the same way:
+`git worktree add /tmp/before HEAD~3`, then `'before:BENCH_CHECKOUT=/tmp/before' 'after:'`. Asserts nothing.
 """
 
 from __future__ import annotations

@@ -181,7 +181,9 @@ class Server:
 
 def start_server(name: str, bootstrap: str, run_id: str) -> Server:
     port = free_port()
-    env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": bootstrap, "PORT": str(port), "PYTHONPATH": str(ROOT)}
+    # BENCH_CHECKOUT: run the servers' code from another work tree (`git worktree add`), to compare commits.
+    root = Path(os.environ.get("BENCH_CHECKOUT", ROOT))
+    env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": bootstrap, "PORT": str(port), "PYTHONPATH": str(root)}
     python = sys.executable
     if name == "bridge":
         prefix = f"bench{run_id}.bridge."
@@ -193,7 +195,7 @@ def start_server(name: str, bootstrap: str, run_id: str) -> Server:
     elif name == "ceiling":
         topics = [f"bench{run_id}.ceiling"]
         env["TOPIC"] = topics[0]
-        command = [python, str(ROOT / "bench" / "peers" / "ceiling.py")]
+        command = [python, str(root / "bench" / "peers" / "ceiling.py")]
     elif name == "seed-guide":
         prefix = f"bench{run_id}.seedguide."
         env |= {"SCALEKIT_WEBHOOK_SECRET": SECRET, "TOPIC_PREFIX": prefix}
@@ -204,7 +206,7 @@ def start_server(name: str, bootstrap: str, run_id: str) -> Server:
     else:
         raise SystemExit(f"unknown server {name}")
     # Its logs are part of its work (the bridge writes one line per delivery), but not of the report.
-    process = subprocess.Popen(command, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(command, env=env, cwd=root, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     return Server(name, process, port, topics)
 
 

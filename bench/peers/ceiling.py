@@ -1,7 +1,8 @@
 """`ceiling`: the least an aiohttp + aiokafka forwarder can do, as the benchmark's upper bound.
 
 Reads the body, verifies nothing, parses nothing, and answers 201 after `send_and_wait` of the raw body
-with the bridge's producer guarantees (acks=all, idempotent, linger 5 ms). Run by bench/openloop.py:
+with the bridge's producer guarantees (acks=all, idempotent, linger 5 ms), on uvloop like the bridge, so
+both sides run on the same stack. Run by bench/openloop.py:
 `python bench/peers/ceiling.py` with KAFKA_BOOTSTRAP_SERVERS, PORT and TOPIC in the environment.
 """
 
@@ -11,6 +12,7 @@ import asyncio
 import os
 import signal
 
+import uvloop
 from aiohttp import web
 from aiokafka import AIOKafkaProducer
 
@@ -40,4 +42,4 @@ async def main() -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    uvloop.run(main())
