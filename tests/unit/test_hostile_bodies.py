@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from bridge.envelope import MAX_DEPTH, build_record, parse_envelope, topics_collide
 from bridge.errors import MalformedDelivery
@@ -85,3 +87,34 @@ def test_topics_that_differ_only_in_dots_and_underscores_collide(first, second, 
 def test_a_body_that_is_not_an_object_still_gets_its_reason_before_any_depth_walk():
     with pytest.raises(MalformedDelivery, match="not a JSON object"):
         parse_envelope(b"[1, 2, 3]")
+
+
+# msgspec reads the body and writes the record; the standard library is the reference it must match.
+JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False) | st.text(),
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(), children, max_size=4),
+    max_leaves=20,
+)
+
+
+@given(JSON_VALUES, st.booleans())
+def test_every_body_reads_exactly_as_the_standard_library_reads_it(data, ascii_only):
+    """Big integers stay integers, escapes and surrogate pairs decode alike; what the compiled reader
+    refuses (lone surrogates among them) goes to the standard library and reads the same."""
+    body = json.dumps({"id": "evt_1", "type": "role.created", "data": data}, ensure_ascii=ascii_only).encode()
+
+    assert parse_envelope(body) == json.loads(body)
+
+
+@given(st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(st.characters(blacklist_categories=("Cs",))),
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(), children, max_size=4),
+    max_leaves=20,
+))
+def test_what_the_record_carries_reads_back_as_the_data_that_came_in(data):
+    body = json.dumps({"id": "evt_1", "type": "role.created", "environment_id": "env_1", "data": data}).encode()
+
+    record = route(body)
+
+    assert json.loads(record.message.value) == data
