@@ -19,7 +19,7 @@ import json
 import logging
 import signal
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -46,6 +46,9 @@ BRIDGE = web.AppKey("bridge", Bridge)
 
 _TRIM_INTERVAL_SECONDS = 5.0
 _JSON = "application/json"
+# aiohttp names itself and Python's versions unless a Server header is set.
+_SERVER = "scalekit-bridge"
+_CREATED_HEADERS = {hdrs.CONTENT_TYPE: _JSON, hdrs.SERVER: _SERVER}
 # Scalekit keeps the answer in its delivery log: a 201 says whether the event was published,
 # dead-lettered (look in the dead-letter topic) or a redelivery of one already written.
 _CREATED = {
@@ -74,6 +77,7 @@ def setup_webhook(app: web.Application, settings: Settings, *, metrics: m.Metric
 def add_webhook_route(app: web.Application, path: str) -> None:
     """The webhook route alone, for an `app` whose `BRIDGE` is set by its owner (as `serve` does)."""
     app.router.add_post(path, receive)
+    app.router.add_route(hdrs.METH_ANY, path, _method_not_allowed)
 
 
 def _owner(
@@ -110,16 +114,24 @@ class PayloadTooLarge(Refused):
 
 async def receive(request: web.Request) -> web.Response:
     """Deliver one webhook: 201 once Kafka has its record; every refusal as JSON (see the README's Responses)."""
-    bridge = request.config_dict[BRIDGE]
+    bridge = request.app[BRIDGE]
     started = time.perf_counter()
+    # Under `serve`, the guard hears when the request starts, when its body is in and when it is answered.
+    connection = connection_of(request.transport)
+    if connection is not None:
+        connection.request_started()
+        request.content.on_eof(connection.hold)
     try:
         receipt = await _deliver(request, bridge)
         response = _created(receipt)
     except Exception as exc:  # noqa: BLE001 - the error boundary; _answer_for knows every case
         response = _answer_for(exc, bridge, started)
+    finally:
+        if connection is not None:
+            connection.request_finished()
     if not bridge.lifecycle.accepting:
         response.force_close()  # draining: no connection outlives its answer
-    bridge.metrics.request_duration.labels(status=str(response.status)).observe(time.perf_counter() - started)
+    bridge.metrics.observe_request(response.status, time.perf_counter() - started)
     return response
 
 
@@ -129,7 +141,8 @@ async def _deliver(request: web.Request, bridge: Bridge) -> Receipt:
         raise Refused(503, "shutting_down", "this instance is draining; retry", retry=True)
     if lifecycle.inflight >= settings.max_inflight:
         raise Refused(503, m.OVERLOADED, f"over {settings.max_inflight} deliveries in flight; retry", retry=True)
-    with lifecycle.track():
+    lifecycle.enter()
+    try:
         if request.headers.get(hdrs.CONTENT_ENCODING, "identity").strip().lower() not in ("", "identity"):
             # Scalekit sends plain bodies; decompressing a stranger's bytes is how bombs go off.
             raise Refused(415, m.UNSUPPORTED_ENCODING, "request bodies must not be compressed")
@@ -137,12 +150,17 @@ async def _deliver(request: web.Request, bridge: Bridge) -> Receipt:
             raise _too_large(settings)
         body = await _body(request, settings)
         return await bridge.pipeline.handle(request.headers, body)
+    finally:
+        lifecycle.leave()
 
 
 async def _body(request: web.Request, settings: Settings) -> bytes:
     """The whole body, at most `max_body_bytes`, within `body_timeout` unless it is already in."""
-    if request.content.is_eof():
-        return await _read_up_to(request, settings)
+    if request.content.is_eof():  # the usual case: it came with the head
+        body = request.content.read_nowait()
+        if len(body) > settings.max_body_bytes:
+            raise _too_large(settings)
+        return body
     try:
         async with asyncio.timeout(settings.body_timeout):
             return await _read_up_to(request, settings)
@@ -168,7 +186,7 @@ def _too_large(settings: Settings) -> PayloadTooLarge:
 
 
 def _created(receipt: Receipt) -> web.Response:
-    return web.Response(status=201, body=_CREATED[receipt.outcome], content_type=_JSON)
+    return web.Response(status=201, body=_CREATED[receipt.outcome], headers=_CREATED_HEADERS)
 
 
 def _answer_for(exc: Exception, bridge: Bridge, started: float) -> web.Response:
@@ -191,9 +209,11 @@ def _answer_for(exc: Exception, bridge: Bridge, started: float) -> web.Response:
 
 def error_response(status: int, error: str, detail: str, *, retry: bool = False, close: bool = False) -> web.Response:
     """An error answer: `{"error": <fixed code>, "detail": <a sentence>}`."""
-    headers = {hdrs.RETRY_AFTER: str(RETRY_AFTER_SECONDS)} if retry else None
+    headers = {hdrs.CONTENT_TYPE: _JSON, hdrs.SERVER: _SERVER}
+    if retry:
+        headers[hdrs.RETRY_AFTER] = str(RETRY_AFTER_SECONDS)
     body = json.dumps({"error": error, "detail": detail}).encode()
-    response = web.Response(status=status, body=body, content_type=_JSON, headers=headers)
+    response = web.Response(status=status, body=body, headers=headers)
     if close:
         response.force_close()
     return response
@@ -226,10 +246,10 @@ async def metrics(request: web.Request) -> web.Response:
 
 def create_public_app(bridge: Bridge) -> web.Application:
     """The public listener's application: the webhook route, with the guard told of each request."""
-    app = web.Application(middlewares=[_public_port])
+    app = web.Application()
     app[BRIDGE] = bridge
     add_webhook_route(app, bridge.settings.webhook_path)
-    app.on_response_prepare.append(_no_version_banner)
+    app.router.add_route(hdrs.METH_ANY, "/{anything:.*}", _not_found)
     return app
 
 
@@ -243,31 +263,15 @@ def create_admin_app(bridge: Bridge) -> web.Application:
     return app
 
 
-@web.middleware
-async def _public_port(
-    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
-) -> web.StreamResponse:
-    """Tells the guard when a request starts, when its body is in and when it is answered; the
-    router's own refusals (404, 405) become JSON like every other answer on this port."""
-    connection = connection_of(request.transport)
-    if connection is not None:
-        connection.request_started()
-        request.content.on_eof(connection.hold)
-    try:
-        return await handler(request)
-    except web.HTTPException as exc:
-        response = error_response(exc.status, exc.reason.lower().replace(" ", "_"), exc.reason, close=True)
-        if hdrs.ALLOW in exc.headers:
-            response.headers[hdrs.ALLOW] = exc.headers[hdrs.ALLOW]
-        return response
-    finally:
-        if connection is not None:
-            connection.request_finished()
+async def _method_not_allowed(request: web.Request) -> web.Response:
+    response = error_response(405, "method_not_allowed", "Method Not Allowed", close=True)
+    response.headers[hdrs.ALLOW] = hdrs.METH_POST
+    request.app[BRIDGE].metrics.observe_request(405, 0.0)
+    return response
 
 
-async def _no_version_banner(request: web.Request, response: web.StreamResponse) -> None:
-    # aiohttp names itself and Python's versions unless a Server header is set.
-    response.headers[hdrs.SERVER] = "scalekit-bridge"
+async def _not_found(request: web.Request) -> web.Response:
+    return error_response(404, "not_found", "Not Found", close=True)
 
 
 class _ParserErrors(logging.Logger):

@@ -111,11 +111,15 @@ class Connection(asyncio.Protocol):
         self._factory = factory
         self._inner: asyncio.Protocol | None = None
         self._transport: asyncio.Transport | None = None
+        # One timer per connection, moved by assignment: a request re-arms it, and a timer handle per
+        # request (scheduled, then cancelled) would cost more than the rest of the guard's bookkeeping.
         self._timer: asyncio.TimerHandle | None = None
+        self._deadline: float | None = None
         self._state = _State.WAITING
         self._head_bytes = 0
         self._tail = b""
         self._pauses = 0
+        self._holding = False
 
     @property
     def in_request(self) -> bool:
@@ -144,6 +148,9 @@ class Connection(asyncio.Protocol):
         if self._state is _State.HEAD and not self._count_head(data):
             self._refuse(_HEAD_TOO_LARGE, m.HEADER_TOO_LARGE)
             return
+        if self._holding:
+            # More than the request being answered: the client pipelines. Take this read, then no more.
+            self.pause(_HELD)
         self._inner.data_received(data)
 
     def eof_received(self) -> bool | None:
@@ -161,6 +168,9 @@ class Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         self._guard.forget(self)
         if self._inner is not None:
             self._inner.connection_lost(exc)
@@ -173,12 +183,17 @@ class Connection(asyncio.Protocol):
         self._disarm()
 
     def hold(self) -> None:
-        """The request's body is in: read nothing more until it is answered (`request_finished`)."""
-        self.pause(_HELD)
+        """The request's body is in: read nothing more until it is answered (`request_finished`).
+
+        Reading stops only once more data comes: a client that waits for its answer (every real one)
+        costs no pause and resume of the socket.
+        """
+        self._holding = True
 
     def request_finished(self) -> None:
         """The answer is written (aiohttp writes it before it reads again); idle until the next head."""
         self._state = _State.IDLE
+        self._holding = False
         self.resume(_HELD)
 
     def close(self) -> None:
@@ -208,33 +223,46 @@ class Connection(asyncio.Protocol):
 
     def _count_head(self, data: bytes) -> bool:
         """Count request-head bytes up to the blank line; False once over the limit."""
-        window = self._tail + data
-        end = window.find(_HEAD_END)
+        end = data.find(_HEAD_END)
+        if end < 0 and self._tail:  # the blank line may straddle two reads
+            straddling = (self._tail + data[:3]).find(_HEAD_END)
+            end = straddling - len(self._tail) if straddling >= 0 else -1
         if end >= 0:
-            self._head_bytes += end - len(self._tail)
+            self._head_bytes += end
             self._state = _State.REQUEST  # the head is complete; the app takes over
             return self._head_bytes <= MAX_HEADER_BYTES
         self._head_bytes += len(data)
-        self._tail = window[-3:]
+        self._tail = (self._tail + data)[-3:] if len(data) < 3 else data[-3:]
         return self._head_bytes <= MAX_HEADER_BYTES
 
     def _arm(self, seconds: float) -> None:
-        self._disarm()
-        self._timer = asyncio.get_running_loop().call_later(seconds, self._expire)
-
-    def _disarm(self) -> None:
-        if self._timer is not None:
+        loop = asyncio.get_running_loop()
+        self._deadline = loop.time() + seconds
+        if self._timer is not None and self._timer.when() > self._deadline:
             self._timer.cancel()
             self._timer = None
+        if self._timer is None:
+            self._timer = loop.call_at(self._deadline, self._check)
 
-    def _expire(self) -> None:
+    def _disarm(self) -> None:
+        self._deadline = None  # the handle stays; when it fires it finds nothing due
+
+    def _check(self) -> None:
         self._timer = None
+        if self._deadline is None:
+            return
+        loop = asyncio.get_running_loop()
+        if loop.time() < self._deadline:
+            self._timer = loop.call_at(self._deadline, self._check)
+            return
+        self._deadline = None
         if self._state is _State.WAITING or self._state is _State.HEAD:
             self._refuse(_HEAD_TOO_SLOW, m.HEADER_TIMEOUT)
 
     def _refuse(self, answer: bytes, reason: str) -> None:
         self._guard.refused(reason)
         self._disarm()
+        self._state = _State.REQUEST  # answered: no timer refuses it again
         if self._transport is not None:
             self._transport.write(answer)
             self._transport.close()

@@ -129,6 +129,9 @@ class Metrics:
             registry=self.registry,
         )
         self.build_info.info({"version": __version__})
+        # Children of the per-delivery series, looked up once per label value rather than once a delivery.
+        self._request_durations: dict[int, Histogram] = {}
+        self._deliveries: dict[tuple[str, str], Counter] = {}
         # Pre-create the fixed series so dashboards and alerts see zeros, not gaps.
         for reason in REASONS:
             self.verification_failures.labels(reason=reason)
@@ -136,6 +139,22 @@ class Metrics:
             self.deliveries.labels(outcome=outcome, event_type=UNKNOWN_TYPE)
         for refusal in HTTP_REFUSALS:
             self.http_refusals.labels(reason=refusal)
+
+    def observe_request(self, status: int, seconds: float) -> None:
+        """One webhook request answered with `status` after `seconds`."""
+        histogram = self._request_durations.get(status)
+        if histogram is None:
+            histogram = self._request_durations[status] = self.request_duration.labels(status=str(status))
+        histogram.observe(seconds)
+
+    def count_delivery(self, outcome: str, event_type: str) -> None:
+        """One delivery (or backfilled event) ended so."""
+        counter = self._deliveries.get((outcome, event_type))
+        if counter is None:
+            counter = self._deliveries[outcome, event_type] = self.deliveries.labels(
+                outcome=outcome, event_type=event_type
+            )
+        counter.inc()
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 from bridge import metrics as m
@@ -46,17 +46,15 @@ class Lifecycle:
             return default
         return max(0.0, self.deadline - asyncio.get_running_loop().time())
 
-    @contextlib.contextmanager
-    def track(self) -> Iterator[None]:
-        """Count one delivery in flight, from before its body is read until it is answered."""
+    def enter(self) -> None:
+        """Count one delivery in flight, from before its body is read until it is answered (`leave`)."""
         self.inflight += 1
         self._idle.clear()
-        try:
-            yield
-        finally:
-            self.inflight -= 1
-            if self.inflight == 0:
-                self._idle.set()
+
+    def leave(self) -> None:
+        self.inflight -= 1
+        if self.inflight == 0:
+            self._idle.set()
 
     async def drained(self, timeout: float) -> bool:
         """Wait until nothing is in flight; False if `timeout` passed first."""
