@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import ssl
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from contextlib import AbstractContextManager
 from typing import Any
 
@@ -34,6 +35,7 @@ from aiokafka.errors import (
     for_code,
 )
 from aiokafka.helpers import create_ssl_context
+from aiokafka.partitioner import DefaultPartitioner, murmur2
 from aiokafka.record.default_records import DefaultRecordBatchBuilder
 
 from bridge.config import KafkaSettings
@@ -61,18 +63,57 @@ _PERMANENT = (
 )
 
 
+class _KeyPartitioner:
+    """aiokafka's default partitioner (murmur2 of the key, as Java's client), remembered per key and partition
+    count: there are few organizations, and murmur2 in Python costs more than the rest of choosing."""
+
+    def __init__(self) -> None:
+        self._default = DefaultPartitioner()
+
+    def __call__(self, key: bytes | None, all_partitions: list[int], available: list[int]) -> int:
+        if key is None:
+            return int(self._default(key, all_partitions, available))
+        return all_partitions[_partition_index(key, len(all_partitions))]
+
+
+@functools.lru_cache(maxsize=4096)
+def _partition_index(key: bytes, partitions: int) -> int:
+    return int((murmur2(key) & 0x7FFFFFFF) % partitions)
+
+
+class _Translated(AbstractContextManager[None]):
+    """aiokafka's errors (and a timeout) as PublishFailed or RecordRejected: the one translation.
+
+    A class rather than a generator-based context manager: it is entered for every record.
+    """
+
+    def __init__(self, timeout: float) -> None:
+        self._timeout = timeout
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, _tb: object) -> None:
+        if exc is None or isinstance(exc, (RecordRejected, PublishFailed)) or not isinstance(exc, Exception):
+            return
+        if isinstance(exc, TimeoutError):
+            raise PublishFailed(f"no broker acknowledgement within {self._timeout:g}s") from None
+        if isinstance(exc, _PERMANENT):
+            raise RecordRejected(f"Kafka refused the record: {type(exc).__name__}") from exc
+        if isinstance(exc, KafkaError):
+            raise PublishFailed(f"Kafka refused the write: {type(exc).__name__}") from exc
+        # The client's own bugs must still end in an answer.
+        log.error("unexpected error from the Kafka client", extra={"error": type(exc).__name__})
+        raise PublishFailed(f"unexpected error from the Kafka client: {type(exc).__name__}") from exc
+
+
 class _KafkaPending:
     """A record handed to the producer; `ack()` waits (up to the publish timeout) for the broker."""
 
-    def __init__(
-        self, delivered: asyncio.Future[Any], timeout: float, translated: Callable[[], AbstractContextManager[None]]
-    ) -> None:
+    def __init__(self, delivered: asyncio.Future[Any], timeout: float, translated: _Translated) -> None:
         self._delivered = delivered
         self._timeout = timeout
         self._translated = translated
 
     async def ack(self) -> Ack:
-        with self._translated():
+        with self._translated:
             async with asyncio.timeout(self._timeout):
                 # Shielded: giving up waiting must not cancel a record the producer may still deliver.
                 metadata = await asyncio.shield(self._delivered)
@@ -86,6 +127,7 @@ class KafkaPublisher:
         self._settings = settings
         self._timeout = timeout
         self._max_record_bytes = max_record_bytes + _RECORD_OVERHEAD_BYTES
+        self._translated = _Translated(timeout)
         self._producer: AIOKafkaProducer | None = None
         self._admin: AIOKafkaAdminClient | None = None
         self._known_topics: dict[str, asyncio.Task[int]] = {}
@@ -109,6 +151,7 @@ class KafkaPublisher:
             max_request_size=self._max_record_bytes,
             request_timeout_ms=request_timeout_ms,
             client_id="scalekit-bridge",
+            partitioner=_KeyPartitioner(),
             **common,
         )
         self._admin = AIOKafkaAdminClient(
@@ -189,7 +232,7 @@ class KafkaPublisher:
         RecordRejected when it never will (retrying cannot help). The whole call
         fits in the publish timeout.
         """
-        with self._translated_errors():
+        with self._translated:
             async with asyncio.timeout(self._timeout):
                 delivered = await self._enqueue(message)
                 metadata = await delivered
@@ -201,10 +244,10 @@ class KafkaPublisher:
         Records sent one after another reach each partition in that order (one batch in flight per
         partition, idempotent producer). Raises like `publish`; so does `Pending.ack()`.
         """
-        with self._translated_errors():
+        with self._translated:
             async with asyncio.timeout(self._timeout):
                 delivered = await self._enqueue(message)
-        return _KafkaPending(delivered, self._timeout, self._translated_errors)
+        return _KafkaPending(delivered, self._timeout, self._translated)
 
     async def _enqueue(self, message: KafkaMessage) -> asyncio.Future[Any]:
         producer = self._producer
@@ -219,23 +262,6 @@ class KafkaPublisher:
             message.topic, value=message.value, key=message.key, headers=headers
         )
         return delivered
-
-    @contextlib.contextmanager
-    def _translated_errors(self) -> Iterator[None]:
-        """aiokafka's errors (and a timeout) as PublishFailed or RecordRejected: the one translation."""
-        try:
-            yield
-        except TimeoutError:
-            raise PublishFailed(f"no broker acknowledgement within {self._timeout:g}s") from None
-        except _PERMANENT as exc:
-            raise RecordRejected(f"Kafka refused the record: {type(exc).__name__}") from exc
-        except KafkaError as exc:
-            raise PublishFailed(f"Kafka refused the write: {type(exc).__name__}") from exc
-        except (RecordRejected, PublishFailed):
-            raise
-        except Exception as exc:  # the client's own bugs must still end in an answer
-            log.error("unexpected error from the Kafka client", extra={"error": type(exc).__name__})
-            raise PublishFailed(f"unexpected error from the Kafka client: {type(exc).__name__}") from exc
 
     async def _topic_limit(self, topic: str) -> int:
         """The largest record `topic` takes, making sure (once) that the topic exists."""
