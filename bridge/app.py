@@ -192,22 +192,22 @@ def _created(receipt: Receipt) -> web.Response:
 def _answer_for(exc: Exception, bridge: Bridge, started: float) -> web.Response:
     """The one place where what stopped a delivery becomes its answer."""
     if isinstance(exc, VerificationFailed):
-        return error_response(401, exc.code, exc.detail)
+        return _error_response(401, exc.code, exc.detail)
     if isinstance(exc, PublishFailed):
-        return error_response(503, "kafka_unavailable", exc.reason, retry=True)
+        return _error_response(503, "kafka_unavailable", exc.reason, retry=True)
     if isinstance(exc, Refused):
         if isinstance(exc, PayloadTooLarge):
             bridge.pipeline.refuse_oversized(started)
         elif exc.error in m.HTTP_REFUSALS:
             bridge.metrics.http_refusals.labels(reason=exc.error).inc()
         # Refused before (or while) reading the body: do not read what the client keeps sending.
-        return error_response(exc.status, exc.error, exc.detail, retry=exc.retry, close=True)
+        return _error_response(exc.status, exc.error, exc.detail, retry=exc.retry, close=True)
     bridge.metrics.internal_errors.inc()
     log.error("unexpected error while handling a request", extra={"error": type(exc).__name__, "at": where(exc)})
-    return error_response(500, "internal_error", "the bridge failed unexpectedly; this is a bug", close=True)
+    return _error_response(500, "internal_error", "the bridge failed unexpectedly; this is a bug", close=True)
 
 
-def error_response(status: int, error: str, detail: str, *, retry: bool = False, close: bool = False) -> web.Response:
+def _error_response(status: int, error: str, detail: str, *, retry: bool = False, close: bool = False) -> web.Response:
     """An error answer: `{"error": <fixed code>, "detail": <a sentence>}`."""
     headers = {hdrs.CONTENT_TYPE: _JSON, hdrs.SERVER: _SERVER}
     if retry:
@@ -245,7 +245,7 @@ async def metrics(request: web.Request) -> web.Response:
 
 
 def create_public_app(bridge: Bridge) -> web.Application:
-    """The public listener's application: the webhook route, with the guard told of each request."""
+    """The public listener's application: the webhook route, and a JSON 404 for every other path."""
     app = web.Application()
     app[BRIDGE] = bridge
     add_webhook_route(app, bridge.settings.webhook_path)
@@ -264,14 +264,13 @@ def create_admin_app(bridge: Bridge) -> web.Application:
 
 
 async def _method_not_allowed(request: web.Request) -> web.Response:
-    response = error_response(405, "method_not_allowed", "Method Not Allowed", close=True)
+    response = _error_response(405, "method_not_allowed", "Method Not Allowed", close=True)
     response.headers[hdrs.ALLOW] = hdrs.METH_POST
-    request.app[BRIDGE].metrics.observe_request(405, 0.0)
     return response
 
 
 async def _not_found(request: web.Request) -> web.Response:
-    return error_response(404, "not_found", "Not Found", close=True)
+    return _error_response(404, "not_found", "Not Found", close=True)
 
 
 class _ParserErrors(logging.Logger):
