@@ -223,6 +223,10 @@ def _error_response(status: int, error: str, detail: str, *, retry: bool = False
 
 
 async def healthz(request: web.Request) -> web.Response:
+    """200 while the process can recover by itself; 503 with the reason when only a restart helps."""
+    broken = request.config_dict[BRIDGE].lifecycle.broken
+    if broken is not None:
+        return web.json_response({"status": "broken", "reason": broken}, status=503)
     return web.json_response({"status": "ok"})
 
 

@@ -7,12 +7,14 @@ variable is ever put into a message or a repr.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
+import ssl
 from collections.abc import Callable, Mapping
 from dataclasses import MISSING, dataclass, field, fields
 from typing import Any, Literal, TypeVar
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, urlsplit
 
 from bridge.envelope import CLOUDEVENTS_MODES, MAX_TOPIC_LENGTH, CloudEventsMode
 from bridge.errors import ConfigError
@@ -31,6 +33,8 @@ SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
 SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
+# Scalekit's secrets decode to 32 bytes; fewer than 16 is not a key anyone should sign with.
+_MIN_KEY_BYTES = 16
 # Kafka's legal topic characters; the prefix and the dead-letter topic must use only these.
 _TOPIC_CHARS = re.compile(r"[A-Za-z0-9._-]+")
 
@@ -244,11 +248,16 @@ class BackfillSettings(RecordShaping):
 def _scalekit_api(reader: _Reader) -> ScalekitApi:
     url = reader.required("SCALEKIT_ENVIRONMENT_URL").rstrip("/")
     parts = urlsplit(url)
+    if parts.username is not None or parts.password is not None:
+        raise ConfigError(
+            "SCALEKIT_ENVIRONMENT_URL", f"must not carry user info (credentials go in SCALEKIT_CLIENT_*), got "
+            f"{_without_user_info(parts)!r}"
+        )
     try:
         parts.port  # noqa: B018 - raises ValueError for a port that is not a number
     except ValueError:
         raise ConfigError("SCALEKIT_ENVIRONMENT_URL", f"has a bad port: {url!r}") from None
-    if parts.scheme != "https" or not parts.hostname or parts.path or parts.query or parts.username:
+    if parts.scheme != "https" or not parts.hostname or parts.path or parts.query:
         raise ConfigError(
             "SCALEKIT_ENVIRONMENT_URL", f"must look like https://<your-env>.scalekit.com, got {url!r}"
         )
@@ -257,6 +266,12 @@ def _scalekit_api(reader: _Reader) -> ScalekitApi:
         client_id=reader.required("SCALEKIT_CLIENT_ID"),
         client_secret=Secret(reader.required("SCALEKIT_CLIENT_SECRET")),
     )
+
+
+def _without_user_info(parts: SplitResult) -> str:
+    """The URL with whatever came before '@' in its authority replaced, so no credential is ever quoted."""
+    host = parts.netloc.rpartition("@")[2]
+    return parts._replace(netloc=f"<redacted>@{host}").geturl()
 
 
 def _defaults(cls: type) -> dict[str, Any]:
@@ -328,10 +343,16 @@ def _signing_keys(value: str) -> tuple[SigningKey, ...]:
         if not secret:
             continue
         try:
-            keys.append(SigningKey.from_secret(secret))
+            key = SigningKey.from_secret(secret)
         except ValueError as exc:
             # The message says which secret (by position) and why, never its text.
             raise ConfigError("SCALEKIT_WEBHOOK_SECRET", f"secret #{position}: {exc}") from None
+        if key.size < _MIN_KEY_BYTES:
+            raise ConfigError(
+                "SCALEKIT_WEBHOOK_SECRET",
+                f"secret #{position} decodes to {key.size} bytes; a signing key must have at least {_MIN_KEY_BYTES}",
+            )
+        keys.append(key)
     if not keys:
         raise ConfigError("SCALEKIT_WEBHOOK_SECRET", "is required")
     return tuple(keys)
@@ -351,8 +372,8 @@ def _kafka_settings(reader: _Reader) -> KafkaSettings:
         username = reader.required("KAFKA_SASL_USERNAME")
         password = Secret(reader.required("KAFKA_SASL_PASSWORD"))
     cafile = reader.raw("KAFKA_SSL_CAFILE")
-    if cafile is not None and not os.path.isfile(cafile):
-        raise ConfigError("KAFKA_SSL_CAFILE", f"no such file: {cafile}")
+    if cafile is not None:
+        _check_ca_bundle(cafile)
     replication = reader.optional_number("BRIDGE_TOPIC_REPLICATION", int, low=1, high=32)
     min_insync = reader.optional_number("BRIDGE_TOPIC_MIN_INSYNC_REPLICAS", int, low=1, high=32)
     if replication is not None and min_insync is not None and min_insync > replication:
@@ -360,7 +381,7 @@ def _kafka_settings(reader: _Reader) -> KafkaSettings:
             "BRIDGE_TOPIC_MIN_INSYNC_REPLICAS", f"must not exceed BRIDGE_TOPIC_REPLICATION ({replication})"
         )
     return KafkaSettings(
-        bootstrap_servers=reader.text("KAFKA_BOOTSTRAP_SERVERS", "localhost:9092"),
+        bootstrap_servers=_bootstrap_servers(reader.text("KAFKA_BOOTSTRAP_SERVERS", "localhost:9092")),
         security_protocol=protocol,
         compression_type=reader.choice("KAFKA_COMPRESSION_TYPE", d["compression_type"], COMPRESSIONS, fold=str.lower),
         sasl_mechanism=mechanism,
@@ -372,6 +393,54 @@ def _kafka_settings(reader: _Reader) -> KafkaSettings:
         topic_replication=replication,
         topic_min_insync_replicas=min_insync,
     )
+
+
+def _bootstrap_servers(value: str) -> str:
+    """`host[:port]` entries, comma-separated, as Kafka's clients read them ([v6 literal]:port too)."""
+    for entry in (part.strip() for part in value.split(",")):
+        if not _server_entry_is_valid(entry):
+            raise ConfigError("KAFKA_BOOTSTRAP_SERVERS", f"{entry!r} is not host:port (port 1 to 65535)")
+    return value
+
+
+def _server_entry_is_valid(entry: str) -> bool:
+    if entry.startswith("["):
+        literal, bracket, rest = entry[1:].partition("]")
+        if not bracket or not _is_ip(literal):
+            return False
+        return rest == "" or (rest.startswith(":") and _is_port(rest[1:]))
+    if entry.count(":") > 1:  # an IPv6 literal without a port
+        return _is_ip(entry)
+    host, colon, port = entry.partition(":")
+    if not host or any(char.isspace() for char in host):
+        return False
+    return not colon or _is_port(port)
+
+
+def _is_port(text: str) -> bool:
+    return text.isascii() and text.isdigit() and 1 <= int(text) <= 65535
+
+
+def _is_ip(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _check_ca_bundle(cafile: str) -> None:
+    """The CA bundle must load as TLS will load it: a file of PEM certificates, at least one."""
+    if not os.path.isfile(cafile):
+        raise ConfigError("KAFKA_SSL_CAFILE", f"no such file: {cafile}")
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    try:
+        context.load_verify_locations(cafile=cafile)
+    except (ssl.SSLError, OSError, ValueError) as exc:
+        problem = f"{cafile} is not a PEM certificate bundle ({type(exc).__name__})"
+        raise ConfigError("KAFKA_SSL_CAFILE", problem) from None
+    if not context.get_ca_certs():
+        raise ConfigError("KAFKA_SSL_CAFILE", f"{cafile} holds no certificate")
 
 
 def _check_topics(prefix: str, deadletter_topic: str) -> None:

@@ -41,7 +41,7 @@ from aiokafka.record.default_records import DefaultRecordBatchBuilder
 from bridge.config import KafkaSettings
 from bridge.core import Ack
 from bridge.envelope import KafkaMessage, event_id_of_record
-from bridge.errors import PublishFailed, RecordRejected
+from bridge.errors import PublishFailed, RecordRejected, where
 
 log = logging.getLogger(__name__)
 
@@ -140,7 +140,21 @@ class KafkaPublisher:
         return self._ready
 
     async def start(self) -> None:
-        """Connect; raises PublishFailed when the brokers cannot be reached (call again to retry)."""
+        """Connect; raises PublishFailed when the brokers cannot be reached (call again to retry).
+
+        Nothing else escapes: a failure nobody foresaw (a bug, or a value the config reader let
+        through) is a PublishFailed naming its class and place, never its message, which may quote
+        a setting.
+        """
+        try:
+            await self._start()
+        except PublishFailed:
+            raise
+        except Exception as exc:
+            await self._close_quietly()
+            raise PublishFailed(f"the Kafka client failed to start: {type(exc).__name__} at {where(exc)}") from exc
+
+    async def _start(self) -> None:
         common = connection_options(self._settings)
         request_timeout_ms = int(self._timeout * 1000)
         self._producer = AIOKafkaProducer(

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from bridge import metrics as m
 from bridge.config import Settings
 from bridge.core import Publisher
-from bridge.errors import PublishFailed
+from bridge.errors import PublishFailed, where
 from bridge.pipeline import Pipeline, Writer
 from bridge.publish import KafkaPublisher
 from bridge.redelivery import RedeliveryCache
@@ -30,6 +30,8 @@ class Lifecycle:
 
     accepting: bool = True
     inflight: int = 0
+    # Why this process cannot recover by itself (liveness fails, so it is restarted); None while it can.
+    broken: str | None = None
     # The event loop's time by which a drain must be over (None until one starts).
     deadline: float | None = None
     _idle: asyncio.Event = field(default_factory=asyncio.Event)
@@ -100,9 +102,24 @@ class Bridge:
         return self.lifecycle.accepting and self.publisher.ready
 
 
+def _note_a_dead_connect_loop(task: asyncio.Task[None], lifecycle: Lifecycle) -> None:
+    if task.cancelled() or task.exception() is None:
+        return
+    exc = task.exception()
+    assert exc is not None
+    lifecycle.broken = f"the Kafka connection loop stopped: {type(exc).__name__} at {where(exc)}"
+    log.error(
+        "the Kafka connection loop stopped; liveness now fails", extra={"error": type(exc).__name__, "at": where(exc)}
+    )
+
+
 @contextlib.asynccontextmanager
 async def running(
-    settings: Settings, *, metrics: m.Metrics | None = None, connect_within: float | None = None
+    settings: Settings,
+    *,
+    metrics: m.Metrics | None = None,
+    connect_within: float | None = None,
+    publisher: KafkaPublisher | None = None,
 ) -> AsyncIterator[Bridge]:
     """The one owner of a bridge's parts, for `serve`, an embedding application and the test fixtures.
 
@@ -110,13 +127,17 @@ async def running(
     (readiness and deliveries answer 503 until it succeeds), or first waits up to
     `connect_within` seconds for the connection, raising PublishFailed if it does not come. On
     exit it stops connecting, then flushes and closes the producer: within what is left of a
-    drain (`Lifecycle.drain`), or within `settings.drain_seconds` when none was started.
+    drain (`Lifecycle.drain`), or within `settings.drain_seconds` when none was started. Should the
+    connecting ever stop other than by success or cancellation, the bridge is marked broken
+    (`Lifecycle.broken`): its liveness fails rather than its deliveries getting 503 for ever.
     """
-    publisher = KafkaPublisher(
-        settings.kafka, timeout=settings.publish_timeout, max_record_bytes=settings.max_body_bytes
-    )
+    if publisher is None:
+        publisher = KafkaPublisher(
+            settings.kafka, timeout=settings.publish_timeout, max_record_bytes=settings.max_body_bytes
+        )
     bridge = Bridge.assemble(settings, publisher, metrics)
     connecting = asyncio.create_task(publisher.start_when_reachable(), name="kafka-connect")
+    connecting.add_done_callback(lambda task: _note_a_dead_connect_loop(task, bridge.lifecycle))
     try:
         if connect_within is not None:
             try:

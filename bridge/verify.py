@@ -73,6 +73,11 @@ class SigningKey:
     def __repr__(self) -> str:
         return "SigningKey(<redacted>)"
 
+    @property
+    def size(self) -> int:
+        """How many bytes the key has (its strength), never the bytes themselves."""
+        return len(self._key)
+
     def sign(self, content: bytes) -> bytes:
         return hmac.digest(self._key, content, hashlib.sha256)
 

@@ -207,3 +207,69 @@ def test_an_unknown_event_loop_or_compression_is_refused_by_name():
     assert refused(BRIDGE_EVENT_LOOP="trio").variable == "BRIDGE_EVENT_LOOP"
     assert refused(KAFKA_COMPRESSION_TYPE="brotli").variable == "KAFKA_COMPRESSION_TYPE"
     assert settings(KAFKA_COMPRESSION_TYPE="LZ4").kafka.compression_type == "lz4"
+
+
+# --- what a careful read found (issue 24): values the reader used to accept ----------------------------
+
+
+@pytest.mark.parametrize(
+    "servers",
+    ["host:abc", "broker:0", "broker:70000", ":9092", "a:9092,b:nine", "a:9092,,b:9092", "[::1:9092", "bro ker:9092"],
+)
+def test_a_bootstrap_server_that_is_not_host_and_port_is_refused_by_name(servers):
+    assert refused(KAFKA_BOOTSTRAP_SERVERS=servers).variable == "KAFKA_BOOTSTRAP_SERVERS"
+
+
+def test_bootstrap_servers_in_every_legal_form_are_kept():
+    servers = "broker-1.kafka.svc:9092, 10.0.0.7:9093,[2001:db8::1]:9094,kafka,[::1]"  # no port: Kafka's 9092
+    assert settings(KAFKA_BOOTSTRAP_SERVERS=servers).kafka.bootstrap_servers == servers
+
+
+def test_a_ca_file_that_is_not_a_certificate_bundle_is_refused_by_name(tmp_path):
+    garbage = tmp_path / "ca.pem"
+    garbage.write_text("-----BEGIN CERTIFICATE-----\nnot base64 at all\n-----END CERTIFICATE-----\n")
+    empty = tmp_path / "empty.pem"
+    empty.write_text("")
+    for path in (garbage, empty):
+        error = refused(KAFKA_SECURITY_PROTOCOL="SSL", KAFKA_SSL_CAFILE=str(path))
+        assert error.variable == "KAFKA_SSL_CAFILE"
+
+
+def test_a_real_ca_bundle_is_accepted(tmp_path):
+    trustme = pytest.importorskip("trustme")
+    bundle = tmp_path / "ca.pem"
+    trustme.CA().cert_pem.write_to_path(str(bundle))
+    assert settings(KAFKA_SECURITY_PROTOCOL="SSL", KAFKA_SSL_CAFILE=str(bundle)).kafka.ssl_cafile == str(bundle)
+
+
+def test_a_signing_secret_shorter_than_16_bytes_is_refused_without_echoing_it():
+    short = "whsec_" + base64.b64encode(b"0123456789abcde").decode()  # 15 bytes
+    error = refused(SCALEKIT_WEBHOOK_SECRET=f"{SECRET} {short}")
+    assert error.variable == "SCALEKIT_WEBHOOK_SECRET" and "#2" in str(error)
+    assert short[6:] not in str(error)
+    assert settings(SCALEKIT_WEBHOOK_SECRET="whsec_" + base64.b64encode(b"x" * 16).decode())
+
+
+def backfill_refused(url: str) -> ConfigError:
+    from bridge.config import BackfillSettings
+
+    with pytest.raises(ConfigError) as caught:
+        BackfillSettings.from_env(
+            {"SCALEKIT_ENVIRONMENT_URL": url, "SCALEKIT_CLIENT_ID": "c", "SCALEKIT_CLIENT_SECRET": "s"}
+        )
+    return caught.value
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "https://admin:hunter2@acme.scalekit.com",
+        "https://admin:hunter2@acme.scalekit.com:port",
+        "http://admin:hunter2@acme.scalekit.com",
+        "https://admin:hunter2@acme.scalekit.com/path",
+    ],
+)
+def test_a_credential_in_the_environment_url_is_never_quoted(url):
+    error = backfill_refused(url)
+    assert error.variable == "SCALEKIT_ENVIRONMENT_URL"
+    assert "hunter2" not in str(error) and "admin" not in str(error)
