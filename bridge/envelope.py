@@ -13,6 +13,7 @@ import math
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from datetime import date
 from typing import Any, Literal
 from urllib.parse import quote
 
@@ -29,9 +30,11 @@ MAX_TOPIC_LENGTH = 249
 # How a CloudEvent is laid on a record: attributes as `ce_*` headers, or the whole event as the value.
 CloudEventsMode = Literal["binary", "structured"]
 CLOUDEVENTS_MODES: tuple[CloudEventsMode, ...] = ("binary", "structured")
-# RFC 3339 as CloudEvents requires for `time`; fractions of any length are kept as sent.
+# RFC 3339 as CloudEvents requires for `time`, in ASCII digits (`\d` would take any script's);
+# fractions of any length are kept as sent. The ranges are checked by `_is_rfc3339`.
 _RFC3339 = re.compile(
-    r"\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\d{2}:\d{2})"
+    r"([0-9]{4})-([0-9]{2})-([0-9]{2})[Tt]([0-9]{2}):([0-9]{2}):([0-9]{2})(?:\.[0-9]+)?"
+    r"(?:[Zz]|[+-]([0-9]{2}):([0-9]{2}))"
 )
 _OUT_OF_RANGE = "a number is out of JSON's range"
 # Scalekit's envelopes nest a handful of levels; anything deeper is not one of theirs, and
@@ -316,7 +319,10 @@ def _attributes(envelope: Mapping[str, Any], provenance: tuple[str, str], key: s
     for name, value in envelope.items():
         if name in ("id", "type", "data"):
             continue
-        if name == "occurred_at" and isinstance(value, str) and _RFC3339.fullmatch(value):
+        if name == "occurred_at":
+            if not (isinstance(value, str) and _is_rfc3339(value)):
+                # CloudEvents consumers refuse such a `time`; Scalekit's own are always RFC 3339.
+                raise MalformedDelivery("occurred_at is not an RFC 3339 date and time")
             attributes["time"] = value
         elif name in _EXTENSIONS and isinstance(value, str):
             attributes[_EXTENSIONS[name]] = value
@@ -340,6 +346,22 @@ def _source(environment: str) -> str:
 def _ce(attribute: str) -> str:
     """The binary-mode header of a CloudEvents attribute (the attribute names are a small fixed set)."""
     return "ce_" + attribute
+
+
+def _is_rfc3339(text: str) -> bool:
+    """A real date and time of day (a leap second allowed), with a real offset."""
+    found = _RFC3339.fullmatch(text)
+    if found is None:
+        return False
+    year, month, day, hour, minute, second = (int(part) for part in found.groups()[:6])
+    try:
+        date(year, month, day)
+    except ValueError:
+        return False
+    offset_hours, offset_minutes = found[7], found[8]
+    if offset_hours is not None and (int(offset_hours) > 23 or int(offset_minutes) > 59):
+        return False
+    return hour <= 23 and minute <= 59 and second <= 60
 
 
 def _dumps(value: Any) -> bytes:

@@ -109,9 +109,9 @@ def test_structured_mode_is_one_json_cloudevent_the_sdk_reads():
 
 
 def test_unusual_envelope_fields_survive_the_round_trip():
-    """Non-string spec_version, a bad timestamp, unknown fields and no data: nothing is lost."""
+    """Non-string spec_version, unknown fields, no time and no data: nothing is lost."""
     envelope = {
-        "id": "evt_9", "type": "organization.created", "spec_version": 1, "occurred_at": "yesterday",
+        "id": "evt_9", "type": "organization.created", "spec_version": 1,
         "display_name": "Org created", "future_field": {"nested": [1, 2.5, None]}, "environment_id": "env_1",
     }
     for mode in ("binary", "structured"):
@@ -174,3 +174,27 @@ def test_tail_describes_a_record_on_one_line_with_time_type_key_id_and_data(mode
     assert line.startswith(f"{envelope['occurred_at']}  organization.directory.user_created  ")
     assert f"  key={envelope['organization_id']}  id={envelope['id']}  {{" in line
     assert "\n" not in line and len(line) < 260
+
+
+@pytest.mark.parametrize(
+    "occurred_at",
+    ["yesterday", "٢٠٢٦-01-01T00:00:00Z", "2026-13-45T99:99:99Z", "2026-02-29T00:00:00Z", "2026-04-31T12:00:00Z",
+     "2026-01-01T24:00:00Z", "2026-01-01T12:60:00Z", "2026-01-01T12:00:61Z", "2026-01-01T12:00:00+24:00",
+     "2026-01-01 12:00:00Z", "2026-01-01T12:00:00", 1760000000, None],
+)
+def test_an_occurred_at_no_cloudevents_consumer_takes_is_dead_lettered_with_a_reason(occurred_at):
+    envelope = sample("organization.created") | {"occurred_at": occurred_at}
+    with pytest.raises(MalformedDelivery) as caught:
+        build_record(delivery(envelope), topic_prefix="scalekit.", mode="binary")
+    assert caught.value.reason == "occurred_at is not an RFC 3339 date and time"
+
+
+@pytest.mark.parametrize(
+    "occurred_at",
+    ["2028-02-29T00:00:00Z", "2026-06-30T23:59:60Z", "2026-01-01t12:00:00.123456789z", "2026-01-01T12:00:00-09:30",
+     "2024-11-03T01:59:59.5+23:59"],
+)
+def test_every_real_rfc3339_time_becomes_ce_time_as_sent(occurred_at):
+    envelope = sample("organization.created") | {"occurred_at": occurred_at}
+    record = build_record(delivery(envelope), topic_prefix="scalekit.", mode="binary")
+    assert dict(record.message.headers)["ce_time"] == occurred_at.encode()
