@@ -59,15 +59,16 @@ WEBHOOK_ID_EXTENSION = "webhookid"
 BACKFILLED_AT_EXTENSION = "backfilledat"
 PARTITION_KEY_EXTENSION = "partitionkey"
 
-# Where each event keeps its organization; environment-wide events fall back to
-# the environment (see the README's key rules).
-_KEY_PATHS: tuple[tuple[str, ...], ...] = (
+# Where each event keeps its organization, first found wins (see the README's key rules); the one rule
+# for "which organization", for the record key and for `backfill --organization` alike.
+ORGANIZATION_PATHS: tuple[tuple[str, ...], ...] = (
     ("organization_id",),
     ("data", "organization_id"),
     ("data", "organization", "id"),
     ("data", "user", "membership", "organization_id"),
-    ("environment_id",),
 )
+# Environment-wide events (roles, permissions) are keyed by their environment instead.
+_KEY_PATHS = (*ORGANIZATION_PATHS, ("environment_id",))
 
 Headers = tuple[tuple[str, bytes], ...]
 
@@ -185,7 +186,17 @@ def partition_key(envelope: Mapping[str, Any]) -> str | None:
 
 def partition_key_source(envelope: Mapping[str, Any]) -> tuple[str, str] | None:
     """Where the key was found (a dotted envelope path) and its value; None if nowhere."""
-    for path in _KEY_PATHS:
+    return _first_found(envelope, _KEY_PATHS)
+
+
+def organization_of(envelope: Mapping[str, Any]) -> str | None:
+    """The organization an event belongs to, wherever its type keeps it; None for environment-wide events."""
+    found = _first_found(envelope, ORGANIZATION_PATHS)
+    return found[1] if found is not None else None
+
+
+def _first_found(envelope: Mapping[str, Any], paths: tuple[tuple[str, ...], ...]) -> tuple[str, str] | None:
+    for path in paths:
         node: Any = envelope
         for step in path:
             node = node.get(step) if isinstance(node, dict) else None

@@ -30,6 +30,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from scalekit.v1.events import events_pb2, events_pb2_grpc
 
 from bridge.dev.samples import sample, sample_types
+from bridge.envelope import ORGANIZATION_PATHS
 
 # The API's documented paging: 10 by default, at most 100.
 DEFAULT_PAGE_SIZE = 10
@@ -265,11 +266,12 @@ def sample_events(
         envelope["id"] = f"evt_{secrets.token_hex(8)}"
         envelope["occurred_at"] = _rfc3339(start + step * position)
         organization = next(orgs)
-        if "organization_id" in envelope:
-            envelope["organization_id"] = organization
-            data = envelope.get("data")
-            if isinstance(data, dict) and "organization_id" in data:
-                data["organization_id"] = organization
+        for path in ORGANIZATION_PATHS:  # wherever the type keeps its organization, as the key rules find it
+            node = envelope
+            for name in path[:-1]:
+                node = node.get(name) if isinstance(node, dict) else None
+            if isinstance(node, dict) and path[-1] in node:
+                node[path[-1]] = organization
         made.append(envelope)
     return made
 

@@ -40,6 +40,7 @@ from cloudevents.core.formats.json import JSONFormat
 from bridge.dev.kafka import LocalKafka, free_port, terminate
 from bridge.dev.samples import sample, sample_types
 from bridge.dev.sendtest import signed_request
+from bridge.envelope import ORGANIZATION_PATHS
 from bridge.verify import SigningKey
 
 __all__ = [
@@ -55,12 +56,8 @@ __all__ = [
 
 T = TypeVar("T")
 _STRUCTURED = b"application/cloudevents+json"
-# Where each documented type keeps its organization besides the top level (see the README's key rules).
-_ORGANIZATION_PATHS = (
-    ("data", "organization_id"),
-    ("data", "organization", "id"),
-    ("data", "user", "membership", "organization_id"),
-)
+# Where each documented type keeps its organization besides the top level (the bridge's own key rules).
+_ORGANIZATION_PATHS = ORGANIZATION_PATHS[1:]
 
 
 def event_types() -> list[str]:

@@ -18,7 +18,8 @@ from typing import Any
 
 import pytest
 
-from bridge.envelope import event_id_of_record
+from bridge.dev.samples import sample_types
+from bridge.envelope import event_id_of_record, organization_of
 from tests.conftest import KafkaTool, Record
 from tests.fake_scalekit import FakeScalekit, sample_events
 from tests.helpers import free_port
@@ -156,9 +157,7 @@ async def test_type_organization_and_window_filters_reach_the_api_and_the_result
     events = seed(scalekit, 56, step=timedelta(minutes=1))
     since, until = events[10]["occurred_at"], events[40]["occurred_at"]
     wanted_types = ("organization.directory.user_created", "organization.directory.user_deleted")
-    expected = [
-        e for e in events[10:40] if e["type"] in wanted_types and e.get("organization_id") == "org_beta"
-    ]
+    expected = [e for e in events[10:40] if e["type"] in wanted_types and organization_of(e) == "org_beta"]
     assert expected, "the seed must put some wanted events in the window"
 
     run = backfill("--since", since, "--until", until, "--organization", "org_beta",
@@ -168,8 +167,22 @@ async def test_type_organization_and_window_filters_reach_the_api_and_the_result
     listed = [line.split("\t")[1] for line in run.stdout.strip().splitlines()[:-1]]
     assert listed == [e["id"] for e in expected]
     asked = scalekit.seen.page_requests[-1].filter
-    assert list(asked.event_types) == list(wanted_types) and asked.organization_id == "org_beta"
-    assert asked.start_time.ToJsonString() == since and asked.end_time.ToJsonString() == until
+    assert list(asked.event_types) == list(wanted_types) and asked.start_time.ToJsonString() == since
+    assert asked.end_time.ToJsonString() == until
+    assert asked.organization_id == ""  # the organization is picked by the key rules, not the API's field
+
+
+async def test_an_organizations_user_events_are_recovered_though_they_keep_it_inside_data(scalekit, backfill):
+    """Logins, sign-ups, invitations and memberships have no top-level organization_id."""
+    user_types = [t for t in sample_types() if t.startswith("user.")]
+    events = seed(scalekit, 3 * len(user_types), types=user_types, organizations=["org_beta", "org_gamma", "org_delta"])
+    expected = [e["id"] for e in events if organization_of(e) == "org_beta"]
+    assert len(expected) == len(user_types) and all("organization_id" not in e for e in events)
+
+    run = backfill("--since", "2h", "--organization", "org_beta", "--dry-run")
+
+    assert run.returncode == 0, run.stderr
+    assert [line.split("\t")[1] for line in run.stdout.strip().splitlines()[:-1]] == expected
 
 
 async def test_dry_run_lists_type_id_topic_and_key_and_writes_nothing(scalekit, backfill, kafka, unique):

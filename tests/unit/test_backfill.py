@@ -12,14 +12,16 @@ from scalekit.v1.events.events_pb2 import ScalekitEvent
 
 from bridge.backfill import Progress, Tally, parse_since, parse_time
 from bridge.config import BackfillSettings
-from bridge.dev.samples import sample
+from bridge.dev.samples import sample, sample_types
 from bridge.envelope import (
     BACKFILLED_AT_EXTENSION,
+    ORGANIZATION_PATHS,
     WEBHOOK_ID_EXTENSION,
     Recovered,
     build_record,
     deadletter_message,
     event_id_of_record,
+    partition_key,
 )
 from bridge.errors import ConfigError
 from bridge.eventsapi import EventQuery, envelope_of
@@ -225,3 +227,28 @@ def test_the_summary_line_counts_every_outcome():
     assert Tally(dry_run=True, fetched=3, published=2, deadlettered=1).summary() == (
         "dry run: fetched 3, already in Kafka 0, would publish 2, would dead-letter 1"
     )
+
+
+def as_sent(event_type: str, organization: str) -> dict:
+    """The type's sample as Scalekit sends it, its organization replaced only where the type keeps one."""
+    event = sample(event_type) | {"occurred_at": "2026-11-27T11:30:00Z"}
+    for path in ORGANIZATION_PATHS:
+        node = event
+        for step in path[:-1]:
+            node = node.get(step) if isinstance(node, dict) else None
+        if isinstance(node, dict) and path[-1] in node:
+            node[path[-1]] = organization
+    return event
+
+
+@pytest.mark.parametrize("event_type", sample_types())
+def test_an_organization_query_finds_its_events_of_every_type_where_the_key_rules_find_them(event_type):
+    """One rule for "which organization": the record key's. user.* events keep theirs inside data."""
+    event = as_sent(event_type, "org_wanted")
+    wanted = EventQuery(start=NOW - timedelta(hours=1), end=NOW, organization_id="org_wanted")
+    other = EventQuery(start=NOW - timedelta(hours=1), end=NOW, organization_id="org_other")
+
+    belongs = partition_key(event) == "org_wanted"  # environment-wide types (roles, permissions) belong to none
+    assert wanted.matches(event) is belongs
+    assert not other.matches(event)
+    assert belongs is not event_type.startswith(("role.", "permission."))
