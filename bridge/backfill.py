@@ -28,7 +28,7 @@ from bridge.config import BackfillSettings
 from bridge.core import Outcome, Sender
 from bridge.envelope import Recovered, topic_for
 from bridge.errors import ApiError, MalformedDelivery, PublishFailed
-from bridge.eventsapi import EventQuery, EventsApi, occurred_at
+from bridge.eventsapi import EventQuery, EventsApi, Page, occurred_at
 from bridge.pipeline import Plan, Sent, Writer
 from bridge.publish import KafkaPublisher, event_ids_since
 
@@ -60,6 +60,8 @@ class Tally:
     published: int = 0
     deadlettered: int = 0
     failed: list[str] = field(default_factory=list)
+    # Listed, missing from Kafka, and not readable as an envelope: reported by id, not written.
+    unreadable: list[str] = field(default_factory=list)
 
     def summary(self) -> str:
         if self.dry_run:
@@ -69,7 +71,7 @@ class Tally:
             )
         return (
             f"fetched {self.fetched}, already in Kafka {self.present}, published {self.published}, "
-            f"dead-lettered {self.deadlettered}, failed {len(self.failed)}"
+            f"dead-lettered {self.deadlettered}, failed {len(self.failed)}, unreadable {len(self.unreadable)}"
         )
 
 
@@ -156,16 +158,23 @@ async def _fetch_missing(
     api: EventsApi, query: EventQuery, present: set[str], progress: Progress, tally: Tally
 ) -> list[dict[str, Any]]:
     """The window's events not in `present`, each once, oldest first (the API's page order is not relied on)."""
-    pages: Iterator[list[dict[str, Any]]] = api.pages(query)
+    pages: Iterator[Page] = api.pages(query)
     seen: set[str] = set()
     missing: dict[str, dict[str, Any]] = {}
+    unreadable: dict[str, str] = {}
     while (page := await asyncio.to_thread(next, pages, None)) is not None:
-        for event in page:
+        for event in page.envelopes:
             if query.matches(event) and event["id"] not in seen:
                 seen.add(event["id"])
                 if event["id"] not in present:
                     missing[event["id"]] = event
+        for bad in page.unreadable:
+            if bad.event_id not in present and bad.event_id not in unreadable:
+                unreadable[bad.event_id] = bad.reason
+                log.error("an event from the Events API cannot be read; it is not written",
+                          extra={"event_id": bad.event_id, "reason": bad.reason})
         progress.update("fetching", len(seen))
+    tally.unreadable = list(unreadable)
     tally.fetched, tally.present = len(seen), len(seen) - len(missing)
     progress.update("fetched", len(seen), final=True)
     return sorted(missing.values(), key=lambda event: (occurred_at(event) or query.start, event["id"]))
@@ -250,7 +259,7 @@ async def _publish(
 
 
 def main(settings: BackfillSettings, request: Request) -> int:
-    """Run and report; 0 when every missing event was written, 1 otherwise."""
+    """Run and report; 0 when every missing event was written, 1 otherwise (each unwritten one named)."""
     # One line per event would drown the progress; the summary and the failures say what matters.
     if settings.log_level != "DEBUG":
         logging.getLogger("bridge.delivery").setLevel(logging.WARNING)
@@ -264,5 +273,11 @@ def main(settings: BackfillSettings, request: Request) -> int:
             f"scalekit-bridge backfill: {len(tally.failed)} event(s) not written: {', '.join(tally.failed)}",
             file=sys.stderr,
         )
+    if tally.unreadable:
+        print(
+            f"scalekit-bridge backfill: {len(tally.unreadable)} event(s) the Events API returned in a form that "
+            f"cannot be read, not written: {', '.join(tally.unreadable)}",
+            file=sys.stderr,
+        )
     print(tally.summary(), flush=True)
-    return 1 if tally.failed else 0
+    return 1 if tally.failed or tally.unreadable else 0

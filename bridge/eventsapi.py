@@ -8,7 +8,7 @@ it in a worker thread. Events come back as webhook-shaped envelopes (the dicts
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -73,8 +73,8 @@ class EventsApi:
         except Exception as exc:  # noqa: BLE001 - every SDK failure becomes one line, never a traceback
             raise _translate(exc, self._api.environment_url) from None
 
-    def pages(self, query: EventQuery) -> Iterator[list[dict[str, Any]]]:
-        """Each page of matching events, as envelopes, in whatever order the API pages them."""
+    def pages(self, query: EventQuery) -> Iterator[Page]:
+        """Each page of listed events, as envelopes, in whatever order the API pages them."""
         if self._client is None:
             raise ApiError("not connected to Scalekit")
         # Not the organization: user.* events keep theirs inside data, not in the field the API's filter
@@ -93,13 +93,39 @@ class EventsApi:
                 raise _translate(exc, self._api.environment_url) from None
             # The SDK hands back the stub's `with_call` result: (response, call).
             response = answer[0] if isinstance(answer, tuple) else answer
-            yield [envelope_of(event) for event in response.events]
+            yield _page(response.events)
             token = response.next_page_token
             if not token:
                 return
             if token in seen:
                 raise ApiError("Scalekit's Events API returned a page token twice; stopping rather than looping")
             seen.add(token)
+
+
+@dataclass(frozen=True)
+class Unreadable:
+    """A listed event the SDK cannot turn into an envelope (its data holds NaN, say): its id and why."""
+
+    event_id: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class Page:
+    """One page of the listing: the events as envelopes, and those that could not be read."""
+
+    envelopes: list[dict[str, Any]]
+    unreadable: list[Unreadable]
+
+
+def _page(events: Iterable[ScalekitEvent]) -> Page:
+    envelopes, unreadable = [], []
+    for event in events:
+        try:
+            envelopes.append(envelope_of(event))
+        except Exception as exc:  # noqa: BLE001 - one event must not end the run for every other
+            unreadable.append(Unreadable(event.id, f"cannot be read as JSON: {type(exc).__name__}"))
+    return Page(envelopes, unreadable)
 
 
 def envelope_of(event: ScalekitEvent) -> dict[str, Any]:
@@ -159,7 +185,9 @@ def _translate(exc: Exception, url: str) -> ApiError:
     if isinstance(exc, ScalekitServerException):
         status = exc.http_status
         code = getattr(exc.grpc_status, "name", "UNKNOWN")
-        return ApiError(f"Scalekit at {url} answered {int(status)} {status.phrase} ({code})")
+        # The SDK's own codes (499 for a cancelled call) are not http.HTTPStatus and have no phrase.
+        phrase = getattr(status, "phrase", None) or getattr(status, "name", "").replace("_", " ").title()
+        return ApiError(f"Scalekit at {url} answered {int(status)} {phrase} ({code})")
     cause = exc.args[0] if isinstance(exc, ScalekitException) and exc.args else exc
     if isinstance(cause, requests.exceptions.SSLError):
         return ApiError(f"cannot reach Scalekit at {url}: its TLS certificate is not trusted")

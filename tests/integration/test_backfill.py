@@ -98,7 +98,7 @@ async def test_after_an_outage_backfill_writes_exactly_the_lost_events_each_once
     run = backfill("--since", "2h")
 
     assert run.returncode == 0, run.stderr
-    assert run.summary == "fetched 40, already in Kafka 25, published 15, dead-lettered 0, failed 0"
+    assert run.summary == "fetched 40, already in Kafka 25, published 15, dead-lettered 0, failed 0, unreadable 0"
     found = await records_by_event(kafka, bridge.prefix, {e["type"] for e in events})
     assert {event_id: len(records) for event_id, records in found.items()} == {e["id"]: 1 for e in events}
     for envelope in lost:
@@ -113,13 +113,13 @@ async def test_a_second_identical_run_writes_nothing(scalekit, backfill, kafka, 
     """Everything the first run wrote is found again by the second, through the broker's time index."""
     events = seed(scalekit, 30)
     first = backfill("--since", "2h")
-    assert first.summary == "fetched 30, already in Kafka 0, published 30, dead-lettered 0, failed 0"
+    assert first.summary == "fetched 30, already in Kafka 0, published 30, dead-lettered 0, failed 0, unreadable 0"
     before = await records_by_event(kafka, f"t{unique}.", {e["type"] for e in events})
 
     second = backfill("--since", "2h")
 
     assert second.returncode == 0
-    assert second.summary == "fetched 30, already in Kafka 30, published 0, dead-lettered 0, failed 0"
+    assert second.summary == "fetched 30, already in Kafka 30, published 0, dead-lettered 0, failed 0, unreadable 0"
     assert await records_by_event(kafka, f"t{unique}.", {e["type"] for e in events}) == before
 
 
@@ -141,7 +141,7 @@ async def test_a_backfilled_record_is_the_record_the_webhook_would_have_written(
     run = backfill("--since", "2h", BRIDGE_TOPIC_PREFIX=f"b{unique}.", BRIDGE_DEADLETTER_TOPIC=f"b{unique}.deadletter",
                    BRIDGE_CLOUDEVENTS_MODE=mode)
 
-    assert run.summary == "fetched 28, already in Kafka 0, published 28, dead-lettered 0, failed 0"
+    assert run.summary == "fetched 28, already in Kafka 0, published 28, dead-lettered 0, failed 0, unreadable 0"
     types = {e["type"] for e in events}
     delivered = await records_by_event(kafka, bridge.prefix, types)
     backfilled = await records_by_event(kafka, f"b{unique}.", types)
@@ -225,8 +225,8 @@ async def test_dead_letter_rules_are_the_webhooks_and_a_rerun_finds_the_dead_let
     first = backfill("--since", "2h", BRIDGE_SCHEMA_VALIDATION="enforce")
     second = backfill("--since", "2h", BRIDGE_SCHEMA_VALIDATION="enforce")
 
-    assert first.summary == "fetched 2, already in Kafka 0, published 1, dead-lettered 1, failed 0"
-    assert second.summary == "fetched 2, already in Kafka 2, published 0, dead-lettered 0, failed 0"
+    assert first.summary == "fetched 2, already in Kafka 0, published 1, dead-lettered 1, failed 0, unreadable 0"
+    assert second.summary == "fetched 2, already in Kafka 2, published 0, dead-lettered 0, failed 0, unreadable 0"
     (letter,) = await kafka.read_all(f"t{unique}.deadletter")
     assert letter.key == (broken["id"] + "_b").encode()
     assert letter.header("backfilled-at") is not None
@@ -244,12 +244,31 @@ async def test_a_failed_write_stops_the_run_names_the_ids_not_written_and_exits_
     run = backfill("--since", "2h", BRIDGE_PUBLISH_TIMEOUT="2")
 
     assert run.returncode == 1
-    assert run.summary == "fetched 6, already in Kafka 0, published 1, dead-lettered 0, failed 5"
+    assert run.summary == "fetched 6, already in Kafka 0, published 1, dead-lettered 0, failed 5, unreadable 0"
     not_written = [e["id"] for e in events[1:]]
     assert f"5 event(s) not written: {', '.join(not_written)}" in run.stderr
     assert "Traceback" not in run.stderr
     written = await kafka.read_all(f"t{unique}.{healthy}")
     assert [event_id_of_record(r.headers, r.value) for r in written] == [events[0]["id"]]
+
+
+async def test_an_event_the_api_returns_unreadable_is_named_and_the_others_are_written(
+    scalekit, backfill, kafka, unique
+):
+    """Its data holds NaN, which the SDK cannot turn into JSON: one line names it, the run goes on, exit 1."""
+    events = seed(scalekit, 4, types=["role.created"])
+    unreadable = scalekit.add(events[1] | {"id": "evt_unreadable"})
+    unreadable.data.update({"ratio": float("nan")})
+
+    run = backfill("--since", "2h")
+
+    assert run.returncode == 1 and "Traceback" not in run.stderr
+    assert run.summary == "fetched 4, already in Kafka 0, published 4, dead-lettered 0, failed 0, unreadable 1"
+    assert "1 event(s) the Events API returned in a form that cannot be read, not written: evt_unreadable" in (
+        run.stderr
+    )
+    written = await kafka.read_all(f"t{unique}.role.created")
+    assert sorted(event_id_of_record(r.headers, r.value) for r in written) == sorted(e["id"] for e in events)
 
 
 async def test_wrong_credentials_exit_non_zero_with_one_line_and_write_nothing(scalekit, backfill, kafka, unique):

@@ -7,7 +7,9 @@ import json
 import logging
 from datetime import UTC, datetime, timedelta
 
+import grpc
 import pytest
+from scalekit.common.exceptions import ScalekitServerException
 from scalekit.v1.events.events_pb2 import ScalekitEvent
 
 from bridge.backfill import Progress, Tally, parse_since, parse_time
@@ -24,7 +26,7 @@ from bridge.envelope import (
     partition_key,
 )
 from bridge.errors import ConfigError
-from bridge.eventsapi import EventQuery, envelope_of
+from bridge.eventsapi import EventQuery, _page, _translate, envelope_of
 
 NOW = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
 API_ENV = {
@@ -222,8 +224,10 @@ def test_elsewhere_progress_is_a_log_line_every_few_seconds_and_at_each_phase_en
 
 
 def test_the_summary_line_counts_every_outcome():
-    tally = Tally(fetched=10, present=4, published=4, deadlettered=1, failed=["evt_9"])
-    assert tally.summary() == "fetched 10, already in Kafka 4, published 4, dead-lettered 1, failed 1"
+    tally = Tally(fetched=10, present=4, published=4, deadlettered=1, failed=["evt_9"], unreadable=["evt_8"])
+    assert tally.summary() == (
+        "fetched 10, already in Kafka 4, published 4, dead-lettered 1, failed 1, unreadable 1"
+    )
     assert Tally(dry_run=True, fetched=3, published=2, deadlettered=1).summary() == (
         "dry run: fetched 3, already in Kafka 0, would publish 2, would dead-letter 1"
     )
@@ -252,3 +256,49 @@ def test_an_organization_query_finds_its_events_of_every_type_where_the_key_rule
     assert wanted.matches(event) is belongs
     assert not other.matches(event)
     assert belongs is not event_type.startswith(("role.", "permission."))
+
+
+def test_an_event_the_sdk_cannot_read_is_set_aside_by_id_and_the_page_goes_on():
+    readable = api_event(sample("role.created") | {"id": "evt_fine"})
+    unreadable = api_event(sample("role.created") | {"id": "evt_nan"})
+    unreadable.data.update({"ratio": float("nan")})
+
+    page = _page([unreadable, readable])
+
+    assert [envelope["id"] for envelope in page.envelopes] == ["evt_fine"]
+    assert [(bad.event_id, bad.reason) for bad in page.unreadable] == [
+        ("evt_nan", "cannot be read as JSON: SerializeToJsonError")
+    ]
+
+
+class _Cancelled(grpc.RpcError, grpc.Call):
+    """A gRPC call that ended CANCELLED, as the channel reports it."""
+
+    def code(self):
+        return grpc.StatusCode.CANCELLED
+
+    def details(self):
+        return "Cancelled"
+
+    def trailing_metadata(self):
+        return ()
+
+    def initial_metadata(self):
+        return ()
+
+    def time_remaining(self):
+        return None
+
+    def cancel(self):
+        return False
+
+    def add_callback(self, callback):
+        return False
+
+    def is_active(self):
+        return False
+
+
+def test_a_cancelled_call_is_one_line_naming_its_status():
+    error = _translate(ScalekitServerException(_Cancelled()), "https://acme.scalekit.example")
+    assert str(error) == "Scalekit at https://acme.scalekit.example answered 499 Client Closed Request (CANCELLED)"
