@@ -20,6 +20,7 @@ from typing import Any
 
 import kubernetes_validate
 import pytest
+import trustme
 import yaml
 
 from bridge import __version__
@@ -83,6 +84,13 @@ def container(docs: list[dict[str, Any]]) -> dict[str, Any]:
 def backfill_pod(docs: list[dict[str, Any]]) -> dict[str, Any]:
     pod: dict[str, Any] = one(docs, "CronJob")["spec"]["jobTemplate"]["spec"]["template"]
     return pod
+
+
+def stand_in_ca(directory: Path) -> str:
+    """A real CA certificate where the pod mounts the cluster's (the bridge refuses a file that is not one)."""
+    path = directory / "ca.crt"
+    trustme.CA().cert_pem.write_to_path(str(path))
+    return str(path)
 
 
 def rendered_env(
@@ -210,9 +218,8 @@ def test_the_rendered_environment_is_one_the_bridge_accepts(helm, values, tmp_pa
         "kafka-credentials": {"username": "u", "password": "p"},
     }
     env = rendered_env(docs, outside)
-    if "KAFKA_SSL_CAFILE" in env:  # mounted from a Secret in the pod; stand in a file here
-        (tmp_path / "ca.crt").write_text("")
-        env["KAFKA_SSL_CAFILE"] = str(tmp_path / "ca.crt")
+    if "KAFKA_SSL_CAFILE" in env:  # mounted from a Secret in the pod; stand in a CA here
+        env["KAFKA_SSL_CAFILE"] = stand_in_ca(tmp_path)
     settings = Settings.from_env(env)
     assert settings.port == one(docs, "Service")["spec"]["ports"][0]["port"]
     assert settings.admin_port == one(docs, "Service")["spec"]["ports"][1]["port"]
@@ -400,8 +407,7 @@ def test_the_backfill_environment_is_one_backfill_accepts_and_has_no_webhook_sec
     }
     env = rendered_env(docs, outside, of=job)
     if "KAFKA_SSL_CAFILE" in env:
-        (tmp_path / "ca.crt").write_text("")
-        env["KAFKA_SSL_CAFILE"] = str(tmp_path / "ca.crt")
+        env["KAFKA_SSL_CAFILE"] = stand_in_ca(tmp_path)
     settings = BackfillSettings.from_env(env)
     assert settings.api.environment_url == "https://acme.scalekit.example"
     assert settings.topic_prefix == bridge_config(docs)["BRIDGE_TOPIC_PREFIX"]
