@@ -119,6 +119,9 @@ class RecordShaping:
     timestamp_tolerance: int = 300
     cloudevents_mode: CloudEventsMode = "binary"
     schema_validation: SchemaValidation = "warn"
+    # Distinct undocumented event types a process publishes (each gets a topic); past it they are
+    # dead-lettered. 0 publishes none: every undocumented type goes to the dead-letter topic.
+    max_unknown_types: int = 100
     log_level: str = "INFO"
     log_format: LogFormat = "json"
     event_loop: EventLoop = "uvloop"
@@ -199,6 +202,9 @@ def _record_shaping(reader: _Reader) -> dict[str, Any]:
         ),
         cloudevents_mode=reader.choice("BRIDGE_CLOUDEVENTS_MODE", d["cloudevents_mode"], CLOUDEVENTS_MODES),
         schema_validation=reader.choice("BRIDGE_SCHEMA_VALIDATION", d["schema_validation"], SCHEMA_VALIDATION_MODES),
+        max_unknown_types=reader.number(
+            "BRIDGE_MAX_UNKNOWN_TYPES", d["max_unknown_types"], int, low=0, high=10_000
+        ),
         log_level=reader.choice("BRIDGE_LOG_LEVEL", d["log_level"], LOG_LEVELS, fold=str.upper),
         log_format=reader.choice("BRIDGE_LOG_FORMAT", d["log_format"], LOG_FORMATS),
         event_loop=reader.choice("BRIDGE_EVENT_LOOP", d["event_loop"], EVENT_LOOPS),

@@ -43,6 +43,8 @@ HTTP_REFUSALS = (
 
 # Event type label for deliveries whose type we do not know (yet) or cannot trust.
 UNKNOWN_TYPE = "unknown"
+# Event type label for undocumented types dead-lettered rather than published (BRIDGE_MAX_UNKNOWN_TYPES).
+OTHER_TYPE = "other"
 
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
@@ -75,7 +77,8 @@ class Metrics:
         )
         self.unknown_event_types = Counter(
             "scalekit_bridge_unknown_event_types",
-            "Published deliveries whose event type has no schema (not documented when this bridge was built).",
+            "Deliveries whose event type has no schema (not documented when this bridge was built): published, by "
+            "type, up to BRIDGE_MAX_UNKNOWN_TYPES types; dead-lettered past it, as event_type=\"other\".",
             ("event_type",),
             registry=self.registry,
         )
@@ -139,6 +142,7 @@ class Metrics:
             self.deliveries.labels(outcome=outcome, event_type=UNKNOWN_TYPE)
         for refusal in HTTP_REFUSALS:
             self.http_refusals.labels(reason=refusal)
+        self.unknown_event_types.labels(event_type=OTHER_TYPE)
 
     def observe_request(self, status: int, seconds: float) -> None:
         """One webhook request answered with `status` after `seconds`."""

@@ -122,6 +122,7 @@ class Writer:
         cloudevents_mode: CloudEventsMode,
         contract: Contract,
         schema_validation: SchemaValidation,
+        max_unknown_types: int,
     ) -> None:
         self._publisher = publisher
         self.metrics = metrics
@@ -130,6 +131,9 @@ class Writer:
         self._mode = cloudevents_mode
         self._contract = contract
         self._validation = schema_validation
+        self._max_unknown_types = max_unknown_types
+        # Undocumented types this writer has published (each has a topic): at most max_unknown_types.
+        self._unknown_types: set[str] = set()
 
     @classmethod
     def configured(cls, settings: RecordShaping, publisher: Publisher, metrics: m.Metrics) -> Writer:
@@ -142,6 +146,7 @@ class Writer:
             cloudevents_mode=settings.cloudevents_mode,
             contract=Contract.load(),
             schema_validation=settings.schema_validation,
+            max_unknown_types=settings.max_unknown_types,
         )
 
     async def write(self, origin: Origin, started: float) -> Receipt:
@@ -254,12 +259,33 @@ class Writer:
                 dataschema=verdict.dataschema,
                 deadletter_topic=self._deadletter_topic,
             )
+            if not verdict.known:
+                self._admit_unknown(record.event_type)
         except MalformedDelivery as exc:
             message = deadletter_message(origin, topic=self._deadletter_topic, reason=exc.reason)
             receipt = Receipt(Outcome.DEADLETTERED, webhook_id, event_id, event_type, verdict=verdict)
             return Plan(message, receipt, exc.reason)
         receipt = Receipt(Outcome.PUBLISHED, webhook_id, record.event_id, record.event_type, verdict=verdict)
         return Plan(record.message, receipt, None)
+
+    def _admit_unknown(self, event_type: str) -> None:
+        """An undocumented type gets a topic of its own, up to a number of them; past it, a dead letter.
+
+        Every new type costs a topic (partitions on the cluster), a metric series and memory, and a
+        leaked secret could mint thousands a minute; Scalekit adds a type now and then.
+        """
+        if event_type in self._unknown_types:
+            return
+        if len(self._unknown_types) < self._max_unknown_types:
+            self._unknown_types.add(event_type)
+            return
+        self.metrics.unknown_event_types.labels(event_type=m.OTHER_TYPE).inc()
+        if self._max_unknown_types == 0:
+            raise MalformedDelivery("undocumented event type (BRIDGE_MAX_UNKNOWN_TYPES=0 publishes none)")
+        raise MalformedDelivery(
+            f"undocumented event type past the {self._max_unknown_types} this process publishes "
+            "(BRIDGE_MAX_UNKNOWN_TYPES)"
+        )
 
     async def _publish(self, message: KafkaMessage) -> Ack:
         sent = time.perf_counter()

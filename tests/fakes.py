@@ -74,7 +74,7 @@ class RecordingProducer:
         return await (await self.send(message)).ack()
 
 
-def writer_for(producer: RecordingProducer, metrics: Metrics | None = None) -> Writer:
+def writer_for(producer: RecordingProducer, metrics: Metrics | None = None, *, max_unknown_types: int = 100) -> Writer:
     return Writer(
         publisher=producer,
         metrics=metrics or Metrics(process_metrics=False),
@@ -83,4 +83,5 @@ def writer_for(producer: RecordingProducer, metrics: Metrics | None = None) -> W
         cloudevents_mode="binary",
         contract=Contract.load(),
         schema_validation="warn",
+        max_unknown_types=max_unknown_types,
     )

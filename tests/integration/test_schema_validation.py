@@ -112,3 +112,18 @@ async def test_an_unknown_event_type_is_published_to_its_own_topic_and_counted(s
     assert record.header("ce_dataschema") is None
     assert counter(running, "scalekit_bridge_unknown_event_types", "organization.directory_created") == 1
     assert await kafka.read_all(running.deadletter_topic) == []
+
+
+async def test_past_the_cap_an_undocumented_type_is_dead_lettered_and_gets_no_topic(start_bridge, kafka):
+    running = await start_bridge(BRIDGE_MAX_UNKNOWN_TYPES="1")
+    first = sample("organization.directory_enabled") | {"id": "evt_first", "type": "organization.directory_created"}
+    second = sample("organization.directory_enabled") | {"id": "evt_second", "type": "organization.directory_renamed"}
+
+    assert (await running.deliver(first))[1]["outcome"] == "published"
+    assert (await running.deliver(second))[1]["outcome"] == "deadlettered"
+
+    assert len(await kafka.read_all(running.topic("organization.directory_created"))) == 1
+    assert running.topic("organization.directory_renamed") not in await kafka.topics()
+    (letter,) = await kafka.read_all(running.deadletter_topic)
+    assert letter.header("deadletter-reason").startswith(b"undocumented event type past the 1")
+    assert counter(running, "scalekit_bridge_unknown_event_types", "other") == 1

@@ -118,3 +118,47 @@ async def test_a_verified_body_that_is_no_event_is_dead_lettered_raw_with_its_re
     (letter,) = producer.handed
     assert (letter.topic, letter.value, receipt.outcome) == (DEADLETTER, body, Outcome.DEADLETTERED)
     assert dict(letter.headers)["deadletter-reason"].decode() == "envelope has no string 'type'"
+
+
+def unknown_type_pipeline(producer: RecordingProducer, metrics: Metrics, cap: int) -> Pipeline:
+    return Pipeline(
+        verifier=Verifier((SigningKey.from_secret(SECRET),), tolerance_seconds=300),
+        cache=RedeliveryCache(max_entries=100, ttl_seconds=60),
+        writer=writer_for(producer, metrics, max_unknown_types=cap),
+    )
+
+
+async def deliver_type(pipeline: Pipeline, event_type: str, n: int):
+    body = json.dumps(sample("role.created") | {"id": f"evt_{n}", "type": event_type}).encode()
+    return await pipeline.handle(signed_headers(SECRET, body, webhook_id=f"msg_{n}"), body)
+
+
+async def test_undocumented_types_get_topics_up_to_the_cap_and_dead_letters_past_it():
+    producer, metrics = RecordingProducer(), Metrics(process_metrics=False)
+    pipeline = unknown_type_pipeline(producer, metrics, cap=2)
+
+    outcomes = [
+        (await deliver_type(pipeline, event_type, n)).outcome
+        for n, event_type in enumerate(["role.renamed", "role.merged", "role.split", "role.renamed", "role.created"])
+    ]
+
+    assert outcomes == [Outcome.PUBLISHED, Outcome.PUBLISHED, Outcome.DEADLETTERED, Outcome.PUBLISHED,
+                        Outcome.PUBLISHED]
+    assert [m.topic for m in producer.handed] == [
+        "scalekit.role.renamed", "scalekit.role.merged", DEADLETTER, "scalekit.role.renamed", "scalekit.role.created"
+    ]
+    assert dict(producer.handed[2].headers)["deadletter-reason"].startswith(b"undocumented event type past the 2")
+    (family,) = [f for f in metrics.registry.collect() if f.name == "scalekit_bridge_unknown_event_types"]
+    unknown = {sample.labels["event_type"]: sample.value for sample in family.samples if sample.name.endswith("_total")}
+    assert unknown == {"other": 1.0, "role.renamed": 2.0, "role.merged": 1.0}
+
+
+async def test_a_cap_of_zero_dead_letters_every_undocumented_type_and_no_documented_one():
+    producer, metrics = RecordingProducer(), Metrics(process_metrics=False)
+    pipeline = unknown_type_pipeline(producer, metrics, cap=0)
+
+    assert (await deliver_type(pipeline, "role.renamed", 1)).outcome == Outcome.DEADLETTERED
+    assert (await deliver_type(pipeline, "role.created", 2)).outcome == Outcome.PUBLISHED
+    assert dict(producer.handed[0].headers)["deadletter-reason"] == (
+        b"undocumented event type (BRIDGE_MAX_UNKNOWN_TYPES=0 publishes none)"
+    )
