@@ -271,14 +271,22 @@ class KafkaPublisher:
         headers = list(message.headers)
         size = DefaultRecordBatchBuilder.estimate_size_in_bytes(message.key, message.value, headers)
         if size > limit:
-            raise RecordRejected(f"the record is {size} bytes, over the {limit}-byte limit of its topic")
+            # The limit was read when the topic was first used; an operator may have raised it since.
+            limit = await self._topic_limit(message.topic, again=True)
+            if size > limit:
+                raise RecordRejected(f"the record is {size} bytes, over the {limit}-byte limit of its topic")
         delivered: asyncio.Future[Any] = await producer.send(
             message.topic, value=message.value, key=message.key, headers=headers
         )
         return delivered
 
-    async def _topic_limit(self, topic: str) -> int:
-        """The largest record `topic` takes, making sure (once) that the topic exists."""
+    async def _topic_limit(self, topic: str, *, again: bool = False) -> int:
+        """The largest record `topic` takes, making sure (once) that the topic exists; `again` reads
+        the topic's own limit anew (it exists by then)."""
+        if again:
+            reread = asyncio.create_task(self._read_limit(topic), name=f"reread-{topic}")
+            self._known_topics[topic] = reread
+            return await asyncio.shield(reread)
         lookup = self._known_topics.get(topic)
         if lookup is not None and lookup.done():
             if not lookup.cancelled() and lookup.exception() is None:
@@ -294,8 +302,10 @@ class KafkaPublisher:
         assert self._admin is not None  # only reached from publish(), after start()
         if self._settings.create_topics and await self._create_topic(topic):
             return self._max_record_bytes
-        configured = await self._configured_limit(topic)
-        return min(configured, self._max_record_bytes)
+        return await self._read_limit(topic)
+
+    async def _read_limit(self, topic: str) -> int:
+        return min(await self._configured_limit(topic), self._max_record_bytes)
 
     async def _create_topic(self, topic: str) -> bool:
         """Create `topic`; False when it already existed (its own settings then apply)."""

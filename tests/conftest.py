@@ -13,6 +13,7 @@ import uuid
 
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
 from bridge.dev.topics import Record, read_topics
 
@@ -42,6 +43,15 @@ class KafkaTool:
         finally:
             await admin.close()
         return name
+
+    async def set_topic_config(self, topic: str, configs: dict[str, str]) -> None:
+        """Change a topic's configuration, as an operator would with kafka-configs."""
+        admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap)
+        await admin.start()
+        try:
+            await admin.alter_configs([ConfigResource(ConfigResourceType.TOPIC, topic, configs=configs)])
+        finally:
+            await admin.close()
 
     async def topics(self) -> set[str]:
         admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap)

@@ -55,6 +55,22 @@ async def test_a_record_too_large_for_its_existing_topic_is_dead_lettered_not_re
     assert reason.startswith("Kafka refused the record: the record is ") and "2048-byte limit" in reason
 
 
+async def test_after_an_operator_raises_a_topics_limit_a_record_that_fits_now_is_published(start_bridge, kafka):
+    """The limit read when the topic was first used is read again before a record is dead-lettered for it."""
+    running = await start_bridge()
+    topic = await kafka.create_topic(running.topic("organization.directory.group_updated"),
+                                     configs={"max.message.bytes": "2048"})
+    delivery = sample("organization.directory.group_updated")
+    delivery["data"]["description"] = "x" * 4000
+    assert (await running.deliver(delivery | {"id": "evt_before"}))[1]["outcome"] == "deadlettered"
+
+    await kafka.set_topic_config(topic, {"max.message.bytes": "65536"})
+    status, answer = await running.deliver(delivery | {"id": "evt_after"})
+
+    assert (status, answer["outcome"]) == (201, "published")
+    assert [record.header("ce_id") for record in await kafka.read_all(topic)] == [b"evt_after"]
+
+
 async def test_a_type_whose_topic_collides_with_an_existing_one_is_dead_lettered(start_bridge, kafka):
     """Kafka refuses `a.b` where `a_b` exists; the delivery must not loop on 503 for ever."""
     running = await start_bridge()
