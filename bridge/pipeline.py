@@ -10,6 +10,7 @@ acknowledgement exists.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Mapping
@@ -24,6 +25,7 @@ from bridge.errors import MalformedDelivery, PublishFailed, RecordRejected, Veri
 from bridge.redelivery import RedeliveryCache
 from bridge.verify import VerifiedDelivery, Verifier
 
+_CANCELLED = "cancelled while awaiting the broker's acknowledgement"
 # One line per delivery on "bridge.delivery"; anything else the pipeline has to say goes to its own logger.
 log = logging.getLogger("bridge.delivery")
 trouble = logging.getLogger(__name__)
@@ -156,6 +158,10 @@ class Writer:
             ack, planned = await self._write(origin, planned)
         except PublishFailed as exc:
             self.record(replace(planned.receipt, outcome=Outcome.FAILED), started, reason=exc.reason)
+            raise
+        except asyncio.CancelledError:
+            # The shutdown grace ran out, or the caller went away: no 201, so Scalekit retries. Said all the same.
+            self.record(replace(planned.receipt, outcome=Outcome.FAILED), started, reason=_CANCELLED)
             raise
         return self.record(planned.receipt.acknowledged(ack), started, reason=planned.reason)
 

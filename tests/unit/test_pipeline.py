@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 
 import pytest
 
@@ -162,3 +163,22 @@ async def test_a_cap_of_zero_dead_letters_every_undocumented_type_and_no_documen
     assert dict(producer.handed[0].headers)["deadletter-reason"] == (
         b"undocumented event type (BRIDGE_MAX_UNKNOWN_TYPES=0 publishes none)"
     )
+
+
+async def test_a_delivery_cancelled_while_awaiting_its_ack_is_counted_and_logged(caplog):
+    """The shutdown grace ran out (or the client went away) before Kafka answered: no 201, and it is said."""
+    caplog.set_level(logging.INFO, logger="bridge.delivery")
+    producer, metrics = RecordingProducer(), Metrics(process_metrics=False)
+    producer.hold = asyncio.Event()  # the acknowledgement never comes
+    handling = asyncio.create_task(pipeline_for(producer, metrics).handle(signed_headers(SECRET, BODY), BODY))
+    while not producer.handed:
+        await asyncio.sleep(0.01)
+
+    handling.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await handling
+
+    assert delivered(metrics, Outcome.FAILED, "organization.directory.user_created") == 1.0
+    (line,) = [record for record in caplog.records if record.name == "bridge.delivery"]
+    assert line.getMessage() == "delivery failed"
+    assert line.__dict__["delivery"]["reason"] == "cancelled while awaiting the broker's acknowledgement"
