@@ -15,6 +15,7 @@ import contextlib
 import json
 import logging
 import re
+import signal
 import sys
 import time
 from collections import deque
@@ -26,7 +27,7 @@ from typing import Any, TextIO
 from bridge import metrics as m
 from bridge.config import BackfillSettings
 from bridge.core import Outcome, Sender
-from bridge.envelope import Recovered, topic_for
+from bridge.envelope import Recovered, organization_of, topic_for
 from bridge.errors import ApiError, MalformedDelivery, PublishFailed
 from bridge.eventsapi import EventQuery, EventsApi, Page, occurred_at
 from bridge.pipeline import Plan, Sent, Writer
@@ -40,6 +41,9 @@ _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks
 IN_FLIGHT = 512
 # How often a run that is not at a terminal says how far it got.
 PROGRESS_EVERY_SECONDS = 5.0
+# After SIGTERM (the Job's deadline, a deleted pod): how long records in flight may still be acknowledged,
+# so that what was not is named well inside Kubernetes' 30 s termination grace.
+STOPPING_GRACE_SECONDS = 5.0
 
 
 @dataclass(frozen=True)
@@ -60,6 +64,8 @@ class Tally:
     published: int = 0
     deadlettered: int = 0
     failed: list[str] = field(default_factory=list)
+    # Acknowledged after an earlier event of the same organization failed: the next run writes that one later.
+    out_of_order: list[str] = field(default_factory=list)
     # Listed, missing from Kafka, and not readable as an envelope: reported by id, not written.
     unreadable: list[str] = field(default_factory=list)
 
@@ -147,11 +153,39 @@ async def backfill(settings: BackfillSettings, request: Request, progress: Progr
         return tally
     if missing:
         await publisher.start()
-        try:
-            await _publish(writer, publisher, [_recovered(event, backfilled_at) for event in missing], progress, tally)
-        finally:
-            await publisher.stop()
+        progress.update("connected", 0, len(missing), final=True)
+        stopping = asyncio.Event()
+        with _stopped_by_sigterm(stopping):
+            try:
+                await _publish(writer, publisher, [_item(event, backfilled_at) for event in missing],
+                               progress, tally, stopping)
+            finally:
+                await _stop(publisher, STOPPING_GRACE_SECONDS if stopping.is_set() else settings.publish_timeout)
     return tally
+
+
+async def _stop(publisher: KafkaPublisher, timeout: float) -> None:
+    """Close the producer, within `timeout`: a stalled broker must not keep the run (and its report) waiting."""
+    try:
+        async with asyncio.timeout(timeout):
+            await publisher.stop()
+    except TimeoutError:
+        log.warning("the producer did not close within %gs; what it still held is reported as not written", timeout)
+
+
+@contextlib.contextmanager
+def _stopped_by_sigterm(stopping: asyncio.Event) -> Iterator[None]:
+    """SIGTERM (the Job's deadline, a deleted pod) stops the hand-over; the run then reports and exits."""
+    loop = asyncio.get_running_loop()
+    try:
+        loop.add_signal_handler(signal.SIGTERM, stopping.set)
+    except (NotImplementedError, RuntimeError):  # not the main thread (tests), or no signals here
+        yield
+        return
+    try:
+        yield
+    finally:
+        loop.remove_signal_handler(signal.SIGTERM)
 
 
 async def _fetch_missing(
@@ -201,6 +235,18 @@ def _recovered(event: dict[str, Any], backfilled_at: str) -> Recovered:
     return Recovered(event_id=event["id"], body=body, backfilled_at=backfilled_at)
 
 
+@dataclass(frozen=True)
+class _Item:
+    """An event to write, and the organization its order is kept within."""
+
+    origin: Recovered
+    organization: str | None
+
+
+def _item(event: dict[str, Any], backfilled_at: str) -> _Item:
+    return _Item(_recovered(event, backfilled_at), organization_of(event))
+
+
 def _show(origin: Recovered, plan: Plan, out: TextIO, tally: Tally) -> None:
     """One dry-run line: type, id, topic, key (and why, for a dead letter)."""
     message, receipt = plan.message, plan.receipt
@@ -215,47 +261,92 @@ def _show(origin: Recovered, plan: Plan, out: TextIO, tally: Tally) -> None:
 
 
 async def _publish(
-    writer: Writer, sender: Sender, recovered: list[Recovered], progress: Progress, tally: Tally
+    writer: Writer, sender: Sender, items: list[_Item], progress: Progress, tally: Tally, stopping: asyncio.Event
 ) -> None:
-    """Hand records over oldest first, up to IN_FLIGHT awaiting their acks; stop sending at a failure.
+    """Hand records over oldest first, up to IN_FLIGHT awaiting their acks; stop at the first failure.
 
     Records sent in order reach each partition in order, so no later event of an organization
-    overtakes an earlier one. After a failure, records already sent are still waited for.
+    overtakes an earlier one while all goes well. The first refused record stops the hand-over at
+    once (the producer says so as soon as the broker does), as does SIGTERM; records already handed
+    over are still waited for, each until the publish timeout after its hand-over (after SIGTERM,
+    STOPPING_GRACE_SECONDS at most), so the whole wait is bounded. Those of an organization that
+    are acknowledged after an earlier one of it failed are named: the next run writes the failed
+    one after them.
     """
-    waiting: deque[tuple[Recovered, Sent]] = deque()
-    handed: set[str] = set()
+    waiting: deque[tuple[_Item, Sent]] = deque()
     failed: set[str] = set()
+    refused = asyncio.Event()
+    acknowledged: set[str] = set()
+    loop = asyncio.get_running_loop()
+    cut_off: float | None = None
 
     async def settle_oldest() -> None:
-        origin, sent = waiting.popleft()
+        nonlocal cut_off
+        item, sent = waiting.popleft()
+        event_id = item.origin.event_id
+        if stopping.is_set() and cut_off is None:
+            cut_off = loop.time() + STOPPING_GRACE_SECONDS
         try:
-            receipt = await writer.settle(sent)
-        except PublishFailed as exc:
-            failed.add(origin.event_id)
-            log.error("a backfill write failed", extra={"event_id": origin.event_id, "reason": exc.reason})
+            async with asyncio.timeout_at(cut_off):
+                receipt = await writer.settle(sent)
+        except (PublishFailed, TimeoutError) as exc:
+            failed.add(event_id)
+            reason = exc.reason if isinstance(exc, PublishFailed) else "not acknowledged before the run was stopped"
+            log.error("a backfill write failed", extra={"event_id": event_id, "reason": reason})
             return
+        acknowledged.add(event_id)
         if receipt.outcome == Outcome.DEADLETTERED:
             tally.deadlettered += 1
-            log.warning("backfilled event dead-lettered", extra={"event_id": origin.event_id})
+            log.warning("backfilled event dead-lettered", extra={"event_id": event_id})
         else:
             tally.published += 1
-        progress.update("publishing", tally.published + tally.deadlettered, len(recovered))
+        progress.update("publishing", tally.published + tally.deadlettered, len(items))
 
-    for origin in recovered:
-        if len(waiting) >= IN_FLIGHT:
-            await settle_oldest()
-        if failed:
-            break
-        try:
-            waiting.append((origin, await writer.send(origin, sender)))
-        except PublishFailed as exc:
-            log.error("a backfill write failed", extra={"event_id": origin.event_id, "reason": exc.reason})
-            break
-        handed.add(origin.event_id)
+    async def hand_over() -> None:
+        for item in items:
+            if len(waiting) >= IN_FLIGHT:
+                await settle_oldest()
+            if refused.is_set() or failed:
+                return
+            try:
+                sent = await writer.send(item.origin, sender)
+            except PublishFailed as exc:
+                failed.add(item.origin.event_id)
+                log.error("a backfill write failed", extra={"event_id": item.origin.event_id, "reason": exc.reason})
+                return
+            sent.pending.when_failed(refused.set)
+            waiting.append((item, sent))
+            # Let the producer send and hear back between hand-overs, so a refusal is noticed after this
+            # record, not after the in-flight window has filled.
+            await asyncio.sleep(0)
+
+    # SIGTERM interrupts the hand-over wherever it waits (a send blocked on a stalled broker included).
+    handing = asyncio.create_task(hand_over(), name="backfill-hand-over")
+    stopped = asyncio.create_task(stopping.wait(), name="backfill-sigterm")
+    await asyncio.wait({handing, stopped}, return_when=asyncio.FIRST_COMPLETED)
+    for task in (handing, stopped):
+        task.cancel()
+    await asyncio.gather(handing, stopped, return_exceptions=True)
+    if stopping.is_set():
+        log.warning("stopping (SIGTERM): no more records are handed over; waiting briefly for those in flight")
     while waiting:
         await settle_oldest()
-    tally.failed = [event.event_id for event in recovered if event.event_id in failed or event.event_id not in handed]
-    progress.update("published", tally.published + tally.deadlettered, len(recovered), final=True)
+    tally.failed = [item.origin.event_id for item in items if item.origin.event_id not in acknowledged]
+    tally.out_of_order = _written_after_a_failure(items, failed, acknowledged)
+    progress.update("published", tally.published + tally.deadlettered, len(items), final=True)
+
+
+def _written_after_a_failure(items: list[_Item], failed: set[str], acknowledged: set[str]) -> list[str]:
+    """Acknowledged events that an earlier event of their organization, refused, should have preceded."""
+    broken: set[str | None] = set()
+    late = []
+    for item in items:
+        event_id = item.origin.event_id
+        if event_id in failed and item.organization is not None:
+            broken.add(item.organization)
+        elif event_id in acknowledged and item.organization in broken:
+            late.append(event_id)
+    return late
 
 
 def main(settings: BackfillSettings, request: Request) -> int:
@@ -271,6 +362,12 @@ def main(settings: BackfillSettings, request: Request) -> int:
     if tally.failed:
         print(
             f"scalekit-bridge backfill: {len(tally.failed)} event(s) not written: {', '.join(tally.failed)}",
+            file=sys.stderr,
+        )
+    if tally.out_of_order:
+        print(
+            f"scalekit-bridge backfill: {len(tally.out_of_order)} event(s) written after an earlier event of "
+            f"their organization that was not (compare ce_time): {', '.join(tally.out_of_order)}",
             file=sys.stderr,
         )
     if tally.unreadable:

@@ -7,6 +7,7 @@ the backfill and the metrics import them from here, never from an adapter.
 from __future__ import annotations
 
 import enum
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -47,9 +48,16 @@ class Publisher(Protocol):
 
 
 class Pending(Protocol):
-    """A record handed over, its acknowledgement still to come; `ack()` raises like `publish`."""
+    """A record handed over, its acknowledgement still to come.
+
+    `ack()` raises like `publish`; the publish timeout runs from the hand-over, not from the call,
+    so waiting for many in turn takes no longer than waiting for the last. `when_failed` calls back
+    as soon as the broker refuses the record, before anyone waits for it.
+    """
 
     async def ack(self) -> Ack: ...
+
+    def when_failed(self, callback: Callable[[], None]) -> None: ...
 
 
 class Sender(Publisher, Protocol):

@@ -13,7 +13,7 @@ import contextlib
 import functools
 import logging
 import ssl
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from contextlib import AbstractContextManager
 from typing import Any
 
@@ -105,19 +105,27 @@ class _Translated(AbstractContextManager[None]):
 
 
 class _KafkaPending:
-    """A record handed to the producer; `ack()` waits (up to the publish timeout) for the broker."""
+    """A record handed to the producer; `ack()` waits for the broker until the publish timeout after the
+    hand-over."""
 
     def __init__(self, delivered: asyncio.Future[Any], timeout: float, translated: _Translated) -> None:
         self._delivered = delivered
-        self._timeout = timeout
+        self._deadline = asyncio.get_running_loop().time() + timeout
         self._translated = translated
 
     async def ack(self) -> Ack:
         with self._translated:
-            async with asyncio.timeout(self._timeout):
+            async with asyncio.timeout_at(self._deadline):
                 # Shielded: giving up waiting must not cancel a record the producer may still deliver.
                 metadata = await asyncio.shield(self._delivered)
         return _ack(metadata)
+
+    def when_failed(self, callback: Callable[[], None]) -> None:
+        def settled(delivered: asyncio.Future[Any]) -> None:
+            if not delivered.cancelled() and delivered.exception() is not None:
+                callback()
+
+        self._delivered.add_done_callback(settled)
 
 
 class KafkaPublisher:
@@ -284,7 +292,7 @@ class KafkaPublisher:
         """The largest record `topic` takes, making sure (once) that the topic exists; `again` reads
         the topic's own limit anew (it exists by then)."""
         if again:
-            reread = asyncio.create_task(self._read_limit(topic), name=f"reread-{topic}")
+            reread = _lookup(self._read_limit(topic), f"reread-{topic}")
             self._known_topics[topic] = reread
             return await asyncio.shield(reread)
         lookup = self._known_topics.get(topic)
@@ -293,7 +301,7 @@ class KafkaPublisher:
                 return lookup.result()  # the common case: known since an earlier delivery
             lookup = None  # the last attempt failed or was cancelled: try again
         if lookup is None:
-            lookup = asyncio.create_task(self._prepare_topic(topic), name=f"prepare-{topic}")
+            lookup = _lookup(self._prepare_topic(topic), f"prepare-{topic}")
             self._known_topics[topic] = lookup
         # Shielded: one delivery timing out must not cancel the lookup for the others.
         return await asyncio.shield(lookup)
@@ -524,6 +532,15 @@ async def _scan(
             if await consumer.position(partition) >= remaining[partition]:
                 del remaining[partition]
     return ids, read
+
+
+def _lookup(work: Coroutine[Any, Any, int], name: str) -> asyncio.Task[int]:
+    """A topic lookup shared by the deliveries that need it. Its failure reaches those still waiting and
+    makes the next delivery try again; when every waiter gave up first, it is not left for asyncio to
+    report as never retrieved."""
+    task = asyncio.create_task(work, name=name)
+    task.add_done_callback(lambda done: None if done.cancelled() else done.exception())
+    return task
 
 
 def _ack(metadata: Any) -> Ack:

@@ -7,6 +7,7 @@ what the pipeline does with each answer a publisher can give.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from bridge.contract import Contract
@@ -38,6 +39,9 @@ class Awaited:
             await self._hold.wait()
         metadata = await self._delivered
         return Ack(metadata.topic, metadata.partition, metadata.offset)
+
+    def when_failed(self, callback: Callable[[], None]) -> None:
+        self._delivered.add_done_callback(lambda done: callback() if done.exception() is not None else None)
 
 
 class RecordingProducer:

@@ -7,10 +7,14 @@ page boundaries. Each test runs the command as a user would, in its own process.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
+import re
+import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, timezone
@@ -18,6 +22,7 @@ from typing import Any
 
 import pytest
 
+from bridge.dev.kafka import LocalKafka
 from bridge.dev.samples import sample_types
 from bridge.envelope import event_id_of_record, organization_of
 from tests.conftest import KafkaTool, Record
@@ -47,26 +52,35 @@ class Run:
         return self.stdout.strip().splitlines()[-1]
 
 
-@pytest.fixture
-def backfill(scalekit: FakeScalekit, kafka_bootstrap: str, unique: str):
-    """Run `python -m bridge backfill ARGS` with the fake's credentials and this test's topics."""
+class BackfillCommand:
+    """`python -m bridge backfill ARGS` with the fake's credentials and this test's topics."""
 
-    def run(*args: str, **env: str) -> Run:
-        child_env = {
+    def __init__(self, scalekit: FakeScalekit, kafka_bootstrap: str, unique: str) -> None:
+        self._env = {
             **{k: v for k, v in os.environ.items() if not k.startswith(("SCALEKIT_", "BRIDGE_"))},
             **scalekit.env(),
             "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap,
             "BRIDGE_TOPIC_PREFIX": f"t{unique}.",
             "BRIDGE_DEADLETTER_TOPIC": f"t{unique}.deadletter",
-            **env,
         }
+
+    def __call__(self, *args: str, **env: str) -> Run:
         done = subprocess.run(
             [sys.executable, "-m", "bridge", "backfill", *args],
-            env=child_env, capture_output=True, text=True, timeout=120,
+            env=self._env | env, capture_output=True, text=True, timeout=120,
         )
         return Run(done.returncode, done.stdout, done.stderr)
 
-    return run
+    def start(self, *args: str, **env: str) -> subprocess.Popen[str]:
+        return subprocess.Popen(
+            [sys.executable, "-m", "bridge", "backfill", *args], env=self._env | env,
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )
+
+
+@pytest.fixture
+def backfill(scalekit: FakeScalekit, kafka_bootstrap: str, unique: str) -> BackfillCommand:
+    return BackfillCommand(scalekit, kafka_bootstrap, unique)
 
 
 async def records_by_event(kafka: KafkaTool, prefix: str, event_types: set[str]) -> dict[str, list[Record]]:
@@ -269,6 +283,65 @@ async def test_an_event_the_api_returns_unreadable_is_named_and_the_others_are_w
     )
     written = await kafka.read_all(f"t{unique}.role.created")
     assert sorted(event_id_of_record(r.headers, r.value) for r in written) == sorted(e["id"] for e in events)
+
+
+@pytest.fixture(scope="module")
+def own_kafka() -> Iterator[LocalKafka]:
+    """A broker of this module's own, to freeze (SIGSTOP) while a run waits on it."""
+    with LocalKafka() as local:
+        yield local
+
+
+def started_and_frozen(backfill: BackfillCommand, kafka: LocalKafka, timeout: str) -> subprocess.Popen[str]:
+    """A run writing to `kafka`, which freezes once the run says it is connected and writing."""
+    running = backfill.start("--since", "2h", KAFKA_BOOTSTRAP_SERVERS=kafka.bootstrap_servers,
+                             BRIDGE_PUBLISH_TIMEOUT=timeout)
+    assert running.stderr is not None
+    for line in running.stderr:
+        if '"backfill connected"' in line:
+            break
+    kafka.pause()
+    return running
+
+
+async def not_written_is_exactly_what_kafka_lacks(kafka: LocalKafka, stderr: str, events: list, topic: str) -> None:
+    kafka.resume()
+    written = {event_id_of_record(r.headers, r.value) for r in await KafkaTool(kafka.bootstrap_servers).read_all(topic)}
+    named = re.search(r"(\d+) event\(s\) not written: (.*)", stderr)
+    assert named is not None, stderr
+    assert set(named[2].split(", ")) == {e["id"] for e in events} - written
+
+
+async def test_a_frozen_kafka_ends_the_run_within_its_timeouts_naming_every_event_not_written(
+    scalekit, backfill, own_kafka, unique
+):
+    """Not 300 publish timeouts one after another, and no hang closing the producer."""
+    events = seed(scalekit, 300, types=["role.created"])
+
+    running = started_and_frozen(backfill, own_kafka, timeout="2")
+    started = time.monotonic()
+    _stdout, stderr = running.communicate(timeout=120)
+
+    assert time.monotonic() - started < 30  # two publish timeouts and change; it was 300 of them
+    assert running.returncode == 1 and "Traceback" not in stderr
+    await not_written_is_exactly_what_kafka_lacks(own_kafka, stderr, events, f"t{unique}.role.created")
+
+
+async def test_sigterm_ends_a_waiting_run_at_once_naming_every_event_not_written(
+    scalekit, backfill, own_kafka, unique
+):
+    """The Job's deadline: a run waiting on Kafka stops, says what it did not write, and exits 1."""
+    events = seed(scalekit, 50, types=["role.created"])
+    running = started_and_frozen(backfill, own_kafka, timeout="60")
+    await asyncio.sleep(1.0)
+
+    running.send_signal(signal.SIGTERM)
+    started = time.monotonic()
+    _stdout, stderr = running.communicate(timeout=120)
+
+    assert time.monotonic() - started < 20  # well inside Kubernetes' 30 s termination grace
+    assert running.returncode == 1 and "Traceback" not in stderr
+    await not_written_is_exactly_what_kafka_lacks(own_kafka, stderr, events, f"t{unique}.role.created")
 
 
 async def test_wrong_credentials_exit_non_zero_with_one_line_and_write_nothing(scalekit, backfill, kafka, unique):
