@@ -39,13 +39,19 @@ async def test_a_signed_body_that_is_no_event_is_dead_lettered_with_its_reason(s
     assert record.value == body
 
 
-async def test_a_record_too_large_for_its_existing_topic_is_dead_lettered_not_retried(start_bridge, kafka):
-    """The body fits the bridge's limit, but the topic an operator made takes less: no retry can help."""
-    running = await start_bridge()
+async def too_big_for_its_topic(running, kafka) -> tuple[str, dict]:
+    """A topic an operator made with a 2 KiB limit, and a delivery inside the bridge's limit but over the topic's."""
     topic = await kafka.create_topic(running.topic("organization.directory.group_updated"),
                                      configs={"max.message.bytes": "2048"})
     delivery = sample("organization.directory.group_updated")
     delivery["data"]["description"] = "x" * 4000
+    return topic, delivery
+
+
+async def test_a_record_too_large_for_its_existing_topic_is_dead_lettered_not_retried(start_bridge, kafka):
+    """The body fits the bridge's limit, but the topic an operator made takes less: no retry can help."""
+    running = await start_bridge()
+    topic, delivery = await too_big_for_its_topic(running, kafka)
 
     status, _ = await running.deliver(delivery, webhook_id="msg_too_big_for_topic")
 
@@ -58,10 +64,7 @@ async def test_a_record_too_large_for_its_existing_topic_is_dead_lettered_not_re
 async def test_after_an_operator_raises_a_topics_limit_a_record_that_fits_now_is_published(start_bridge, kafka):
     """The limit read when the topic was first used is read again before a record is dead-lettered for it."""
     running = await start_bridge()
-    topic = await kafka.create_topic(running.topic("organization.directory.group_updated"),
-                                     configs={"max.message.bytes": "2048"})
-    delivery = sample("organization.directory.group_updated")
-    delivery["data"]["description"] = "x" * 4000
+    topic, delivery = await too_big_for_its_topic(running, kafka)
     assert (await running.deliver(delivery | {"id": "evt_before"}))[1]["outcome"] == "deadlettered"
 
     await kafka.set_topic_config(topic, {"max.message.bytes": "65536"})
