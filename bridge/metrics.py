@@ -7,6 +7,8 @@ already passed the topic-name check, and statuses are HTTP codes we send.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from prometheus_client import (
     GC_COLLECTOR,
     PLATFORM_COLLECTOR,
@@ -143,22 +145,43 @@ class Metrics:
         for refusal in HTTP_REFUSALS:
             self.http_refusals.labels(reason=refusal)
         self.unknown_event_types.labels(event_type=OTHER_TYPE)
+        # The statuses the delivery alerts divide by; a first 503 then counts as an increase.
+        for status in (201, 401, 503):
+            self._request_child(status)
 
-    def observe_request(self, status: int, seconds: float) -> None:
-        """One webhook request answered with `status` after `seconds`."""
+    def expect_event_types(self, documented: Iterable[str]) -> None:
+        """Create at 0 every series an alert reads per event type, for the documented types and the two others.
+
+        A counter created at its first increment hides that increment from `increase()`: the first dead
+        letter of a pod, answered 201 and never retried, would alert no one.
+        """
+        for event_type in documented:
+            self.schema_violations.labels(event_type=event_type)
+            self._delivery_child(Outcome.DEADLETTERED, event_type)
+        for event_type in (UNKNOWN_TYPE, OTHER_TYPE):
+            self._delivery_child(Outcome.DEADLETTERED, event_type)
+
+    def _request_child(self, status: int) -> Histogram:
         histogram = self._request_durations.get(status)
         if histogram is None:
             histogram = self._request_durations[status] = self.request_duration.labels(status=str(status))
-        histogram.observe(seconds)
+        return histogram
 
-    def count_delivery(self, outcome: str, event_type: str) -> None:
-        """One delivery (or backfilled event) ended so."""
+    def _delivery_child(self, outcome: str, event_type: str) -> Counter:
         counter = self._deliveries.get((outcome, event_type))
         if counter is None:
             counter = self._deliveries[outcome, event_type] = self.deliveries.labels(
                 outcome=outcome, event_type=event_type
             )
-        counter.inc()
+        return counter
+
+    def observe_request(self, status: int, seconds: float) -> None:
+        """One webhook request answered with `status` after `seconds`."""
+        self._request_child(status).observe(seconds)
+
+    def count_delivery(self, outcome: str, event_type: str) -> None:
+        """One delivery (or backfilled event) ended so."""
+        self._delivery_child(outcome, event_type).inc()
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

@@ -134,6 +134,7 @@ class Writer:
         self._contract = contract
         self._validation = schema_validation
         self._max_unknown_types = max_unknown_types
+        metrics.expect_event_types(contract.event_types)
         # Undocumented types this writer has published (each has a topic): at most max_unknown_types.
         self._unknown_types: set[str] = set()
 

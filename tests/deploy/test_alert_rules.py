@@ -41,7 +41,10 @@ def seconds(duration: str) -> int:
 
 
 def with_annotations(cases: dict[str, Any]) -> dict[str, Any]:
-    """The rule tests, each expected alert given its rule's annotations as Prometheus renders them."""
+    """The rule tests, each expected alert given its rule's annotations as Prometheus renders them.
+
+    A label the alert does not carry renders empty, as in Prometheus.
+    """
     rules = alerts()
     for test in cases["tests"]:
         for check in test["alert_rule_test"]:
@@ -49,7 +52,7 @@ def with_annotations(cases: dict[str, Any]) -> dict[str, Any]:
             for expected in check["exp_alerts"]:
                 labels = expected["exp_labels"]
                 expected["exp_annotations"] = {
-                    name: LABEL.sub(lambda m, labels=labels: str(labels[m.group(1)]), text)
+                    name: LABEL.sub(lambda m, labels=labels: str(labels.get(m.group(1), "")), text)
                     for name, text in annotations.items()
                 }
     return cases
@@ -131,3 +134,20 @@ def test_the_promql_check_refuses_a_broken_query(promtool, tmp_path):
     done = check_rules(promtool, ["sum(rate(scalekit_bridge_deliveries_total[5m])"], tmp_path)
     assert done.returncode != 0
     assert "unclosed left parenthesis" in done.stdout + done.stderr
+
+
+def readme_alert_table() -> dict[str, str]:
+    """The README's alert table: each alert's name and its severity as the table states it."""
+    readme = (PROMETHEUS.parents[1] / "README.md").read_text()
+    section = readme[readme.index("### Dashboard and alerts") :]
+    rows = {}
+    for line in section.splitlines():
+        match = re.match(r"\| `(ScalekitBridge\w+)`(?: \((\w+)\))? \|", line)
+        if match:
+            rows[match.group(1)] = match.group(2) or "warning"
+    return rows
+
+
+def test_the_readme_lists_every_alert_with_its_severity():
+    rules = {name: rule["labels"]["severity"] for name, rule in alerts().items()}
+    assert readme_alert_table() == rules
