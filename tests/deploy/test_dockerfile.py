@@ -165,7 +165,9 @@ async def test_the_replayed_image_serves_a_signed_event_into_kafka_and_backfills
                         break
             except OSError:
                 pass
-            assert server.poll() is None and time.monotonic() < deadline, "the entrypoint never became ready"
+            if server.poll() is not None:
+                pytest.fail("the entrypoint exited:\n" + server.communicate()[0].decode())
+            assert time.monotonic() < deadline, "the entrypoint never became ready"
             time.sleep(0.2)
 
         sent = subprocess.run(

@@ -10,6 +10,7 @@ custom resources with the schemas their operators publish.
 from __future__ import annotations
 
 import base64
+import copy
 import json
 import re
 import shutil
@@ -79,6 +80,18 @@ def bridge_config(docs: list[dict[str, Any]]) -> dict[str, str]:
 def container(docs: list[dict[str, Any]]) -> dict[str, Any]:
     (main,) = one(docs, "Deployment")["spec"]["template"]["spec"]["containers"]
     return main
+
+
+def webhook_service(docs: list[dict[str, Any]]) -> dict[str, Any]:
+    (found,) = [doc for doc in docs if doc["kind"] == "Service" and doc["metadata"]["name"] == "bridge-scalekit-bridge"]
+    return found
+
+
+def admin_service(docs: list[dict[str, Any]]) -> dict[str, Any]:
+    (found,) = [
+        doc for doc in docs if doc["kind"] == "Service" and doc["metadata"]["name"] == "bridge-scalekit-bridge-admin"
+    ]
+    return found
 
 
 def backfill_pod(docs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -188,6 +201,7 @@ def test_a_minimal_install_is_the_core_and_nothing_optional(helm):
         "PodDisruptionBudget",
         "Secret",
         "Service",
+        "Service",
         "ServiceAccount",
     ]
 
@@ -221,8 +235,8 @@ def test_the_rendered_environment_is_one_the_bridge_accepts(helm, values, tmp_pa
     if "KAFKA_SSL_CAFILE" in env:  # mounted from a Secret in the pod; stand in a CA here
         env["KAFKA_SSL_CAFILE"] = stand_in_ca(tmp_path)
     settings = Settings.from_env(env)
-    assert settings.port == one(docs, "Service")["spec"]["ports"][0]["port"]
-    assert settings.admin_port == one(docs, "Service")["spec"]["ports"][1]["port"]
+    assert settings.port == webhook_service(docs)["spec"]["ports"][0]["port"]
+    assert settings.admin_port == admin_service(docs)["spec"]["ports"][0]["port"]
 
 
 def test_existing_secrets_and_sasl_ssl_come_from_the_named_secrets(helm):
@@ -315,6 +329,22 @@ def test_the_disruption_budget_keeps_a_replica_serving(helm):
     assert one(docs, "Deployment")["spec"]["replicas"] == 2
 
 
+def test_the_disruption_budget_lets_a_drain_evict_unready_pods(helm):
+    """While Kafka is down every pod is unready; a budget counting them would hang every node drain."""
+    budget = one(render(helm, "minimal"), "PodDisruptionBudget")
+    assert budget["spec"]["unhealthyPodEvictionPolicy"] == "AlwaysAllow"
+
+
+@pytest.mark.parametrize("service_type", ["ClusterIP", "LoadBalancer", "NodePort"])
+def test_only_the_webhook_port_can_be_made_public(helm, service_type):
+    docs = render(helm, "minimal", "--set", f"service.type={service_type}")
+    public, admin = webhook_service(docs), admin_service(docs)
+    assert public["spec"]["type"] == service_type
+    assert [port["targetPort"] for port in public["spec"]["ports"]] == ["webhook"]
+    assert admin["spec"]["type"] == "ClusterIP"
+    assert [port["targetPort"] for port in admin["spec"]["ports"]] == ["admin"]
+
+
 # --- the optional pieces -----------------------------------------------------------------------------
 
 
@@ -328,14 +358,27 @@ def test_the_ingress_exposes_only_the_webhook_path(helm):
 
 
 def test_the_service_monitor_scrapes_the_admin_port(helm):
-    (endpoint,) = one(render(helm, "everything"), "ServiceMonitor")["spec"]["endpoints"]
+    docs = render(helm, "everything")
+    monitor = one(docs, "ServiceMonitor")["spec"]
+    (endpoint,) = monitor["endpoints"]
     assert (endpoint["port"], endpoint["path"]) == ("admin", "/metrics")
+    wanted = monitor["selector"]["matchLabels"].items()
+    selected = [doc for doc in docs if doc["kind"] == "Service" and wanted <= doc["metadata"]["labels"].items()]
+    assert selected == [admin_service(docs)]  # so its Prometheus job is the admin Service's name
 
 
 def test_the_alerts_and_dashboard_are_the_observability_files_not_copies(helm):
     docs = render(helm, "everything")
     rules = yaml.safe_load((ROOT / "deploy" / "prometheus" / "scalekit-bridge-rules.yaml").read_text())
-    assert one(docs, "PrometheusRule")["spec"] == rules
+    spec = copy.deepcopy(one(docs, "PrometheusRule")["spec"])  # the renderings are cached: change a copy
+    for rule in (rule for group in spec["groups"] for rule in group["rules"]):  # the release's names, undone
+        rule["expr"] = (
+            rule["expr"]
+            .replace('job="bridge-scalekit-bridge-admin", namespace="prod"', 'job="scalekit-bridge"')
+            .replace(', namespace="prod"', "")
+            .replace("bridge-scalekit-bridge-backfill", "scalekit-bridge-backfill")
+        )
+    assert spec == rules
     (dashboard_map,) = [
         doc for doc in docs if doc["kind"] == "ConfigMap" and doc["metadata"]["name"].endswith("-dashboard")
     ]
@@ -362,6 +405,31 @@ def test_kafka_topics_cover_every_documented_type_and_the_dead_letter_topic(helm
         assert topic["spec"]["config"]["min.insync.replicas"] == "2"
         assert int(topic["spec"]["config"]["max.message.bytes"]) > int(config["BRIDGE_MAX_BODY_BYTES"])
     assert config["BRIDGE_CREATE_TOPICS"] == "false"  # Strimzi owns them now
+
+
+def test_the_alerts_that_fire_on_absence_watch_this_release_by_name(helm):
+    """`up` of the job the ServiceMonitor creates, and the release's own backfill CronJob, in its namespace."""
+    docs = render(helm, "everything")
+    groups = one(docs, "PrometheusRule")["spec"]["groups"]
+    expressions = {rule["alert"]: rule["expr"] for group in groups for rule in group["rules"]}
+    job = admin_service(docs)["metadata"]["name"]
+    cronjob = one(docs, "CronJob")["metadata"]["name"]
+    assert f'absent(up{{job="{job}", namespace="prod"}})' in expressions["ScalekitBridgeDown"]
+    backfill = expressions["ScalekitBridgeBackfillFailing"]
+    assert f'kube_cronjob_status_last_successful_time{{cronjob="{cronjob}", namespace="prod"}}' in backfill
+    assert f'job_name=~"{cronjob}-[0-9]+", namespace="prod"' in backfill
+    assert "scalekit-bridge-backfill\"" not in backfill.replace(cronjob, "")
+
+
+def test_kafka_topics_are_kept_and_go_where_strimzi_watches(helm):
+    """Uninstalling, turning kafkaTopics off or renaming the prefix must never let Strimzi delete a topic."""
+    topics = [doc for doc in render(helm, "everything") if doc["kind"] == "KafkaTopic"]
+    assert topics
+    for topic in topics:
+        assert topic["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
+        assert topic["metadata"]["namespace"] == "kafka"
+    in_release = [doc for doc in render(helm, "existing-secret-sasl") if doc["kind"] == "KafkaTopic"]
+    assert {topic["metadata"]["namespace"] for topic in in_release} == {"prod"}
 
 
 def test_kafka_topics_follow_a_custom_prefix_and_api_version(helm):
@@ -440,7 +508,8 @@ def test_nothing_that_selects_the_bridge_selects_a_backfill_or_helm_test_pod(hel
     docs = render(helm, "everything")
     (test_pod,) = [doc for doc in docs if doc["kind"] == "Pod"]
     selectors = [
-        one(docs, "Service")["spec"]["selector"],
+        webhook_service(docs)["spec"]["selector"],
+        admin_service(docs)["spec"]["selector"],
         one(docs, "PodDisruptionBudget")["spec"]["selector"]["matchLabels"],
         named(docs, "NetworkPolicy", "bridge-scalekit-bridge")["spec"]["podSelector"]["matchLabels"],
     ]
@@ -461,7 +530,7 @@ def test_helm_test_sends_a_signed_sample_through_the_service(helm):
     command = pod["spec"]["containers"][0]["command"]
     assert command[:2] == ["scalekit-bridge", "send-test"]
     assert command[command.index("--type") + 1] in sample_types()
-    service = one(docs, "Service")
+    service = webhook_service(docs)
     assert command[command.index("--url") + 1] == (
         f"http://{service['metadata']['name']}:{service['spec']['ports'][0]['port']}/webhooks/scalekit"
     )

@@ -127,6 +127,11 @@ app.kubernetes.io/component: backfill
 {{- end }}
 
 {{/* The backfill CronJob's name: at most 52 characters, as Kubernetes asks of CronJobs. */}}
+{{/* The admin port's ClusterIP Service; also the Prometheus job name a ServiceMonitor gives the bridge. */}}
+{{- define "scalekit-bridge.adminServiceName" -}}
+{{- printf "%s-admin" (include "scalekit-bridge.fullname" .) | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
 {{- define "scalekit-bridge.backfillName" -}}
 {{- printf "%s-backfill" (include "scalekit-bridge.fullname" .) | trunc 52 | trimSuffix "-" }}
 {{- end }}
