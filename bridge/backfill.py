@@ -81,15 +81,15 @@ class Tally:
         )
 
 
-def parse_since(text: str, now: datetime) -> datetime:
-    """An RFC 3339 time, or a duration back from `now` (90m, 2h, 3d, 1w); raises ValueError."""
+def parse_moment(text: str, now: datetime) -> datetime:
+    """A window bound: an RFC 3339 time, or a duration back from `now` (90m, 2h, 3d, 1w); raises ValueError."""
     duration = _DURATION.fullmatch(text.strip())
     if duration is not None:
         return now - timedelta(**{_UNITS[duration[2]]: int(duration[1])})
-    return parse_time(text)
+    return _parse_time(text)
 
 
-def parse_time(text: str) -> datetime:
+def _parse_time(text: str) -> datetime:
     """An RFC 3339 time with a zone (`Z` or an offset); raises ValueError."""
     try:
         moment = datetime.fromisoformat(text.strip())

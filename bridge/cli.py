@@ -21,6 +21,22 @@ EXIT_CONFIG = 2
 
 
 def main(argv: Sequence[str] | None = None) -> None:
+    parser = command_line()
+    args = parser.parse_args(argv)
+
+    if args.command == "serve":
+        sys.exit(_serve(os.environ))
+    if args.command == "backfill":
+        sys.exit(_backfill(parser, args))
+    if args.command == "dev":
+        sys.exit(_dev())
+    if args.command == "tail":
+        sys.exit(_tail(args.type_pattern, args.from_beginning, args.count))
+    sys.exit(_send_test(args.event_type, args.url))
+
+
+def command_line() -> argparse.ArgumentParser:
+    """The commands and their arguments (also what the chart's rendered commands are checked against)."""
     parser = argparse.ArgumentParser(prog="scalekit-bridge", description=__doc__)
     parser.add_argument("--version", action="version", version=__version__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -35,7 +51,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     recover.add_argument(
         "--since", required=True, help="window start: an RFC 3339 time, or a duration back from now (90m, 2h, 3d)"
     )
-    recover.add_argument("--until", help="window end, exclusive: an RFC 3339 time (default: now)")
+    recover.add_argument(
+        "--until",
+        help="window end, exclusive: an RFC 3339 time, or a duration back from now such as 25m, to stay behind "
+        "Scalekit's retries (default: now)",
+    )
     recover.add_argument(
         "--type", action="append", default=[], dest="types", metavar="TYPE", help="only this event type (repeatable)"
     )
@@ -57,17 +77,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                         help="only event types matching this pattern, e.g. 'organization.directory.*' (default: all)")
     follow.add_argument("--from-beginning", action="store_true", help="print what the topics already hold first")
     follow.add_argument("--count", type=int, help="exit after printing this many events")
-    args = parser.parse_args(argv)
-
-    if args.command == "serve":
-        sys.exit(_serve(os.environ))
-    if args.command == "backfill":
-        sys.exit(_backfill(parser, args))
-    if args.command == "dev":
-        sys.exit(_dev())
-    if args.command == "tail":
-        sys.exit(_tail(args.type_pattern, args.from_beginning, args.count))
-    sys.exit(_send_test(args.event_type, args.url))
+    return parser
 
 
 def _settings(env: os._Environ[str] | dict[str, str]) -> Settings | None:
@@ -109,8 +119,8 @@ def _backfill(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
 
     now = datetime.now(UTC)
     try:
-        start = backfill.parse_since(args.since, now)
-        end = backfill.parse_time(args.until) if args.until else now
+        start = backfill.parse_moment(args.since, now)
+        end = backfill.parse_moment(args.until, now) if args.until else now
     except ValueError as exc:
         parser.error(str(exc))
     if start >= end:

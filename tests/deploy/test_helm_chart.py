@@ -15,6 +15,7 @@ import json
 import re
 import shutil
 import subprocess
+from datetime import UTC, datetime, timedelta
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,8 @@ import trustme
 import yaml
 
 from bridge import __version__
+from bridge.backfill import parse_moment
+from bridge.cli import command_line
 from bridge.config import BackfillSettings, Settings
 from bridge.contract import Contract
 from bridge.dev.samples import sample_types
@@ -488,8 +491,42 @@ def test_the_backfill_runs_every_15_minutes_over_two_hours_never_twice_at_once(h
     (job,) = backfill_pod(docs)["spec"]["containers"]
     assert cron["schedule"] == "*/15 * * * *"
     assert cron["concurrencyPolicy"] == "Forbid"
-    assert job["command"] == ["scalekit-bridge", "backfill", "--since", "2h"]
+    assert job["command"] == ["scalekit-bridge", "backfill", "--since", "2h", "--until", "25m"]
     assert job["image"] == container(docs)["image"]
+
+
+def test_the_backfill_window_ends_behind_scalekits_retries():
+    """Scalekit retries for about 22 minutes: a younger event may still come by webhook."""
+    now = datetime(2026, 11, 30, 12, 0, tzinfo=UTC)
+    values = yaml.safe_load((CHART / "values.yaml").read_text())["backfill"]
+    assert now - parse_moment(values["until"], now) >= timedelta(minutes=22)
+
+
+def test_the_subscribed_types_narrow_the_backfill_and_the_topics(helm):
+    types = ["organization.directory.user_created", "organization.directory.user_deleted"]
+    sets = [arg for n, t in enumerate(types) for arg in ("--set", f"eventTypes[{n}]={t}")]
+    docs = render(helm, "everything", *sets, "--set", "backfill.extraArgs[0]=--organization",
+                  "--set", "backfill.extraArgs[1]=org_1")
+    (job,) = backfill_pod(docs)["spec"]["containers"]
+    args = command_line().parse_args(job["command"][1:])
+    assert (args.command, args.types, args.organization, args.until) == ("backfill", types, "org_1", "25m")
+    topics = {doc["spec"]["topicName"] for doc in docs if doc["kind"] == "KafkaTopic"}
+    assert topics == {"scalekit.deadletter", *(f"scalekit.{t}" for t in types)}
+
+
+def test_every_rendered_backfill_command_is_one_the_cli_accepts(helm):
+    for values in BACKFILLED:
+        (job,) = backfill_pod(render(helm, values))["spec"]["containers"]
+        assert job["command"][0] == "scalekit-bridge"
+        assert command_line().parse_args(job["command"][1:]).command == "backfill"
+
+
+def test_the_backfill_has_room_for_a_documented_catch_up(helm):
+    """About 120 MiB at start and 4 KB per missing event (README, Backfill): the limit fits 90,000 of them."""
+    (job,) = backfill_pod(render(helm, "everything"))["spec"]["containers"]
+    limit = job["resources"]["limits"]["memory"]
+    assert limit.endswith("Mi")
+    assert int(limit[:-2]) * 2**20 >= 120 * 2**20 + 90_000 * 4096
 
 
 def test_the_backfill_pod_is_hardened_like_the_bridge(helm):
@@ -573,7 +610,21 @@ def test_the_notes_print_the_webhook_url_to_register_in_scalekit(helm, tmp_path)
 def test_the_notes_say_how_to_backfill_after_an_outage(helm, tmp_path):
     notes = render_notes(helm, "everything", tmp_path)
     assert "kubectl -n prod create job --from=cronjob/bridge-scalekit-bridge-backfill backfill-now" in notes
+    assert ".spec.template.spec.containers[0].command[3] = " in notes  # the outage's start replaces --since's
+    (job,) = backfill_pod(render(helm, "everything"))["spec"]["containers"]
+    assert job["command"][2] == "--since"
     assert "set backfill.enabled" in render_notes(helm, "minimal", tmp_path / "minimal")
+
+
+def test_the_readme_names_the_cronjob_its_own_install_creates(helm):
+    readme = (ROOT / "README.md").read_text()
+    install = re.search(r"helm install (\S+) deploy/helm/scalekit-bridge -n (\S+)", readme)
+    assert install
+    release, namespace = install.groups()
+    done = run_helm(helm, "template", release, "-n", namespace, "-f", str(VALUES["everything"]))
+    assert done.returncode == 0, done.stderr
+    cronjob = one([doc for doc in yaml.safe_load_all(done.stdout) if doc], "CronJob")["metadata"]["name"]
+    assert f"kubectl -n {namespace} create job --from=cronjob/{cronjob} backfill-now" in readme
 
 
 # --- refusing bad values -----------------------------------------------------------------------------

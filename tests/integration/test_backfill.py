@@ -186,6 +186,19 @@ async def test_type_organization_and_window_filters_reach_the_api_and_the_result
     assert asked.organization_id == ""  # the organization is picked by the key rules, not the API's field
 
 
+async def test_a_window_ending_a_duration_ago_leaves_events_still_inside_scalekits_retries(scalekit, backfill):
+    """The chart's CronJob runs --until 25m: what Scalekit may still deliver is not written twice."""
+    now = datetime.now(UTC)
+    events = seed(scalekit, 6, start=now - timedelta(minutes=50), step=timedelta(minutes=8))  # 50m ago to 10m ago
+    expected = [e["id"] for e in events if datetime.fromisoformat(e["occurred_at"]) < now - timedelta(minutes=25)]
+    assert 0 < len(expected) < len(events)
+
+    run = backfill("--since", "1h", "--until", "25m", "--dry-run")
+
+    assert run.returncode == 0, run.stderr
+    assert [line.split("\t")[1] for line in run.stdout.strip().splitlines()[:-1]] == expected
+
+
 async def test_an_organizations_user_events_are_recovered_though_they_keep_it_inside_data(scalekit, backfill):
     """Logins, sign-ups, invitations and memberships have no top-level organization_id."""
     user_types = [t for t in sample_types() if t.startswith("user.")]
