@@ -232,11 +232,13 @@ async def healthz(request: web.Request) -> web.Response:
 
 async def readyz(request: web.Request) -> web.Response:
     bridge = request.config_dict[BRIDGE]
-    body = {
+    body: dict[str, bool | str | list[str]] = {
         "ready": bridge.ready,
         "kafka": "reachable" if bridge.publisher.ready else "unreachable",
         "accepting": bridge.lifecycle.accepting,
     }
+    if bridge.publisher.missing_topics:
+        body["missing_topics"] = sorted(bridge.publisher.missing_topics)
     return web.json_response(body, status=200 if bridge.ready else 503)
 
 
@@ -249,10 +251,13 @@ async def metrics(request: web.Request) -> web.Response:
 
 
 def create_public_app(bridge: Bridge) -> web.Application:
-    """The public listener's application: the webhook route, and a JSON 404 for every other path."""
+    """The public listener's application: the webhook route, `GET /` for load balancers' health checks,
+    and a JSON 404 for every other path."""
     app = web.Application()
     app[BRIDGE] = bridge
     add_webhook_route(app, bridge.settings.webhook_path)
+    if bridge.settings.webhook_path != "/":
+        app.router.add_get("/", _serving)
     app.router.add_route(hdrs.METH_ANY, "/{anything:.*}", _not_found)
     return app
 
@@ -271,6 +276,14 @@ async def _method_not_allowed(request: web.Request) -> web.Response:
     response = _error_response(405, "method_not_allowed", "Method Not Allowed", close=True)
     response.headers[hdrs.ALLOW] = hdrs.METH_POST
     return response
+
+
+async def _serving(request: web.Request) -> web.Response:
+    """200 for a cloud load balancer that health-checks `GET /` on the serving port (GKE Ingress, Azure
+    Application Gateway): the process serves HTTP. As cheap as a 404, a constant answer; whether the
+    pod takes deliveries is Kubernetes' readiness (`/readyz` on the admin port), which removes it from
+    the endpoints the load balancer sends to."""
+    return web.Response(body=b'{"status":"serving"}', headers=_CREATED_HEADERS)
 
 
 async def _not_found(request: web.Request) -> web.Response:

@@ -44,6 +44,11 @@ class Publisher(Protocol):
     @property
     def ready(self) -> bool: ...
 
+    @property
+    def missing_topics(self) -> frozenset[str]:
+        """Topics the bridge cannot do without (the dead-letter topic) that do not exist and may not be created."""
+        ...
+
     async def publish(self, message: KafkaMessage) -> Ack: ...
 
 

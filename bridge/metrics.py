@@ -123,6 +123,12 @@ class Metrics:
             "1 while the bridge can reach Kafka and takes deliveries, else 0.",
             registry=self.registry,
         )
+        self.deadletter_topic_missing = Gauge(
+            "scalekit_bridge_deadletter_topic_missing",
+            "1 while the dead-letter topic does not exist and the bridge may not create it (the bridge is then "
+            "not ready: a verified but unroutable delivery could only get 503), else 0.",
+            registry=self.registry,
+        )
         self.redelivery_cache_entries = Gauge(
             "scalekit_bridge_redelivery_cache_entries",
             "Acknowledged webhook ids remembered for answering redeliveries.",

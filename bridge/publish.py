@@ -131,8 +131,17 @@ class _KafkaPending:
 class KafkaPublisher:
     """An idempotent, acks=all producer plus an admin client for topics and probes."""
 
-    def __init__(self, settings: KafkaSettings, *, timeout: float, max_record_bytes: int) -> None:
+    def __init__(
+        self,
+        settings: KafkaSettings,
+        *,
+        timeout: float,
+        max_record_bytes: int,
+        required_topics: tuple[str, ...] = (),
+    ) -> None:
         self._settings = settings
+        self._required_topics = required_topics
+        self._said_missing: frozenset[str] = frozenset()  # what the log last said was missing
         self._timeout = timeout
         self._max_record_bytes = max_record_bytes + _RECORD_OVERHEAD_BYTES
         self._translated = _Translated(timeout)
@@ -146,6 +155,11 @@ class KafkaPublisher:
     @property
     def ready(self) -> bool:
         return self._ready
+
+    @property
+    def missing_topics(self) -> frozenset[str]:
+        """The required topics whose last lookup found them missing (a write that finds one clears it)."""
+        return frozenset(topic for topic in self._required_topics if _found_missing(self._known_topics.get(topic)))
 
     async def start(self) -> None:
         """Connect; raises PublishFailed when the brokers cannot be reached (call again to retry).
@@ -188,6 +202,7 @@ class KafkaPublisher:
             raise PublishFailed(
                 f"cannot reach Kafka at {self._settings.bootstrap_servers}: {cause or type(exc).__name__}"
             ) from exc
+        await self._check_required_topics()
         self._ready = True
         self._probe = asyncio.create_task(self._watch_broker(), name="kafka-readiness-probe")
 
@@ -419,6 +434,29 @@ class KafkaPublisher:
             if reachable != self._ready:
                 log.warning("kafka %s", "reachable again" if reachable else "unreachable")
             self._ready = reachable
+            if reachable and (self.missing_topics or self._said_missing):
+                with contextlib.suppress(TimeoutError, KafkaError, OSError):  # the next probe says so
+                    async with asyncio.timeout(_PROBE_INTERVAL_SECONDS):
+                        await self._check_required_topics()
+
+    async def _check_required_topics(self) -> None:
+        """Make sure (creating them where allowed) that the required topics exist; log each change.
+
+        A missing dead-letter topic turns every verified but unroutable delivery into a 503 for ever, so
+        it is said at once, at ERROR, and again when it is resolved.
+        """
+        for topic in self._required_topics:
+            with contextlib.suppress(RecordRejected):
+                await self._topic_limit(topic)
+        missing = self.missing_topics
+        for topic in sorted(missing - self._said_missing):
+            log.error(
+                "a topic the bridge needs does not exist and the bridge may not create it; not ready until it does",
+                extra={"topic": topic},
+            )
+        for topic in sorted(self._said_missing - missing):
+            log.info("a topic the bridge needs exists now", extra={"topic": topic})
+        self._said_missing = missing
 
     async def _broker_answers(self) -> bool:
         try:
@@ -541,6 +579,12 @@ def _lookup(work: Coroutine[Any, Any, int], name: str) -> asyncio.Task[int]:
     task = asyncio.create_task(work, name=name)
     task.add_done_callback(lambda done: None if done.cancelled() else done.exception())
     return task
+
+
+def _found_missing(lookup: asyncio.Task[int] | None) -> bool:
+    if lookup is None or not lookup.done() or lookup.cancelled():
+        return False
+    return isinstance(lookup.exception(), RecordRejected)
 
 
 def _ack(metadata: Any) -> Ack:

@@ -93,13 +93,16 @@ class Bridge:
         bridge = cls(settings, publisher, pipeline, metrics, lifecycle)
         # Read at scrape time, so the gauges cannot drift from the truth.
         metrics.ready.set_function(lambda: 1.0 if bridge.ready else 0.0)
+        metrics.deadletter_topic_missing.set_function(
+            lambda: 1.0 if settings.deadletter_topic in publisher.missing_topics else 0.0
+        )
         metrics.inflight.set_function(lambda: float(lifecycle.inflight))
         metrics.redelivery_cache_entries.set_function(lambda: float(len(cache)))
         return bridge
 
     @property
     def ready(self) -> bool:
-        return self.lifecycle.accepting and self.publisher.ready
+        return self.lifecycle.accepting and self.publisher.ready and not self.publisher.missing_topics
 
 
 def _note_a_dead_connect_loop(task: asyncio.Task[None], lifecycle: Lifecycle) -> None:
@@ -133,7 +136,10 @@ async def running(
     """
     if publisher is None:
         publisher = KafkaPublisher(
-            settings.kafka, timeout=settings.publish_timeout, max_record_bytes=settings.max_body_bytes
+            settings.kafka,
+            timeout=settings.publish_timeout,
+            max_record_bytes=settings.max_body_bytes,
+            required_topics=(settings.deadletter_topic,),
         )
     bridge = Bridge.assemble(settings, publisher, metrics)
     connecting = asyncio.create_task(publisher.start_when_reachable(), name="kafka-connect")

@@ -52,6 +52,7 @@ class RecordingProducer:
     """
 
     ready = True
+    missing_topics: frozenset[str] = frozenset()
 
     def __init__(self, *, refuse: set[str] = frozenset(), lose: dict[str, Exception] | None = None) -> None:
         self.handed: list[KafkaMessage] = []

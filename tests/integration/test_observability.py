@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import re
@@ -102,6 +103,32 @@ async def test_every_outcome_counter_moves(driven):
     assert sample_value(exposition, "scalekit_bridge_ready") == 1.0
     assert sample_value(exposition, "scalekit_bridge_redelivery_cache_entries") == 4.0
     assert f'scalekit_bridge_build_info{{version="{__version__}"}} 1.0' in exposition
+
+
+async def test_a_missing_dead_letter_topic_is_said_at_start_and_keeps_the_bridge_unready(start_bridge, kafka, caplog):
+    """Without it a verified but unroutable delivery could only get 503, for ever: say so, and take no traffic."""
+    caplog.set_level(logging.INFO, logger="bridge")
+    running = await start_bridge(BRIDGE_CREATE_TOPICS="false")
+
+    ready = await running.admin.get("/readyz")
+    assert ready.status == 503
+    assert (await ready.json())["missing_topics"] == [running.deadletter_topic]
+    exposition = await (await running.admin.get("/metrics")).text()
+    assert sample_value(exposition, "scalekit_bridge_deadletter_topic_missing") == 1.0
+    assert sample_value(exposition, "scalekit_bridge_ready") == 0.0
+    (said,) = [r for r in caplog.records if getattr(r, "topic", None) == running.deadletter_topic]
+    assert said.levelno == logging.ERROR and "not ready until it does" in said.getMessage()
+
+    await kafka.create_topic(running.deadletter_topic)
+    for _ in range(100):  # the readiness probe looks again every 2 s
+        ready = await running.admin.get("/readyz")
+        if ready.status == 200:
+            break
+        await asyncio.sleep(0.1)
+    assert ready.status == 200
+    exposition = await (await running.admin.get("/metrics")).text()
+    assert sample_value(exposition, "scalekit_bridge_deadletter_topic_missing") == 0.0
+    assert any("exists now" in r.getMessage() for r in caplog.records if r.levelno == logging.INFO)
 
 
 async def test_dashboard_and_alerts_use_only_exported_metrics(driven):

@@ -36,6 +36,7 @@ class RefusingPublisher:
     """Stands in for Kafka being down: every write fails, nothing is ever acknowledged."""
 
     ready = False
+    missing_topics: frozenset[str] = frozenset()
 
     def __init__(self) -> None:
         self.attempts: list[KafkaMessage] = []
@@ -125,6 +126,18 @@ async def test_wrong_method_is_405_with_allow_and_other_paths_404(client):
     assert (wrong.status, wrong.headers["Allow"]) == (405, "POST")
     missing = await client.post("/elsewhere", data=b"{}")
     assert missing.status == 404 and (await missing.json())["error"] == "not_found"
+
+
+async def test_a_load_balancer_health_check_on_the_public_root_gets_200_and_no_more(client, bridge):
+    """GKE Ingress and Azure's Application Gateway probe GET / on the serving port by default."""
+    bridge.lifecycle.accepting = False  # a constant answer: readiness is Kubernetes' business, not the balancer's
+    for method in (client.get, client.head):
+        answer = await method("/")
+        assert answer.status == 200 and answer.headers["Server"] == "scalekit-bridge"
+    assert await (await client.get("/")).json() == {"status": "serving"}
+    assert (await client.post("/", data=b"{}")).status == 404
+    assert (await client.get("/healthz")).status == 404  # the admin port's endpoints stay there
+    assert bridge.publisher.attempts == []
 
 
 async def test_liveness_is_up_while_readiness_follows_kafka(admin, bridge):
