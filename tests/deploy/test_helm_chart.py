@@ -719,3 +719,77 @@ def test_a_missing_required_setting_is_named(helm, tmp_path, values, message):
     done = run_helm(helm, "template", "bridge", "-f", str(path))
     assert done.returncode != 0
     assert message in done.stderr
+
+
+# --- the values schema and the bridge's own reader agree --------------------------------------------
+
+SCHEMA = json.loads((CHART / "values.schema.json").read_text())
+# The values that become the bridge's environment (config.*, the two ports, the shutdown timing).
+REACHING_THE_BRIDGE = [
+    *(f"config.{name}" for name in SCHEMA["properties"]["config"]["properties"]),
+    "service.port",
+    "service.adminPort",
+    "preStopSleepSeconds",
+    "terminationGracePeriodSeconds",
+]
+
+
+def schema_of(path: str) -> dict[str, Any]:
+    node: dict[str, Any] = SCHEMA
+    for part in path.split("."):
+        node = node["properties"][part]
+    return node
+
+
+def boundaries() -> list[tuple[str, object, bool]]:
+    """(value path, value, inside the schema) at and just past every bound the schema states."""
+    cases: list[tuple[str, object, bool]] = []
+    for path in REACHING_THE_BRIDGE:
+        node = schema_of(path)
+        step = 1 if "integer" in node["type"] else 0.1
+        if "minimum" in node:
+            cases += [(path, node["minimum"], True), (path, round(node["minimum"] - step, 3), False)]
+        if "maximum" in node:
+            cases += [(path, node["maximum"], True), (path, round(node["maximum"] + step, 3), False)]
+        for value in node.get("enum", []):
+            cases.append((path, value, True))
+        if "pattern" in node:
+            cases.append((path, "", False))
+    return cases
+
+
+def test_every_value_that_reaches_the_bridge_has_bounds_to_try():
+    tried = {path for path, _, _ in boundaries()}
+    assert tried >= set(REACHING_THE_BRIDGE) - {"config.createTopics"}
+
+
+@pytest.mark.parametrize(("path", "value", "inside"), boundaries(), ids=lambda v: str(v))
+def test_what_the_chart_renders_at_a_bound_the_bridge_accepts(helm, tmp_path, path, value, inside):
+    """Whatever helm renders, the bridge starts on: the schema (or the templates' own checks, which name
+    the value) refuses first. Values past a stated bound never render at all."""
+    flag = "--set-string" if isinstance(value, str) else "--set"
+    done = run_helm(helm, "template", "bridge", "-n", "prod", "-f", str(VALUES["minimal"]), flag, f"{path}={value}")
+    if not inside:
+        assert done.returncode != 0, f"the schema took {path}={value!r}"
+        return
+    if done.returncode != 0:  # a combination the templates refuse, with a message naming the value
+        assert path.split(".")[-1] in done.stderr, done.stderr
+        return
+    docs = [doc for doc in yaml.safe_load_all(done.stdout) if doc]
+    Settings.from_env(rendered_env(docs))
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        (["terminationGracePeriodSeconds=620"], "may be at most preStopSleepSeconds + 603 (608)"),
+        (["service.adminPort=8080"], "service.adminPort (8080) must differ from service.port"),
+        (["config.topicMinInsyncReplicas=4"], "must not exceed config.topicReplication (3)"),
+        (["config.topicPrefix="], "at '/config/topicPrefix'"),
+    ],
+)
+def test_combinations_the_bridge_refuses_are_refused_by_name(helm, values, message):
+    sets = [arg for value in values for arg in ("--set", value)]
+    done = run_helm(helm, "template", "bridge", "-f", str(VALUES["minimal"]), *sets)
+    assert done.returncode != 0
+    assert message in done.stderr

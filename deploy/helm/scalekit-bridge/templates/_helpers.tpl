@@ -152,6 +152,8 @@ which must last at least the publish timeout so every in-flight delivery gets it
 {{- add $floor 12 }}
 {{- else if lt (int .Values.terminationGracePeriodSeconds) (int $floor) }}
 {{- fail (printf "terminationGracePeriodSeconds (%v) must be at least preStopSleepSeconds + config.publishTimeoutSeconds + 3 (%v), or in-flight deliveries are killed before they are answered" .Values.terminationGracePeriodSeconds $floor) }}
+{{- else if gt (int .Values.terminationGracePeriodSeconds) (add (int .Values.preStopSleepSeconds) 603) }}
+{{- fail (printf "terminationGracePeriodSeconds (%v) may be at most preStopSleepSeconds + 603 (%v): the bridge's shutdown grace (BRIDGE_SHUTDOWN_GRACE) is at most 600 s" .Values.terminationGracePeriodSeconds (add (int .Values.preStopSleepSeconds) 603)) }}
 {{- else }}
 {{- .Values.terminationGracePeriodSeconds }}
 {{- end }}
@@ -177,6 +179,12 @@ which must last at least the publish timeout so every in-flight delivery gets it
 {{- if and (not .Values.kafka.sasl.existingSecret) (or (not .Values.kafka.sasl.username) (not .Values.kafka.sasl.password)) }}
 {{- fail (printf "kafka.securityProtocol=%s needs kafka.sasl.username and kafka.sasl.password, or kafka.sasl.existingSecret" .Values.kafka.securityProtocol) }}
 {{- end }}
+{{- end }}
+{{- if eq (int .Values.service.port) (int .Values.service.adminPort) }}
+{{- fail (printf "service.adminPort (%v) must differ from service.port" .Values.service.adminPort) }}
+{{- end }}
+{{- if gt (int .Values.config.topicMinInsyncReplicas) (int .Values.config.topicReplication) }}
+{{- fail (printf "config.topicMinInsyncReplicas (%v) must not exceed config.topicReplication (%v)" .Values.config.topicMinInsyncReplicas .Values.config.topicReplication) }}
 {{- end }}
 {{- if and .Values.ingress.enabled (not .Values.ingress.host) }}
 {{- fail "ingress.enabled needs ingress.host (the public host name Scalekit will call)" }}
