@@ -37,6 +37,8 @@ LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 _MIN_KEY_BYTES = 16
 # Kafka's legal topic characters; the prefix and the dead-letter topic must use only these.
 _TOPIC_CHARS = re.compile(r"[A-Za-z0-9._-]+")
+# A secret file is a few dozen bytes; a path to something else entirely is refused, not read whole.
+_MAX_SECRET_FILE_BYTES = 64 * 1024
 
 N = TypeVar("N", int, float)
 S = TypeVar("S", bound=str)
@@ -65,6 +67,9 @@ class KafkaSettings:
     sasl_mechanism: str | None = None
     sasl_username: str | None = None
     sasl_password: Secret | None = None
+    # Where the SASL credentials came from when read from files (KAFKA_SASL_*_FILE): followed for rotation.
+    sasl_username_file: str | None = None
+    sasl_password_file: str | None = None
     ssl_cafile: str | None = None
     create_topics: bool = True
     topic_partitions: int = 3
@@ -133,6 +138,8 @@ class Settings(RecordShaping):
 
     signing_keys: tuple[SigningKey, ...]
     kafka: KafkaSettings
+    # SCALEKIT_WEBHOOK_SECRET_FILE, when the secrets came from a file: followed for rotation.
+    webhook_secret_file: str | None = None
     host: str = "0.0.0.0"  # noqa: S104 - in a container the pod network is the interface
     port: int = 8080
     admin_host: str = "0.0.0.0"  # noqa: S104 - probes come from the kubelet, off-pod
@@ -161,7 +168,8 @@ class Settings(RecordShaping):
         reader = _Reader(os.environ if env is None else env)
         d = _defaults(cls)
         settings = cls(
-            signing_keys=_signing_keys(reader.required("SCALEKIT_WEBHOOK_SECRET")),
+            signing_keys=parse_signing_keys(reader.secret("SCALEKIT_WEBHOOK_SECRET")),
+            webhook_secret_file=reader.raw("SCALEKIT_WEBHOOK_SECRET_FILE"),
             kafka=_kafka_settings(reader),
             host=reader.text("BRIDGE_HOST", d["host"]),
             port=reader.number("BRIDGE_PORT", d["port"], int, low=1, high=65535),
@@ -269,8 +277,8 @@ def _scalekit_api(reader: _Reader) -> ScalekitApi:
         )
     return ScalekitApi(
         environment_url=url,
-        client_id=reader.required("SCALEKIT_CLIENT_ID"),
-        client_secret=Secret(reader.required("SCALEKIT_CLIENT_SECRET")),
+        client_id=reader.secret("SCALEKIT_CLIENT_ID"),
+        client_secret=Secret(reader.secret("SCALEKIT_CLIENT_SECRET")),
     )
 
 
@@ -278,6 +286,21 @@ def _without_user_info(parts: SplitResult) -> str:
     """The URL with whatever came before '@' in its authority replaced, so no credential is ever quoted."""
     host = parts.netloc.rpartition("@")[2]
     return parts._replace(netloc=f"<redacted>@{host}").geturl()
+
+
+def read_secret_file(variable: str, path: str) -> str:
+    """The text of a secret file, stripped; ConfigError naming `variable` (never the content) when unusable."""
+    try:
+        with open(path, encoding="utf-8") as file:
+            text = file.read(_MAX_SECRET_FILE_BYTES + 1).strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        why = getattr(exc, "strerror", None) or type(exc).__name__
+        raise ConfigError(variable, f"cannot read {path!r}: {why}") from None
+    if not text:
+        raise ConfigError(variable, f"{path!r} is empty")
+    if len(text) > _MAX_SECRET_FILE_BYTES:
+        raise ConfigError(variable, f"{path!r} is over {_MAX_SECRET_FILE_BYTES} bytes; not a secret")
+    return text
 
 
 def _defaults(cls: type) -> dict[str, Any]:
@@ -297,6 +320,15 @@ class _Reader:
         if value is None:
             raise ConfigError(name, "is required")
         return value
+
+    def secret(self, name: str) -> str:
+        """`name`, or the content of the file `name_FILE` names (a mounted Secret, which can rotate)."""
+        path = self.raw(f"{name}_FILE")
+        if path is None:
+            return self.required(name)
+        if self.raw(name) is not None:
+            raise ConfigError(name, f"set either {name} or {name}_FILE, not both")
+        return read_secret_file(f"{name}_FILE", path)
 
     def text(self, name: str, default: str) -> str:
         value = self.raw(name)
@@ -343,7 +375,8 @@ class _Reader:
         raise ConfigError(name, f"must be true or false, got {value!r}")
 
 
-def _signing_keys(value: str) -> tuple[SigningKey, ...]:
+def parse_signing_keys(value: str) -> tuple[SigningKey, ...]:
+    """The whsec_ secrets in `value` (space- or comma-separated); ConfigError names SCALEKIT_WEBHOOK_SECRET."""
     keys = []
     for position, secret in enumerate(re.split(r"[\s,]+", value), start=1):
         if not secret:
@@ -375,8 +408,8 @@ def _kafka_settings(reader: _Reader) -> KafkaSettings:
         if reader.raw("KAFKA_SASL_MECHANISM") is None:
             raise ConfigError("KAFKA_SASL_MECHANISM", f"is required with KAFKA_SECURITY_PROTOCOL={protocol}")
         mechanism = reader.choice("KAFKA_SASL_MECHANISM", "", SASL_MECHANISMS, fold=str.upper)
-        username = reader.required("KAFKA_SASL_USERNAME")
-        password = Secret(reader.required("KAFKA_SASL_PASSWORD"))
+        username = reader.secret("KAFKA_SASL_USERNAME")
+        password = Secret(reader.secret("KAFKA_SASL_PASSWORD"))
     cafile = reader.raw("KAFKA_SSL_CAFILE")
     if cafile is not None:
         _check_ca_bundle(cafile)
@@ -393,6 +426,8 @@ def _kafka_settings(reader: _Reader) -> KafkaSettings:
         sasl_mechanism=mechanism,
         sasl_username=username,
         sasl_password=password,
+        sasl_username_file=reader.raw("KAFKA_SASL_USERNAME_FILE"),
+        sasl_password_file=reader.raw("KAFKA_SASL_PASSWORD_FILE"),
         ssl_cafile=cafile,
         create_topics=reader.flag("BRIDGE_CREATE_TOPICS", d["create_topics"]),
         topic_partitions=reader.number("BRIDGE_TOPIC_PARTITIONS", d["topic_partitions"], int, low=1, high=10_000),

@@ -15,6 +15,7 @@ import logging
 import ssl
 from collections.abc import Callable, Coroutine
 from contextlib import AbstractContextManager
+from dataclasses import replace
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
@@ -38,7 +39,7 @@ from aiokafka.helpers import create_ssl_context
 from aiokafka.partitioner import DefaultPartitioner, murmur2
 from aiokafka.record.default_records import DefaultRecordBatchBuilder
 
-from bridge.config import KafkaSettings
+from bridge.config import KafkaSettings, Secret
 from bridge.core import Ack
 from bridge.envelope import KafkaMessage, event_id_of_record
 from bridge.errors import PublishFailed, RecordRejected, where
@@ -141,6 +142,8 @@ class KafkaPublisher:
     ) -> None:
         self._settings = settings
         self._required_topics = required_topics
+        # Set while rotated credentials replace the clients (`use_credentials`).
+        self._switching: asyncio.Future[None] | None = None
         self._said_missing: frozenset[str] = frozenset()  # what the log last said was missing
         self._timeout = timeout
         self._max_record_bytes = max_record_bytes + _RECORD_OVERHEAD_BYTES
@@ -177,9 +180,24 @@ class KafkaPublisher:
             raise PublishFailed(f"the Kafka client failed to start: {type(exc).__name__} at {where(exc)}") from exc
 
     async def _start(self) -> None:
+        self._producer, self._admin = self._clients()
+        try:
+            await self._producer.start()
+            await self._admin.start()
+        except KafkaError as exc:
+            await self._close_quietly()
+            cause = await self._diagnose(connection_options(self._settings))
+            raise PublishFailed(
+                f"cannot reach Kafka at {self._settings.bootstrap_servers}: {cause or type(exc).__name__}"
+            ) from exc
+        await self._check_required_topics()
+        self._ready = True
+        self._probe = asyncio.create_task(self._watch_broker(), name="kafka-readiness-probe")
+
+    def _clients(self) -> tuple[AIOKafkaProducer, AIOKafkaAdminClient]:
         common = connection_options(self._settings)
         request_timeout_ms = int(self._timeout * 1000)
-        self._producer = AIOKafkaProducer(
+        producer = AIOKafkaProducer(
             acks="all",
             enable_idempotence=True,
             linger_ms=5,
@@ -190,21 +208,44 @@ class KafkaPublisher:
             partitioner=_KeyPartitioner(),
             **common,
         )
-        self._admin = AIOKafkaAdminClient(
-            request_timeout_ms=request_timeout_ms, client_id="scalekit-bridge-admin", **common
-        )
+        admin = AIOKafkaAdminClient(request_timeout_ms=request_timeout_ms, client_id="scalekit-bridge-admin", **common)
+        return producer, admin
+
+    async def use_credentials(self, username: str, password: Secret) -> None:
+        """Connect anew with rotated SASL credentials, without losing or reordering a record.
+
+        New clients are started on the new credentials first (PublishFailed, and the old clients kept,
+        when Kafka refuses them). Then the old producer is stopped, which waits for the records it holds
+        to be acknowledged, and records sent meanwhile wait for that before the new producer takes them,
+        so no organization's later event overtakes an earlier one.
+        """
+        self._settings = replace(self._settings, sasl_username=username, sasl_password=password)
+        if self._producer is None or self._admin is None:
+            return  # not connected: the next connection attempt uses them
+        producer, admin = self._clients()
         try:
-            await self._producer.start()
-            await self._admin.start()
-        except KafkaError as exc:
-            await self._close_quietly()
-            cause = await self._diagnose(common)
-            raise PublishFailed(
-                f"cannot reach Kafka at {self._settings.bootstrap_servers}: {cause or type(exc).__name__}"
-            ) from exc
-        await self._check_required_topics()
-        self._ready = True
-        self._probe = asyncio.create_task(self._watch_broker(), name="kafka-readiness-probe")
+            await producer.start()
+            await admin.start()
+        except Exception as exc:
+            for client in (producer, admin):
+                with contextlib.suppress(Exception):
+                    await (client.stop() if isinstance(client, AIOKafkaProducer) else client.close())
+            cause = await self._diagnose(connection_options(self._settings))
+            raise PublishFailed(f"Kafka refused the new credentials: {cause or type(exc).__name__}") from exc
+        old_producer, old_admin = self._producer, self._admin
+        switched = self._switching = asyncio.get_running_loop().create_future()
+        self._producer, self._admin = producer, admin
+        try:
+            async with asyncio.timeout(self._timeout):
+                await old_producer.stop()
+        except TimeoutError:
+            log.warning("the producer on the old credentials did not finish within the publish timeout")
+        finally:
+            switched.set_result(None)
+            self._switching = None
+            with contextlib.suppress(Exception):
+                await old_admin.close()
+        log.info("kafka credentials rotated", extra={"user": username})
 
     async def start_when_reachable(self) -> None:
         """Keep calling `start` (backing off up to 10 s) until Kafka answers; cancel to give up.
@@ -287,8 +328,7 @@ class KafkaPublisher:
         return _KafkaPending(delivered, self._timeout, self._translated)
 
     async def _enqueue(self, message: KafkaMessage) -> asyncio.Future[Any]:
-        producer = self._producer
-        if producer is None:
+        if self._producer is None:
             raise PublishFailed("not connected to Kafka yet")
         limit = await self._topic_limit(message.topic)
         headers = list(message.headers)
@@ -298,6 +338,11 @@ class KafkaPublisher:
             limit = await self._topic_limit(message.topic, again=True)
             if size > limit:
                 raise RecordRejected(f"the record is {size} bytes, over the {limit}-byte limit of its topic")
+        if self._switching is not None:  # credentials rotating: the old producer's records go first
+            await asyncio.shield(self._switching)
+        producer = self._producer
+        if producer is None:
+            raise PublishFailed("not connected to Kafka")
         delivered: asyncio.Future[Any] = await producer.send(
             message.topic, value=message.value, key=message.key, headers=headers
         )

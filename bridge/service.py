@@ -13,12 +13,13 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 from bridge import metrics as m
-from bridge.config import Settings
+from bridge.config import Secret, Settings, parse_signing_keys
 from bridge.core import Publisher
 from bridge.errors import PublishFailed, where
 from bridge.pipeline import Pipeline, Writer
 from bridge.publish import KafkaPublisher
 from bridge.redelivery import RedeliveryCache
+from bridge.rotation import SecretFiles
 from bridge.verify import Verifier
 
 log = logging.getLogger(__name__)
@@ -79,18 +80,20 @@ class Bridge:
     pipeline: Pipeline
     metrics: m.Metrics
     lifecycle: Lifecycle
+    verifier: Verifier
 
     @classmethod
     def assemble(cls, settings: Settings, publisher: Publisher, metrics: m.Metrics | None = None) -> Bridge:
         metrics = metrics if metrics is not None else m.Metrics()
         cache = RedeliveryCache(settings.redelivery_cache_size, settings.redelivery_cache_ttl)
         lifecycle = Lifecycle()
+        verifier = Verifier(settings.signing_keys, settings.timestamp_tolerance)
         pipeline = Pipeline(
-            verifier=Verifier(settings.signing_keys, settings.timestamp_tolerance),
+            verifier=verifier,
             cache=cache,
             writer=Writer.configured(settings, publisher, metrics),
         )
-        bridge = cls(settings, publisher, pipeline, metrics, lifecycle)
+        bridge = cls(settings, publisher, pipeline, metrics, lifecycle, verifier)
         # Read at scrape time, so the gauges cannot drift from the truth.
         metrics.ready.set_function(lambda: 1.0 if bridge.ready else 0.0)
         metrics.deadletter_topic_missing.set_function(
@@ -103,6 +106,41 @@ class Bridge:
     @property
     def ready(self) -> bool:
         return self.lifecycle.accepting and self.publisher.ready and not self.publisher.missing_topics
+
+
+def _secret_files(settings: Settings, bridge: Bridge, publisher: KafkaPublisher) -> SecretFiles:
+    """The secrets `settings` read from files, each followed to where it is used."""
+    secrets = SecretFiles()
+    if settings.webhook_secret_file is not None:
+
+        async def use_webhook_secrets(texts: tuple[str, ...]) -> None:
+            bridge.verifier.use_keys(parse_signing_keys(texts[0]))
+
+        secrets.follow(
+            "SCALEKIT_WEBHOOK_SECRET", (("SCALEKIT_WEBHOOK_SECRET_FILE", settings.webhook_secret_file),),
+            use_webhook_secrets,
+        )
+    kafka = settings.kafka
+    files = {
+        variable: path
+        for variable, path in (
+            ("KAFKA_SASL_USERNAME_FILE", kafka.sasl_username_file),
+            ("KAFKA_SASL_PASSWORD_FILE", kafka.sasl_password_file),
+        )
+        if path is not None
+    }
+    if files:
+
+        async def use_kafka_credentials(texts: tuple[str, ...]) -> None:
+            read = dict(zip(files, texts, strict=True))
+            username = read.get("KAFKA_SASL_USERNAME_FILE", kafka.sasl_username or "")
+            password = read.get("KAFKA_SASL_PASSWORD_FILE")
+            secret = Secret(password) if password is not None else kafka.sasl_password
+            assert secret is not None  # SASL settings come in pairs (config)
+            await publisher.use_credentials(username, secret)
+
+        secrets.follow("KAFKA_SASL credentials", tuple(files.items()), use_kafka_credentials)
+    return secrets
 
 
 def _note_a_dead_connect_loop(task: asyncio.Task[None], lifecycle: Lifecycle) -> None:
@@ -144,6 +182,8 @@ async def running(
     bridge = Bridge.assemble(settings, publisher, metrics)
     connecting = asyncio.create_task(publisher.start_when_reachable(), name="kafka-connect")
     connecting.add_done_callback(lambda task: _note_a_dead_connect_loop(task, bridge.lifecycle))
+    secrets = _secret_files(settings, bridge, publisher)
+    following = asyncio.create_task(secrets.run(), name="secret-files") if secrets else None
     try:
         if connect_within is not None:
             try:
@@ -154,8 +194,10 @@ async def running(
                 raise PublishFailed(f"Kafka at {where} did not answer within {connect_within:g}s") from None
         yield bridge
     finally:
-        connecting.cancel()
-        await asyncio.gather(connecting, return_exceptions=True)
+        for task in (connecting, following):
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
         try:
             async with asyncio.timeout(max(0.1, bridge.lifecycle.remaining(settings.drain_seconds))):
                 await publisher.stop()

@@ -110,11 +110,15 @@ class Verifier:
         tolerance_seconds: int,
         clock: Callable[[], float] = time.time,
     ) -> None:
+        self.use_keys(keys)
+        self._tolerance = tolerance_seconds
+        self._clock = clock
+
+    def use_keys(self, keys: Sequence[SigningKey]) -> None:
+        """Verify against `keys` from the next delivery on (a rotated secret file)."""
         if not keys:
             raise ValueError("at least one signing key is required")
         self._keys = tuple(keys)
-        self._tolerance = tolerance_seconds
-        self._clock = clock
 
     def verify(self, headers: Mapping[str, str], body: bytes) -> VerifiedDelivery:
         """Return the verified delivery or raise `VerificationFailed` with a fixed reason."""

@@ -292,6 +292,24 @@ class LocalKafka:
             raise
         return self.bootstrap_servers
 
+    def set_scram_password(self, password: str) -> None:
+        """Change the SCRAM-SHA-512 password of the secured broker's user (a credential rotation).
+
+        Connections already authenticated stay open; new ones need the new password.
+        """
+        assert self.security is not None, "only a LocalKafka(secured=True) has SASL users"
+        java, *rest = self._jvm
+        done = subprocess.run(
+            [java, "-Xmx256m", *rest, "kafka.admin.ConfigCommand", "--bootstrap-server", self.bootstrap_servers,
+             "--alter", "--entity-type", "users", "--entity-name", self.security.username,
+             "--add-config", f"SCRAM-SHA-512=[password={password}]"],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        if done.returncode != 0:
+            raise LocalKafkaError(f"changing the SCRAM password failed:\n{done.stderr[-2000:]}")
+
     def stop(self, timeout: float = 30.0) -> None:
         """Stop every node (SIGTERM, then SIGKILL after `timeout`) and remove the data."""
         for node in self._nodes.values():

@@ -102,35 +102,48 @@ def backfill_pod(docs: list[dict[str, Any]]) -> dict[str, Any]:
     return pod
 
 
-def stand_in_ca(directory: Path) -> str:
-    """A real CA certificate where the pod mounts the cluster's (the bridge refuses a file that is not one)."""
-    path = directory / "ca.crt"
-    trustme.CA().cert_pem.write_to_path(str(path))
-    return str(path)
-
-
 def rendered_env(
     docs: list[dict[str, Any]],
+    files: Path,
     secrets: dict[str, dict[str, str]] | None = None,
-    of: dict[str, Any] | None = None,
+    of: tuple[dict[str, Any], dict[str, Any]] | None = None,
 ) -> dict[str, str]:
     """A container's environment (the bridge's by default) as the kubelet would build it.
 
-    Secrets the chart does not render are passed in.
+    Its Secret volumes are written under `files`, at their mount paths, and every variable naming a
+    mounted file is pointed there. Secrets the chart does not render are passed in; a mounted Secret
+    that is neither (the cluster's CA) gets a stand-in CA certificate.
     """
-    env = dict(bridge_config(docs))
+    pod, main = of or (one(docs, "Deployment")["spec"]["template"]["spec"], container(docs))
     available = {
         doc["metadata"]["name"]: {k: base64.b64decode(v).decode() for k, v in doc.get("data", {}).items()}
         for doc in docs
         if doc["kind"] == "Secret"
     }
     available.update(secrets or {})
-    for variable in (of or container(docs))["env"]:
+    volumes = {volume["name"]: volume["secret"] for volume in pod.get("volumes", [])}
+    mounts = {mount["mountPath"]: volumes[mount["name"]] for mount in main.get("volumeMounts", [])}
+    env = dict(bridge_config(docs))
+    for variable in main["env"]:
         if "value" in variable:
             env[variable["name"]] = variable["value"]
         else:
             ref = variable["valueFrom"]["secretKeyRef"]
             env[variable["name"]] = available[ref["name"]][ref["key"]]
+    for name, value in env.items():
+        mount_path, _, file_name = value.rpartition("/")
+        secret = mounts.get(mount_path)
+        if secret is None:
+            continue
+        local = files / value.lstrip("/")
+        local.parent.mkdir(parents=True, exist_ok=True)
+        keys = {item["path"]: item["key"] for item in secret.get("items", [])}
+        data = available.get(secret["secretName"], {})
+        if data:
+            local.write_text(data[keys.get(file_name, file_name)])
+        else:
+            trustme.CA().cert_pem.write_to_path(str(local))
+        env[name] = str(local)
     return env
 
 
@@ -234,9 +247,7 @@ def test_the_rendered_environment_is_one_the_bridge_accepts(helm, values, tmp_pa
         "scalekit-webhook": {"signing-secret": "whsec_" + base64.b64encode(b"k" * 32).decode()},
         "kafka-credentials": {"username": "u", "password": "p"},
     }
-    env = rendered_env(docs, outside)
-    if "KAFKA_SSL_CAFILE" in env:  # mounted from a Secret in the pod; stand in a CA here
-        env["KAFKA_SSL_CAFILE"] = stand_in_ca(tmp_path)
+    env = rendered_env(docs, tmp_path, outside)
     settings = Settings.from_env(env)
     assert settings.port == webhook_service(docs)["spec"]["ports"][0]["port"]
     assert settings.admin_port == admin_service(docs)["spec"]["ports"][0]["port"]
@@ -245,16 +256,31 @@ def test_the_rendered_environment_is_one_the_bridge_accepts(helm, values, tmp_pa
 def test_existing_secrets_and_sasl_ssl_come_from_the_named_secrets(helm):
     docs = render(helm, "existing-secret-sasl")
     assert "Secret" not in kinds(docs)
-    refs = {v["name"]: v["valueFrom"]["secretKeyRef"] for v in container(docs)["env"] if "valueFrom" in v}
-    assert refs == {
-        "SCALEKIT_WEBHOOK_SECRET": {"name": "scalekit-webhook", "key": "signing-secret"},
-        "KAFKA_SASL_USERNAME": {"name": "kafka-credentials", "key": "username"},
-        "KAFKA_SASL_PASSWORD": {"name": "kafka-credentials", "key": "password"},
+    pod = one(docs, "Deployment")["spec"]["template"]["spec"]
+    mounted = {v["secret"]["secretName"]: [i["key"] for i in v["secret"].get("items", [])] for v in pod["volumes"]}
+    assert mounted == {
+        "scalekit-webhook": ["signing-secret"],
+        "kafka-credentials": ["username", "password"],
     }
+    assert not [v for v in container(docs)["env"] if "valueFrom" in v]  # files, which the bridge follows
     config = bridge_config(docs)
     assert (config["KAFKA_SECURITY_PROTOCOL"], config["KAFKA_SASL_MECHANISM"]) == ("SASL_SSL", "SCRAM-SHA-256")
     (test_pod,) = [doc for doc in docs if doc["kind"] == "Pod"]
     assert test_pod["spec"]["containers"][0]["env"][0]["valueFrom"]["secretKeyRef"]["name"] == "scalekit-webhook"
+
+
+@pytest.mark.parametrize("values", sorted(VALUES))
+def test_secrets_reach_the_pods_as_files_the_kubelet_keeps_current(helm, values):
+    """Mounted whole (never with subPath, which the kubelet does not update) and named by *_FILE variables."""
+    docs = render(helm, values)
+    containers = [container(docs)]
+    if values in BACKFILLED:
+        containers.append(backfill_pod(docs)["spec"]["containers"][0])
+    for main in containers:
+        assert all("subPath" not in mount for mount in main["volumeMounts"])
+        names = {variable["name"] for variable in main["env"]}
+        assert not names & {"SCALEKIT_WEBHOOK_SECRET", "KAFKA_SASL_PASSWORD", "SCALEKIT_CLIENT_SECRET"}
+    assert "SCALEKIT_WEBHOOK_SECRET_FILE" in {variable["name"] for variable in container(docs)["env"]}
 
 
 def test_no_secret_value_is_written_outside_the_secret(helm):
@@ -476,9 +502,7 @@ def test_the_backfill_environment_is_one_backfill_accepts_and_has_no_webhook_sec
         "scalekit-api-client": {"SCALEKIT_CLIENT_ID": "skc_1", "SCALEKIT_CLIENT_SECRET": "s"},
         "kafka-credentials": {"username": "u", "password": "p"},
     }
-    env = rendered_env(docs, outside, of=job)
-    if "KAFKA_SSL_CAFILE" in env:
-        env["KAFKA_SSL_CAFILE"] = stand_in_ca(tmp_path)
+    env = rendered_env(docs, tmp_path, outside, of=(backfill_pod(docs)["spec"], job))
     settings = BackfillSettings.from_env(env)
     assert settings.api.environment_url == "https://acme.scalekit.example"
     assert settings.topic_prefix == bridge_config(docs)["BRIDGE_TOPIC_PREFIX"]
@@ -537,7 +561,8 @@ def test_the_backfill_pod_is_hardened_like_the_bridge(helm):
     assert job["securityContext"] == container(docs)["securityContext"]
     assert pod["automountServiceAccountToken"] is False
     assert pod["restartPolicy"] == "Never"
-    assert job["volumeMounts"] == container(docs)["volumeMounts"]  # the Kafka CA
+    shared = [mount for mount in container(docs)["volumeMounts"] if mount["name"] in ("kafka-sasl", "kafka-ca")]
+    assert [mount for mount in job["volumeMounts"] if mount["name"] != "scalekit-api"] == shared  # Kafka's
 
 
 def test_nothing_that_selects_the_bridge_selects_a_backfill_or_helm_test_pod(helm):
@@ -776,7 +801,7 @@ def test_what_the_chart_renders_at_a_bound_the_bridge_accepts(helm, tmp_path, pa
         assert path.split(".")[-1] in done.stderr, done.stderr
         return
     docs = [doc for doc in yaml.safe_load_all(done.stdout) if doc]
-    Settings.from_env(rendered_env(docs))
+    Settings.from_env(rendered_env(docs, tmp_path))
 
 
 @pytest.mark.parametrize(

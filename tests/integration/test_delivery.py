@@ -217,3 +217,42 @@ async def test_the_first_delivery_to_a_new_topic_waits_for_its_leaders_and_logs_
 
     complaints = [r for r in caplog.records if r.name.startswith("aiokafka") and r.levelno >= logging.WARNING]
     assert complaints == [], [r.getMessage() for r in complaints]
+
+
+async def test_a_rotated_webhook_secret_file_takes_effect_without_a_restart(start_bridge, kafka, tmp_path):
+    """Old and new listed: both sign; the old one removed: only the new one does. No restart between."""
+    new = "whsec_" + base64.b64encode(b"the-next-secret-after-rotation!!").decode()
+    path = tmp_path / "webhook-secret"
+    path.write_text(SECRET + "\n")
+    running = await start_bridge(SCALEKIT_WEBHOOK_SECRET="", SCALEKIT_WEBHOOK_SECRET_FILE=str(path))
+
+    def rotate(text: str) -> None:
+        staged = tmp_path / "staged"
+        staged.write_text(text + "\n")
+        staged.replace(path)  # atomically, as the kubelet swaps a Secret's files
+
+    async def status_within(secret: str, wanted: int, seconds: float = 15.0) -> int:
+        """Deliver signed with `secret` until it is answered `wanted` (the bridge looks every 5 s)."""
+        for _ in range(int(seconds / 0.5)):
+            status, _ = await running.deliver(sample("role.created") | {"id": f"evt_{len(accepted)}"}, secret=secret)
+            if status == 201:
+                accepted.append(f"evt_{len(accepted)}")
+            if status == wanted:
+                return status
+            await asyncio.sleep(0.5)
+        return status
+
+    accepted: list[str] = []
+    assert await status_within(SECRET, 201, seconds=0.5) == 201
+    assert await status_within(new, 401, seconds=0.5) == 401
+
+    rotate(f"{SECRET} {new}")
+    assert await status_within(new, 201) == 201
+    assert await status_within(SECRET, 201, seconds=0.5) == 201  # both listed: the old one still signs
+
+    rotate(new)
+    assert await status_within(SECRET, 401) == 401
+    assert await status_within(new, 201, seconds=0.5) == 201
+
+    records = await kafka.read_all(running.topic("role.created"))
+    assert [record.header("ce_id").decode() for record in records] == accepted  # every 201 is in Kafka

@@ -124,3 +124,37 @@ async def test_backfill_reads_and_writes_through_sasl_ssl(secured_kafka, tmp_pat
         "fetched 3, already in Kafka 0, published 3, dead-lettered 0, failed 0, unreadable 0",
         "fetched 3, already in Kafka 3, published 0, dead-lettered 0, failed 0, unreadable 0",
     ]
+
+
+async def test_rotated_kafka_credentials_in_a_file_take_effect_without_a_restart(
+    secured_kafka, bridge_process, tmp_path
+):
+    """The SCRAM password changes on the broker, then in the mounted file: the bridge reconnects on it."""
+    security = secured(secured_kafka)
+    password_file = tmp_path / "kafka-password"
+    password_file.write_text(security.password + "\n")
+    env = sasl_env(security, "SCRAM-SHA-512")
+    env |= {"KAFKA_SASL_PASSWORD": "", "KAFKA_SASL_PASSWORD_FILE": str(password_file)}
+    bridge = bridge_process("serve", **env)
+    await bridge.wait_for_readiness(200, timeout=60)
+    assert (await bridge.deliver(sample("role.created"), webhook_id="msg_before"))[0] == 201
+
+    rotated = "rotated-" + security.password[::-1]
+    await asyncio.to_thread(secured_kafka.set_scram_password, rotated)
+    try:
+        staged = tmp_path / "staged"
+        staged.write_text(rotated + "\n")
+        staged.replace(password_file)  # atomically, as the kubelet swaps a Secret's files
+        await asyncio.sleep(8)  # the bridge looks every 5 s
+        assert (await bridge.deliver(sample("role.created"), webhook_id="msg_after"))[0] == 201
+        assert await bridge.readiness() == 200
+    finally:
+        await asyncio.to_thread(secured_kafka.set_scram_password, security.password)
+
+    records = await KafkaTool(secured_kafka.bootstrap_servers).read_all(bridge.prefix + "role.created")
+    assert [record.header("ce_webhookid") for record in records] == [b"msg_before", b"msg_after"]
+    bridge.process.terminate()
+    _, output = await asyncio.to_thread(bridge.output_after_exit, 30)
+    assert '"secret":"KAFKA_SASL credentials"' in output and "a rotated secret is in use" in output, output
+    assert "refused" not in output, output
+    assert rotated not in output and security.password not in output

@@ -273,3 +273,46 @@ def test_a_credential_in_the_environment_url_is_never_quoted(url):
     error = backfill_refused(url)
     assert error.variable == "SCALEKIT_ENVIRONMENT_URL"
     assert "hunter2" not in str(error) and "admin" not in str(error)
+
+
+# --- secrets from files (a mounted Secret) -------------------------------------------------------
+
+
+def test_each_secret_can_come_from_the_file_its_file_variable_names(tmp_path):
+    webhook, password = tmp_path / "webhook", tmp_path / "password"
+    webhook.write_text(f"{SECRET} {OLD_SECRET}\n")  # a mounted Secret's trailing newline is not part of it
+    password.write_text("hunter2\n")
+    s = Settings.from_env({
+        "SCALEKIT_WEBHOOK_SECRET_FILE": str(webhook),
+        "KAFKA_SECURITY_PROTOCOL": "SASL_SSL",
+        "KAFKA_SASL_MECHANISM": "PLAIN",
+        "KAFKA_SASL_USERNAME": "bridge",
+        "KAFKA_SASL_PASSWORD_FILE": str(password),
+    })
+    assert s.signing_keys == settings(SCALEKIT_WEBHOOK_SECRET=f"{SECRET} {OLD_SECRET}").signing_keys
+    assert s.webhook_secret_file == str(webhook)
+    assert s.kafka.sasl_password is not None and s.kafka.sasl_password.reveal() == "hunter2"
+    assert (s.kafka.sasl_password_file, s.kafka.sasl_username_file) == (str(password), None)
+
+
+@pytest.mark.parametrize(
+    ("content", "problem"),
+    [(None, "cannot read"), ("\n", "is empty"), ("x" * 70_000, "not a secret")],
+)
+def test_an_unusable_secret_file_is_refused_naming_its_variable_and_never_its_content(tmp_path, content, problem):
+    path = tmp_path / "webhook"
+    if content is not None:
+        path.write_text(content)
+    with pytest.raises(ConfigError) as caught:
+        Settings.from_env({"SCALEKIT_WEBHOOK_SECRET_FILE": str(path)})
+    error = caught.value
+    assert error.variable == "SCALEKIT_WEBHOOK_SECRET_FILE" and problem in str(error)
+    assert "xxxx" not in str(error)
+
+
+def test_a_secret_given_both_ways_is_refused(tmp_path):
+    path = tmp_path / "webhook"
+    path.write_text(SECRET)
+    error = refused(SCALEKIT_WEBHOOK_SECRET=SECRET, SCALEKIT_WEBHOOK_SECRET_FILE=str(path))
+    assert error.variable == "SCALEKIT_WEBHOOK_SECRET" and "not both" in str(error)
+    assert SECRET[6:] not in str(error)

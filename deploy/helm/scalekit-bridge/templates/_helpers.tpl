@@ -63,37 +63,97 @@ app.kubernetes.io/part-of: scalekit-bridge
 {{- default (include "scalekit-bridge.fullname" .) .Values.kafka.sasl.existingSecret }}
 {{- end }}
 
-{{/* Kafka credentials and CA: the same for the Deployment and the backfill CronJob. */}}
-{{- define "scalekit-bridge.saslEnv" -}}
-{{- if include "scalekit-bridge.sasl" . }}
-- name: KAFKA_SASL_USERNAME
-  valueFrom:
-    secretKeyRef:
-      name: {{ include "scalekit-bridge.saslSecretName" . }}
-      key: {{ .Values.kafka.sasl.usernameKey }}
-- name: KAFKA_SASL_PASSWORD
-  valueFrom:
-    secretKeyRef:
-      name: {{ include "scalekit-bridge.saslSecretName" . }}
-      key: {{ .Values.kafka.sasl.passwordKey }}
+{{/*
+Secrets reach the containers as files (Secret volumes, never subPath), named by *_FILE variables: the
+kubelet rewrites them when the Secret changes, and the bridge follows them, so a rotated secret takes
+effect without a restart. `files` lists the pieces a container gets: webhook, sasl, api.
+*/}}
+{{- define "scalekit-bridge.secretFileEnv" -}}
+{{- $files := .files }}
+{{- with .root }}
+{{- if has "webhook" $files }}
+- name: SCALEKIT_WEBHOOK_SECRET_FILE
+  value: /etc/scalekit-bridge/webhook/secret
+{{- end }}
+{{- if and (has "sasl" $files) (include "scalekit-bridge.sasl" .) }}
+- name: KAFKA_SASL_USERNAME_FILE
+  value: /etc/scalekit-bridge/kafka-sasl/username
+- name: KAFKA_SASL_PASSWORD_FILE
+  value: /etc/scalekit-bridge/kafka-sasl/password
+{{- end }}
+{{- if has "api" $files }}
+- name: SCALEKIT_CLIENT_ID_FILE
+  value: /etc/scalekit-bridge/scalekit-api/client-id
+- name: SCALEKIT_CLIENT_SECRET_FILE
+  value: /etc/scalekit-bridge/scalekit-api/client-secret
+{{- end }}
 {{- end }}
 {{- end }}
 
-{{- define "scalekit-bridge.kafkaCaMount" -}}
-{{- if .Values.kafka.caSecret }}
+{{- define "scalekit-bridge.secretMounts" -}}
+{{- $files := .files }}
+{{- with .root }}
 volumeMounts:
+  {{- if has "webhook" $files }}
+  - name: webhook-secret
+    mountPath: /etc/scalekit-bridge/webhook
+    readOnly: true
+  {{- end }}
+  {{- if and (has "sasl" $files) (include "scalekit-bridge.sasl" .) }}
+  - name: kafka-sasl
+    mountPath: /etc/scalekit-bridge/kafka-sasl
+    readOnly: true
+  {{- end }}
+  {{- if has "api" $files }}
+  - name: scalekit-api
+    mountPath: /etc/scalekit-bridge/scalekit-api
+    readOnly: true
+  {{- end }}
+  {{- if .Values.kafka.caSecret }}
   - name: kafka-ca
     mountPath: /etc/scalekit-bridge/kafka-ca
     readOnly: true
+  {{- end }}
 {{- end }}
 {{- end }}
 
-{{- define "scalekit-bridge.kafkaCaVolume" -}}
-{{- if .Values.kafka.caSecret }}
+{{- define "scalekit-bridge.secretVolumes" -}}
+{{- $files := .files }}
+{{- with .root }}
 volumes:
+  {{- if has "webhook" $files }}
+  - name: webhook-secret
+    secret:
+      secretName: {{ include "scalekit-bridge.webhookSecretName" . }}
+      items:
+        - key: {{ include "scalekit-bridge.webhookSecretKey" . }}
+          path: secret
+  {{- end }}
+  {{- if and (has "sasl" $files) (include "scalekit-bridge.sasl" .) }}
+  - name: kafka-sasl
+    secret:
+      secretName: {{ include "scalekit-bridge.saslSecretName" . }}
+      items:
+        - key: {{ .Values.kafka.sasl.usernameKey }}
+          path: username
+        - key: {{ .Values.kafka.sasl.passwordKey }}
+          path: password
+  {{- end }}
+  {{- if has "api" $files }}
+  - name: scalekit-api
+    secret:
+      secretName: {{ include "scalekit-bridge.backfillSecretName" . }}
+      items:
+        - key: {{ .Values.backfill.clientIdKey }}
+          path: client-id
+        - key: {{ .Values.backfill.clientSecretKey }}
+          path: client-secret
+  {{- end }}
+  {{- if .Values.kafka.caSecret }}
   - name: kafka-ca
     secret:
       secretName: {{ .Values.kafka.caSecret }}
+  {{- end }}
 {{- end }}
 {{- end }}
 
@@ -126,12 +186,12 @@ app.kubernetes.io/component: backfill
   {{- end }}
 {{- end }}
 
-{{/* The backfill CronJob's name: at most 52 characters, as Kubernetes asks of CronJobs. */}}
 {{/* The admin port's ClusterIP Service; also the Prometheus job name a ServiceMonitor gives the bridge. */}}
 {{- define "scalekit-bridge.adminServiceName" -}}
 {{- printf "%s-admin" (include "scalekit-bridge.fullname" .) | trunc 63 | trimSuffix "-" }}
 {{- end }}
 
+{{/* The backfill CronJob's name: at most 52 characters, as Kubernetes asks of CronJobs. */}}
 {{- define "scalekit-bridge.backfillName" -}}
 {{- printf "%s-backfill" (include "scalekit-bridge.fullname" .) | trunc 52 | trimSuffix "-" }}
 {{- end }}
