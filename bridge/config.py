@@ -71,6 +71,9 @@ class KafkaSettings:
     sasl_username_file: str | None = None
     sasl_password_file: str | None = None
     ssl_cafile: str | None = None
+    # A client certificate (PEM chain) and its key, for brokers that require TLS client authentication.
+    ssl_certfile: str | None = None
+    ssl_keyfile: str | None = None
     create_topics: bool = True
     topic_partitions: int = 3
     # None: as many as the cluster allows, up to 3 (see `replication_for`).
@@ -288,6 +291,28 @@ def _without_user_info(parts: SplitResult) -> str:
     return parts._replace(netloc=f"<redacted>@{host}").geturl()
 
 
+def _check_client_certificate(protocol: str, certfile: str | None, keyfile: str | None) -> None:
+    """A client certificate comes with its key, over TLS, and the two load together."""
+    if certfile is None and keyfile is None:
+        return
+    if certfile is None or keyfile is None:
+        missing = "KAFKA_SSL_CERTFILE" if certfile is None else "KAFKA_SSL_KEYFILE"
+        raise ConfigError(missing, "is required with the other of KAFKA_SSL_CERTFILE / KAFKA_SSL_KEYFILE")
+    if protocol not in ("SSL", "SASL_SSL"):
+        raise ConfigError("KAFKA_SSL_CERTFILE", f"needs KAFKA_SECURITY_PROTOCOL SSL or SASL_SSL, not {protocol}")
+    for variable, path in (("KAFKA_SSL_CERTFILE", certfile), ("KAFKA_SSL_KEYFILE", keyfile)):
+        if not os.path.isfile(path):
+            raise ConfigError(variable, f"{path!r} is not a readable file")
+    try:
+        # An encrypted key is refused here rather than prompted for (OpenSSL would ask on a terminal).
+        ssl.create_default_context().load_cert_chain(certfile, keyfile, password=lambda: "")
+    except (ssl.SSLError, OSError) as exc:
+        reason = getattr(exc, "reason", None) or type(exc).__name__
+        raise ConfigError(
+            "KAFKA_SSL_KEYFILE", f"does not load with KAFKA_SSL_CERTFILE as a PEM certificate and its key ({reason})"
+        ) from None
+
+
 def read_secret_file(variable: str, path: str) -> str:
     """The text of a secret file, stripped; ConfigError naming `variable` (never the content) when unusable."""
     try:
@@ -413,6 +438,8 @@ def _kafka_settings(reader: _Reader) -> KafkaSettings:
     cafile = reader.raw("KAFKA_SSL_CAFILE")
     if cafile is not None:
         _check_ca_bundle(cafile)
+    certfile, keyfile = reader.raw("KAFKA_SSL_CERTFILE"), reader.raw("KAFKA_SSL_KEYFILE")
+    _check_client_certificate(protocol, certfile, keyfile)
     replication = reader.optional_number("BRIDGE_TOPIC_REPLICATION", int, low=1, high=32)
     min_insync = reader.optional_number("BRIDGE_TOPIC_MIN_INSYNC_REPLICAS", int, low=1, high=32)
     if replication is not None and min_insync is not None and min_insync > replication:
@@ -429,6 +456,8 @@ def _kafka_settings(reader: _Reader) -> KafkaSettings:
         sasl_username_file=reader.raw("KAFKA_SASL_USERNAME_FILE"),
         sasl_password_file=reader.raw("KAFKA_SASL_PASSWORD_FILE"),
         ssl_cafile=cafile,
+        ssl_certfile=certfile,
+        ssl_keyfile=keyfile,
         create_topics=reader.flag("BRIDGE_CREATE_TOPICS", d["create_topics"]),
         topic_partitions=reader.number("BRIDGE_TOPIC_PARTITIONS", d["topic_partitions"], int, low=1, high=10_000),
         topic_replication=replication,

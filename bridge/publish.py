@@ -15,7 +15,6 @@ import logging
 import ssl
 from collections.abc import Callable, Coroutine
 from contextlib import AbstractContextManager
-from dataclasses import replace
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
@@ -26,6 +25,7 @@ from aiokafka.errors import (
     ClusterAuthorizationFailedError,
     CorruptRecordException,
     InvalidTopicError,
+    KafkaConnectionError,
     KafkaError,
     MessageSizeTooLargeError,
     RecordListTooLargeError,
@@ -39,7 +39,7 @@ from aiokafka.helpers import create_ssl_context
 from aiokafka.partitioner import DefaultPartitioner, murmur2
 from aiokafka.record.default_records import DefaultRecordBatchBuilder
 
-from bridge.config import KafkaSettings, Secret
+from bridge.config import KafkaSettings
 from bridge.core import Ack
 from bridge.envelope import KafkaMessage, event_id_of_record
 from bridge.errors import PublishFailed, RecordRejected, where
@@ -211,15 +211,16 @@ class KafkaPublisher:
         admin = AIOKafkaAdminClient(request_timeout_ms=request_timeout_ms, client_id="scalekit-bridge-admin", **common)
         return producer, admin
 
-    async def use_credentials(self, username: str, password: Secret) -> None:
-        """Connect anew with rotated SASL credentials, without losing or reordering a record.
+    async def use_settings(self, settings: KafkaSettings) -> None:
+        """Connect anew with rotated credentials (SASL, or a client certificate's files), without losing
+        or reordering a record.
 
-        New clients are started on the new credentials first (PublishFailed, and the old clients kept,
-        when Kafka refuses them). Then the old producer is stopped, which waits for the records it holds
+        New clients are started on `settings` first (PublishFailed, and the old clients kept, when
+        Kafka refuses them). Then the old producer is stopped, which waits for the records it holds
         to be acknowledged, and records sent meanwhile wait for that before the new producer takes them,
         so no organization's later event overtakes an earlier one.
         """
-        self._settings = replace(self._settings, sasl_username=username, sasl_password=password)
+        self._settings = settings
         if self._producer is None or self._admin is None:
             return  # not connected: the next connection attempt uses them
         producer, admin = self._clients()
@@ -245,7 +246,7 @@ class KafkaPublisher:
             self._switching = None
             with contextlib.suppress(Exception):
                 await old_admin.close()
-        log.info("kafka credentials rotated", extra={"user": username})
+        log.info("kafka clients reconnected with rotated credentials")
 
     async def start_when_reachable(self) -> None:
         """Keep calling `start` (backing off up to 10 s) until Kafka answers; cancel to give up.
@@ -288,6 +289,14 @@ class KafkaPublisher:
                 return (
                     f"SASL {self._settings.sasl_mechanism} authentication failed for user "
                     f"{self._settings.sasl_username!r}; check KAFKA_SASL_USERNAME and KAFKA_SASL_PASSWORD"
+                )
+            tls = self._settings.security_protocol in ("SSL", "SASL_SSL")
+            if isinstance(exc, KafkaConnectionError) and tls and self._settings.ssl_certfile is None:
+                # Under TLS 1.3 a broker that wants a client certificate says so only after the
+                # handshake, by closing the connection on the first request.
+                return (
+                    "the broker closed the connection after the TLS handshake; if its listener requires a "
+                    "client certificate, set KAFKA_SSL_CERTFILE and KAFKA_SSL_KEYFILE"
                 )
             return type(exc).__name__
         except (OSError, TimeoutError, ValueError) as exc:
@@ -643,7 +652,7 @@ def connection_options(settings: KafkaSettings) -> dict[str, Any]:
         "security_protocol": settings.security_protocol,
     }
     if settings.security_protocol in ("SSL", "SASL_SSL"):
-        options["ssl_context"] = _ssl_context(settings.ssl_cafile)
+        options["ssl_context"] = _ssl_context(settings)
     if settings.sasl_mechanism is not None:
         options["sasl_mechanism"] = settings.sasl_mechanism
         options["sasl_plain_username"] = settings.sasl_username
@@ -653,6 +662,9 @@ def connection_options(settings: KafkaSettings) -> dict[str, Any]:
     return options
 
 
-def _ssl_context(cafile: str | None) -> ssl.SSLContext:
-    context: ssl.SSLContext = create_ssl_context(cafile=cafile)
+def _ssl_context(settings: KafkaSettings) -> ssl.SSLContext:
+    """Trusting `ssl_cafile` (else the system's CAs), presenting the client certificate when there is one."""
+    context: ssl.SSLContext = create_ssl_context(
+        cafile=settings.ssl_cafile, certfile=settings.ssl_certfile, keyfile=settings.ssl_keyfile
+    )
     return context

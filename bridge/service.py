@@ -10,7 +10,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from bridge import metrics as m
 from bridge.config import Secret, Settings, parse_signing_keys
@@ -126,6 +126,9 @@ def _secret_files(settings: Settings, bridge: Bridge, publisher: KafkaPublisher)
         for variable, path in (
             ("KAFKA_SASL_USERNAME_FILE", kafka.sasl_username_file),
             ("KAFKA_SASL_PASSWORD_FILE", kafka.sasl_password_file),
+            # A client certificate and key (Strimzi renews a KafkaUser's): the new clients load them anew.
+            ("KAFKA_SSL_CERTFILE", kafka.ssl_certfile),
+            ("KAFKA_SSL_KEYFILE", kafka.ssl_keyfile),
         )
         if path is not None
     }
@@ -133,13 +136,12 @@ def _secret_files(settings: Settings, bridge: Bridge, publisher: KafkaPublisher)
 
         async def use_kafka_credentials(texts: tuple[str, ...]) -> None:
             read = dict(zip(files, texts, strict=True))
-            username = read.get("KAFKA_SASL_USERNAME_FILE", kafka.sasl_username or "")
+            username = read.get("KAFKA_SASL_USERNAME_FILE", kafka.sasl_username)
             password = read.get("KAFKA_SASL_PASSWORD_FILE")
             secret = Secret(password) if password is not None else kafka.sasl_password
-            assert secret is not None  # SASL settings come in pairs (config)
-            await publisher.use_credentials(username, secret)
+            await publisher.use_settings(replace(kafka, sasl_username=username, sasl_password=secret))
 
-        secrets.follow("KAFKA_SASL credentials", tuple(files.items()), use_kafka_credentials)
+        secrets.follow("Kafka credentials", tuple(files.items()), use_kafka_credentials)
     return secrets
 
 

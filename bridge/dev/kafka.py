@@ -11,9 +11,9 @@ benchmarks all start Kafka through `LocalKafka`.
   and a controller that is never among them keeps the metadata quorum alive, so
   what they observe is the data path (ISR shrink, leader election, fencing), not
   a lost quorum. Three controllers would cost two more JVMs on a 2-core machine.
-- `secured=True` adds TLS (`SSL`) and `SASL_SSL` listeners to every broker:
-  PEM certificates from `trustme`, SASL PLAIN and SCRAM-SHA-512 users created at
-  format time (see `Secured`).
+- `secured=True` adds TLS (`SSL`), `SASL_SSL` and client-certificate TLS (`MTLS`)
+  listeners to every broker: PEM certificates from `trustme` (a client one too),
+  SASL PLAIN and SCRAM-SHA-512 users created at format time (see `Secured`).
 
 The `org.apache.kafka:kafka_2.13` jars and their dependencies are resolved with
 Maven into a cache outside the repository (`$SCALEKIT_BRIDGE_CACHE`, else
@@ -200,6 +200,11 @@ class Secured:
     cafile: Path
     ssl_bootstrap: str
     sasl_ssl_bootstrap: str
+    # A TLS listener that requires a client certificate signed by `cafile`'s CA; `client_certfile` and
+    # `client_keyfile` are one (PEM), for the CN "scalekit-bridge".
+    mtls_bootstrap: str
+    client_certfile: Path
+    client_keyfile: Path
     username: str
     password: str = field(repr=False)
 
@@ -381,7 +386,7 @@ class LocalKafka:
     def _plan_nodes(self) -> dict[int, _Node]:
         assert self._workdir is not None
         workdir = self._workdir
-        listeners = ["PLAINTEXT", *(("SSL", "SASL_SSL") if self._secured else ())]
+        listeners = ["PLAINTEXT", *(("SSL", "SASL_SSL", "MTLS") if self._secured else ())]
 
         def node(node_id: int, roles: str, heap: str) -> _Node:
             ports = {"CONTROLLER": free_port()} if "controller" in roles else {}
@@ -455,6 +460,8 @@ class LocalKafka:
         }
         protocols = {name: name for name in node.ports}
         protocols["CONTROLLER"] = "PLAINTEXT"
+        if "MTLS" in protocols:
+            protocols["MTLS"] = "SSL"  # TLS that requires a client certificate
         listeners = ",".join(f"{name}://127.0.0.1:{port}" for name, port in node.ports.items())
         settings["listeners"] = listeners
         settings["listener.security.protocol.map"] = ",".join(f"{k}:{v}" for k, v in protocols.items())
@@ -487,12 +494,18 @@ class LocalKafka:
         chain = b"".join(blob.bytes() for blob in cert.cert_chain_pems)
         (tls / "server.pem").write_bytes(pkcs8 + chain)
         ca.cert_pem.write_to_path(str(tls / "ca.pem"))
+        client = ca.issue_cert("scalekit-bridge", key_type=trustme.KeyType.RSA)
+        (tls / "client.pem").write_bytes(b"".join(blob.bytes() for blob in client.cert_chain_pems))
+        client.private_key_pem.write_to_path(str(tls / "client.key"))
         password = secrets.token_urlsafe(18)
         brokers = self._broker_nodes()
         self.security = Secured(
             cafile=tls / "ca.pem",
             ssl_bootstrap=",".join(f"127.0.0.1:{n.ports['SSL']}" for n in brokers),
             sasl_ssl_bootstrap=",".join(f"127.0.0.1:{n.ports['SASL_SSL']}" for n in brokers),
+            mtls_bootstrap=",".join(f"127.0.0.1:{n.ports['MTLS']}" for n in brokers),
+            client_certfile=tls / "client.pem",
+            client_keyfile=tls / "client.key",
             username="bridge",
             password=password,
         )
@@ -504,6 +517,9 @@ class LocalKafka:
         return {
             "ssl.keystore.type": "PEM",
             "ssl.keystore.location": str(self._workdir / "tls" / "server.pem"),
+            "listener.name.mtls.ssl.client.auth": "required",
+            "listener.name.mtls.ssl.truststore.type": "PEM",
+            "listener.name.mtls.ssl.truststore.location": str(self._workdir / "tls" / "ca.pem"),
             "sasl.enabled.mechanisms": "PLAIN,SCRAM-SHA-512",
             "listener.name.sasl_ssl.plain.sasl.jaas.config":
                 "org.apache.kafka.common.security.plain.PlainLoginModule required "

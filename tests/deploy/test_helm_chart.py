@@ -283,6 +283,21 @@ def test_secrets_reach_the_pods_as_files_the_kubelet_keeps_current(helm, values)
     assert "SCALEKIT_WEBHOOK_SECRET_FILE" in {variable["name"] for variable in container(docs)["env"]}
 
 
+def test_a_strimzi_kafkausers_certificate_is_mounted_and_named_for_the_bridge(helm, tmp_path):
+    """`authentication: tls` gives a KafkaUser a Secret with user.crt and user.key, renewed by Strimzi."""
+    docs = render(helm, "minimal", "--set", "kafka.securityProtocol=SSL", "--set", "kafka.clientCertSecret=bridge-user")
+    issued = trustme.CA().issue_cert("bridge-user")
+    user = {"user.crt": issued.cert_chain_pems[0].bytes().decode(), "user.key": issued.private_key_pem.bytes().decode()}
+    env = rendered_env(docs, tmp_path, {"bridge-user": user})
+    kafka = Settings.from_env(env).kafka
+    assert Path(kafka.ssl_certfile or "").read_text() == user["user.crt"]
+    assert Path(kafka.ssl_keyfile or "").read_text() == user["user.key"]
+    backfill = backfill_pod(render(helm, "everything", "--set", "kafka.clientCertSecret=bridge-user"))
+    assert "kafka-client" in [mount["name"] for mount in backfill["spec"]["containers"][0]["volumeMounts"]]
+    refused = run_helm(helm, "template", "bridge", "-f", str(VALUES["minimal"]), "--set", "kafka.clientCertSecret=u")
+    assert refused.returncode != 0 and "kafka.clientCertSecret needs kafka.securityProtocol SSL" in refused.stderr
+
+
 def test_no_secret_value_is_written_outside_the_secret(helm):
     docs = render(helm, "everything")
     everything_but_secrets = yaml.safe_dump_all([doc for doc in docs if doc["kind"] != "Secret"])

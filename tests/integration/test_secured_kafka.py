@@ -32,6 +32,16 @@ def secured(kafka: LocalKafka) -> Secured:
     return kafka.security
 
 
+def mtls_env(security: Secured) -> dict[str, str]:
+    return {
+        "KAFKA_BOOTSTRAP_SERVERS": security.mtls_bootstrap,
+        "KAFKA_SECURITY_PROTOCOL": "SSL",
+        "KAFKA_SSL_CAFILE": str(security.cafile),
+        "KAFKA_SSL_CERTFILE": str(security.client_certfile),
+        "KAFKA_SSL_KEYFILE": str(security.client_keyfile),
+    }
+
+
 def sasl_env(security: Secured, mechanism: str, password: str | None = None) -> dict[str, str]:
     return {
         "KAFKA_BOOTSTRAP_SERVERS": security.sasl_ssl_bootstrap,
@@ -45,13 +55,15 @@ def sasl_env(security: Secured, mechanism: str, password: str | None = None) -> 
 
 @pytest.mark.parametrize(
     "listener",
-    ["SASL_SSL with PLAIN", "SASL_SSL with SCRAM-SHA-512", "SSL"],
+    ["SASL_SSL with PLAIN", "SASL_SSL with SCRAM-SHA-512", "SSL", "SSL with a client certificate"],
 )
 async def test_a_delivery_through_a_secured_listener_is_in_kafka(secured_kafka, bridge_process, listener):
     security = secured(secured_kafka)
     if listener == "SSL":
         env = {"KAFKA_BOOTSTRAP_SERVERS": security.ssl_bootstrap, "KAFKA_SECURITY_PROTOCOL": "SSL",
                "KAFKA_SSL_CAFILE": str(security.cafile)}
+    elif listener == "SSL with a client certificate":  # the listener requires one (ssl.client.auth=required)
+        env = mtls_env(security)
     else:
         env = sasl_env(security, listener.rsplit(" ", 1)[1])
     bridge = bridge_process("serve", **env)
@@ -155,6 +167,20 @@ async def test_rotated_kafka_credentials_in_a_file_take_effect_without_a_restart
     assert [record.header("ce_webhookid") for record in records] == [b"msg_before", b"msg_after"]
     bridge.process.terminate()
     _, output = await asyncio.to_thread(bridge.output_after_exit, 30)
-    assert '"secret":"KAFKA_SASL credentials"' in output and "a rotated secret is in use" in output, output
+    assert '"secret":"Kafka credentials"' in output and "a rotated secret is in use" in output, output
     assert "refused" not in output, output
     assert rotated not in output and security.password not in output
+
+
+async def test_without_its_client_certificate_the_bridge_is_not_ready_and_says_why(secured_kafka, bridge_process):
+    security = secured(secured_kafka)
+    env = {k: v for k, v in mtls_env(security).items() if k not in ("KAFKA_SSL_CERTFILE", "KAFKA_SSL_KEYFILE")}
+    bridge = bridge_process("serve", **env)
+    await asyncio.sleep(4)  # a few connection attempts
+
+    assert await bridge.readiness() == 503
+    bridge.process.terminate()
+    _, output = await asyncio.to_thread(bridge.output_after_exit, 30)
+    said = [line for line in output.splitlines() if "kafka not reachable yet" in line]
+    assert len(said) == 1, output
+    assert "if its listener requires a client certificate, set KAFKA_SSL_CERTFILE and KAFKA_SSL_KEYFILE" in said[0]

@@ -316,3 +316,38 @@ def test_a_secret_given_both_ways_is_refused(tmp_path):
     error = refused(SCALEKIT_WEBHOOK_SECRET=SECRET, SCALEKIT_WEBHOOK_SECRET_FILE=str(path))
     assert error.variable == "SCALEKIT_WEBHOOK_SECRET" and "not both" in str(error)
     assert SECRET[6:] not in str(error)
+
+
+# --- a Kafka client certificate (brokers that require TLS client authentication) ---------------------
+
+
+def client_certificate(tmp_path: Path) -> tuple[str, str]:
+    import trustme
+
+    issued = trustme.CA().issue_cert("scalekit-bridge")
+    cert, key = tmp_path / "user.crt", tmp_path / "user.key"
+    issued.cert_chain_pems[0].write_to_path(str(cert))
+    issued.private_key_pem.write_to_path(str(key))
+    return str(cert), str(key)
+
+
+def test_a_client_certificate_and_its_key_are_taken_over_tls(tmp_path):
+    cert, key = client_certificate(tmp_path)
+    kafka = settings(KAFKA_SECURITY_PROTOCOL="SSL", KAFKA_SSL_CERTFILE=cert, KAFKA_SSL_KEYFILE=key).kafka
+    assert (kafka.ssl_certfile, kafka.ssl_keyfile) == (cert, key)
+
+
+def test_a_client_certificate_that_cannot_be_used_is_refused_by_name(tmp_path):
+    cert, key = client_certificate(tmp_path)
+    (tmp_path / "other").mkdir()
+    other_cert, _ = client_certificate(tmp_path / "other")
+    assert refused(KAFKA_SECURITY_PROTOCOL="SSL", KAFKA_SSL_CERTFILE=cert).variable == "KAFKA_SSL_KEYFILE"
+    assert refused(KAFKA_SECURITY_PROTOCOL="SSL", KAFKA_SSL_KEYFILE=key).variable == "KAFKA_SSL_CERTFILE"
+    assert "needs KAFKA_SECURITY_PROTOCOL SSL or SASL_SSL" in str(
+        refused(KAFKA_SSL_CERTFILE=cert, KAFKA_SSL_KEYFILE=key)
+    )
+    mismatched = refused(KAFKA_SECURITY_PROTOCOL="SSL", KAFKA_SSL_CERTFILE=other_cert, KAFKA_SSL_KEYFILE=key)
+    assert mismatched.variable == "KAFKA_SSL_KEYFILE" and "does not load" in str(mismatched)
+    missing = refused(KAFKA_SECURITY_PROTOCOL="SSL", KAFKA_SSL_CERTFILE=cert, KAFKA_SSL_KEYFILE=str(tmp_path / "no"))
+    assert missing.variable == "KAFKA_SSL_KEYFILE"
+    assert "PRIVATE KEY" not in str(mismatched) + str(missing)

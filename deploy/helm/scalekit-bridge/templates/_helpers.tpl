@@ -114,6 +114,11 @@ volumeMounts:
     mountPath: /etc/scalekit-bridge/kafka-ca
     readOnly: true
   {{- end }}
+  {{- if .Values.kafka.clientCertSecret }}
+  - name: kafka-client
+    mountPath: /etc/scalekit-bridge/kafka-client
+    readOnly: true
+  {{- end }}
 {{- end }}
 {{- end }}
 
@@ -153,6 +158,16 @@ volumes:
   - name: kafka-ca
     secret:
       secretName: {{ .Values.kafka.caSecret }}
+  {{- end }}
+  {{- if .Values.kafka.clientCertSecret }}
+  - name: kafka-client
+    secret:
+      secretName: {{ .Values.kafka.clientCertSecret }}
+      items:
+        - key: {{ .Values.kafka.clientCertKey }}
+          path: tls.crt
+        - key: {{ .Values.kafka.clientKeyKey }}
+          path: tls.key
   {{- end }}
 {{- end }}
 {{- end }}
@@ -239,6 +254,9 @@ which must last at least the publish timeout so every in-flight delivery gets it
 {{- if and (not .Values.kafka.sasl.existingSecret) (or (not .Values.kafka.sasl.username) (not .Values.kafka.sasl.password)) }}
 {{- fail (printf "kafka.securityProtocol=%s needs kafka.sasl.username and kafka.sasl.password, or kafka.sasl.existingSecret" .Values.kafka.securityProtocol) }}
 {{- end }}
+{{- end }}
+{{- if and .Values.kafka.clientCertSecret (not (has .Values.kafka.securityProtocol (list "SSL" "SASL_SSL"))) }}
+{{- fail (printf "kafka.clientCertSecret needs kafka.securityProtocol SSL or SASL_SSL, not %s" .Values.kafka.securityProtocol) }}
 {{- end }}
 {{- if eq (int .Values.service.port) (int .Values.service.adminPort) }}
 {{- fail (printf "service.adminPort (%v) must differ from service.port" .Values.service.adminPort) }}
