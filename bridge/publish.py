@@ -142,7 +142,7 @@ class KafkaPublisher:
     ) -> None:
         self._settings = settings
         self._required_topics = required_topics
-        # Set while rotated credentials replace the clients (`use_credentials`).
+        # Set while rotated credentials replace the clients (`use_settings`).
         self._switching: asyncio.Future[None] | None = None
         self._said_missing: frozenset[str] = frozenset()  # what the log last said was missing
         self._timeout = timeout
