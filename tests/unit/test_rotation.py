@@ -5,17 +5,23 @@ from __future__ import annotations
 import logging
 
 from bridge.errors import ConfigError
-from bridge.rotation import SecretFiles
+from bridge.rotation import Apply, SecretFiles
 
 
-async def test_a_changed_file_is_applied_once_and_an_unchanged_one_not_at_all(tmp_path):
-    path = tmp_path / "secret"
-    path.write_text("one\n")
+def recording() -> tuple[list[tuple[str, ...]], Apply]:
+    """A use for the secrets that keeps every text it is handed."""
     applied: list[tuple[str, ...]] = []
 
     async def apply(texts: tuple[str, ...]) -> None:
         applied.append(texts)
 
+    return applied, apply
+
+
+async def test_a_changed_file_is_applied_once_and_an_unchanged_one_not_at_all(tmp_path):
+    path = tmp_path / "secret"
+    path.write_text("one\n")
+    applied, apply = recording()
     files = SecretFiles()
     files.follow("S", (("S_FILE", str(path)),), apply)
     await files.check()
@@ -47,11 +53,7 @@ async def test_a_refused_text_is_logged_once_by_name_and_never_by_content(tmp_pa
 async def test_a_file_missing_for_a_moment_keeps_the_secret_in_use(tmp_path, caplog):
     path = tmp_path / "secret"
     path.write_text("one")
-    applied: list[tuple[str, ...]] = []
-
-    async def apply(texts: tuple[str, ...]) -> None:
-        applied.append(texts)
-
+    applied, apply = recording()
     files = SecretFiles()
     files.follow("S", (("S_FILE", str(path)),), apply)
     path.unlink()
