@@ -223,7 +223,11 @@ class KafkaPublisher:
         self._settings = settings
         if self._producer is None or self._admin is None:
             return  # not connected: the next connection attempt uses them
-        producer, admin = self._clients()
+        try:
+            # A certificate and key that do not load together (one file renewed before the other) fail here.
+            producer, admin = self._clients()
+        except (ssl.SSLError, OSError, ValueError) as exc:
+            raise PublishFailed(f"the new client certificate does not load: {type(exc).__name__}") from exc
         try:
             await producer.start()
             await admin.start()

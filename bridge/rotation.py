@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from bridge.config import read_secret_file
-from bridge.errors import ConfigError, PublishFailed
+from bridge.errors import ConfigError, PublishFailed, where
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +69,11 @@ class SecretFiles:
                 log.error(
                     "a rotated secret was refused; keeping the one in use",
                     extra={"secret": followed.what, "reason": str(exc)},
+                )
+            except Exception as exc:  # noqa: BLE001 - the follower outlives any bad file; the message may quote it
+                log.error(
+                    "a rotated secret could not be used; keeping the one in use",
+                    extra={"secret": followed.what, "error": type(exc).__name__, "at": where(exc)},
                 )
             else:
                 log.info("a rotated secret is in use", extra={"secret": followed.what})

@@ -42,6 +42,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 KAFKA_VERSION = "4.3.1"
 SCALA_VERSION = "2.13"
@@ -244,6 +245,7 @@ class LocalKafka:
         self._nodes: dict[int, _Node] = {}
         self._jvm: list[str] = []
         self.security: Secured | None = None
+        self._ca: Any = None  # the trustme CA of a secured broker, to issue client certificates
 
     @property
     def bootstrap_servers(self) -> str:
@@ -296,6 +298,15 @@ class LocalKafka:
             self.stop()
             raise
         return self.bootstrap_servers
+
+    def issue_client_certificate(self, certfile: Path, keyfile: Path) -> None:
+        """Write a new client certificate (PEM chain) and key from this broker's CA, as a renewal would."""
+        assert self._ca is not None, "only a LocalKafka(secured=True) has a CA"
+        import trustme
+
+        client = self._ca.issue_cert("scalekit-bridge", key_type=trustme.KeyType.RSA)
+        certfile.write_bytes(b"".join(blob.bytes() for blob in client.cert_chain_pems))
+        client.private_key_pem.write_to_path(str(keyfile))
 
     def set_scram_password(self, password: str) -> None:
         """Change the SCRAM-SHA-512 password of the secured broker's user (a credential rotation).
@@ -494,9 +505,8 @@ class LocalKafka:
         chain = b"".join(blob.bytes() for blob in cert.cert_chain_pems)
         (tls / "server.pem").write_bytes(pkcs8 + chain)
         ca.cert_pem.write_to_path(str(tls / "ca.pem"))
-        client = ca.issue_cert("scalekit-bridge", key_type=trustme.KeyType.RSA)
-        (tls / "client.pem").write_bytes(b"".join(blob.bytes() for blob in client.cert_chain_pems))
-        client.private_key_pem.write_to_path(str(tls / "client.key"))
+        self._ca = ca
+        self.issue_client_certificate(tls / "client.pem", tls / "client.key")
         password = secrets.token_urlsafe(18)
         brokers = self._broker_nodes()
         self.security = Secured(

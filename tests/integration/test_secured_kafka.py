@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import subprocess
 import sys
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 
@@ -184,3 +186,44 @@ async def test_without_its_client_certificate_the_bridge_is_not_ready_and_says_w
     said = [line for line in output.splitlines() if "kafka not reachable yet" in line]
     assert len(said) == 1, output
     assert "if its listener requires a client certificate, set KAFKA_SSL_CERTFILE and KAFKA_SSL_KEYFILE" in said[0]
+
+
+def mounted_like_a_secret(directory: Path, files: dict[str, Path]) -> dict[str, Path]:
+    """`files` copied into `directory` the way the kubelet mounts a Secret: each name a link through
+    `..data`, itself a link to a dated directory, so one rename swaps every file at once."""
+    dated = directory / f"..{uuid.uuid4().hex}"
+    dated.mkdir(parents=True)
+    for name, source in files.items():
+        shutil.copy(source, dated / name)
+    staged = directory / "..data_tmp"
+    staged.symlink_to(dated.name)
+    staged.replace(directory / "..data")
+    for name in files:
+        if not (directory / name).is_symlink():
+            (directory / name).symlink_to(Path("..data") / name)
+    return {name: directory / name for name in files}
+
+
+async def test_a_renewed_client_certificate_is_taken_up_without_a_restart(secured_kafka, bridge_process, tmp_path):
+    """Strimzi renews a tls KafkaUser's certificate in its Secret; the kubelet swaps the mounted files."""
+    security = secured(secured_kafka)
+    mount = tmp_path / "kafka-client"
+    paths = mounted_like_a_secret(mount, {"tls.crt": security.client_certfile, "tls.key": security.client_keyfile})
+    env = mtls_env(security) | {"KAFKA_SSL_CERTFILE": str(paths["tls.crt"]), "KAFKA_SSL_KEYFILE": str(paths["tls.key"])}
+    bridge = bridge_process("serve", **env)
+    await bridge.wait_for_readiness(200, timeout=60)
+    assert (await bridge.deliver(sample("role.created"), webhook_id="msg_before"))[0] == 201
+
+    renewed = tmp_path / "renewed"
+    renewed.mkdir()
+    await asyncio.to_thread(secured_kafka.issue_client_certificate, renewed / "tls.crt", renewed / "tls.key")
+    mounted_like_a_secret(mount, {"tls.crt": renewed / "tls.crt", "tls.key": renewed / "tls.key"})
+    await asyncio.sleep(8)  # the bridge looks every 5 s
+    assert (await bridge.deliver(sample("role.created"), webhook_id="msg_after"))[0] == 201
+
+    records = await KafkaTool(secured_kafka.bootstrap_servers).read_all(bridge.prefix + "role.created")
+    assert [record.header("ce_webhookid") for record in records] == [b"msg_before", b"msg_after"]
+    bridge.process.terminate()
+    _, output = await asyncio.to_thread(bridge.output_after_exit, 30)
+    assert "kafka clients reconnected with rotated credentials" in output, output
+    assert "could not be used" not in output and "refused" not in output, output

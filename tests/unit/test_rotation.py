@@ -62,3 +62,25 @@ async def test_a_file_missing_for_a_moment_keeps_the_secret_in_use(tmp_path, cap
     await files.check()
     assert applied == []
     assert [r.levelno for r in caplog.records] == [logging.WARNING]
+
+
+async def test_an_unforeseen_failure_is_logged_by_class_and_the_follower_goes_on(tmp_path, caplog):
+    path = tmp_path / "secret"
+    path.write_text("one")
+    calls: list[str] = []
+
+    async def fail_once(texts: tuple[str, ...]) -> None:
+        calls.append(texts[0])
+        if texts[0] == "two":
+            raise RuntimeError("quoting the secret: two")
+
+    files = SecretFiles()
+    files.follow("S", (("S_FILE", str(path)),), fail_once)
+    path.write_text("two")
+    await files.check()
+    path.write_text("three")
+    await files.check()
+    assert calls == ["two", "three"]
+    failed = [r for r in caplog.records if r.levelno == logging.ERROR]
+    assert len(failed) == 1 and failed[0].error == "RuntimeError"
+    assert "quoting" not in failed[0].getMessage() + str(failed[0].__dict__)
