@@ -561,11 +561,11 @@ def test_every_rendered_backfill_command_is_one_the_cli_accepts(helm):
 
 
 def test_the_backfill_has_room_for_a_documented_catch_up(helm):
-    """About 120 MiB at start and 4 KB per missing event (README, Backfill): the limit fits 90,000 of them."""
+    """About 100 MiB and up to 7 KB per event of the window (README, Backfill): the limit fits 60,000."""
     (job,) = backfill_pod(render(helm, "everything"))["spec"]["containers"]
     limit = job["resources"]["limits"]["memory"]
     assert limit.endswith("Mi")
-    assert int(limit[:-2]) * 2**20 >= 120 * 2**20 + 90_000 * 4096
+    assert int(limit[:-2]) * 2**20 >= 100 * 2**20 + 60_000 * 7 * 1024
 
 
 def test_the_backfill_pod_is_hardened_like_the_bridge(helm):
