@@ -37,7 +37,7 @@ ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "deploy" / "helm" / "scalekit-bridge"
 VALUES = {path.stem.removesuffix("-values"): path for path in sorted((CHART / "ci").glob("*-values.yaml"))}
 KUBE_VERSIONS = ("1.27.0", kubernetes_validate.latest_version())
-CUSTOM_GROUPS = ("monitoring.coreos.com", "kafka.strimzi.io")
+CUSTOM_GROUPS = ("monitoring.coreos.com", "kafka.strimzi.io", "gateway.networking.k8s.io")
 DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
 
 
@@ -401,6 +401,18 @@ def test_the_ingress_exposes_only_the_webhook_path(helm):
     assert ingress["spec"]["tls"][0]["hosts"] == ["hooks.example.com"]
 
 
+def test_the_http_route_exposes_only_posts_to_the_webhook_path(helm):
+    docs = render(helm, "everything")
+    route = one(docs, "HTTPRoute")["spec"]
+    assert route["parentRefs"] == [{"name": "public", "namespace": "gateways", "sectionName": "https"}]
+    assert route["hostnames"] == ["hooks.example.com"]
+    (rule,) = route["rules"]
+    assert rule["matches"] == [{"path": {"type": "Exact", "value": "/webhooks/scalekit"}, "method": "POST"}]
+    service = webhook_service(docs)
+    assert rule["backendRefs"] == [{"name": service["metadata"]["name"], "port": service["spec"]["ports"][0]["port"]}]
+    assert "HTTPRoute" not in kinds(render(helm, "minimal"))
+
+
 def test_the_service_monitor_scrapes_the_admin_port(helm):
     docs = render(helm, "everything")
     monitor = one(docs, "ServiceMonitor")["spec"]
@@ -723,6 +735,14 @@ def test_a_bad_values_file_is_refused_by_lint_too(helm, tmp_path):
         (
             {"webhook": {"existingSecret": "s"}, "kafka": {"bootstrapServers": "k:9092"}, "ingress": {"enabled": True}},
             "ingress.enabled needs ingress.host",
+        ),
+        (
+            {
+                "webhook": {"existingSecret": "s"},
+                "kafka": {"bootstrapServers": "k:9092"},
+                "httpRoute": {"enabled": True},
+            },
+            "httpRoute.enabled needs httpRoute.parentRefs",
         ),
         (
             {

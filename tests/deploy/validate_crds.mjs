@@ -9,6 +9,7 @@ const modules = process.argv[2];
 const packages = {
   "monitoring.coreos.com": "@kubernetes-models/prometheus-operator",
   "kafka.strimzi.io": "@kubernetes-models/strimzi-kafka-operator",
+  "gateway.networking.k8s.io": "@kubernetes-models/gateway-api",
 };
 
 const resources = JSON.parse(readFileSync(0, "utf8"));

@@ -264,6 +264,9 @@ which must last at least the publish timeout so every in-flight delivery gets it
 {{- if gt (int .Values.config.topicMinInsyncReplicas) (int .Values.config.topicReplication) }}
 {{- fail (printf "config.topicMinInsyncReplicas (%v) must not exceed config.topicReplication (%v)" .Values.config.topicMinInsyncReplicas .Values.config.topicReplication) }}
 {{- end }}
+{{- if and .Values.httpRoute.enabled (not .Values.httpRoute.parentRefs) }}
+{{- fail "httpRoute.enabled needs httpRoute.parentRefs (the Gateway to attach to, e.g. name: public, namespace: gateways)" }}
+{{- end }}
 {{- if and .Values.ingress.enabled (not .Values.ingress.host) }}
 {{- fail "ingress.enabled needs ingress.host (the public host name Scalekit will call)" }}
 {{- end }}
