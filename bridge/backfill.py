@@ -20,7 +20,7 @@ import sys
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, TextIO
 
@@ -31,7 +31,7 @@ from bridge.envelope import Recovered, organization_of, topic_for
 from bridge.errors import ApiError, MalformedDelivery, PublishFailed
 from bridge.eventsapi import EventQuery, EventsApi, Page, occurred_at
 from bridge.pipeline import Plan, Sent, Writer
-from bridge.publish import KafkaPublisher, event_ids_since
+from bridge.publish import KafkaPublisher, event_ids_since, latest_value, put_value
 
 log = logging.getLogger(__name__)
 
@@ -46,12 +46,23 @@ PROGRESS_EVERY_SECONDS = 5.0
 STOPPING_GRACE_SECONDS = 5.0
 
 
+# `--max-lookback`'s default. Scalekit does not document how long its Events API keeps events; a week
+# covers any outage the alerts let run unnoticed and bounds what one run reads and holds.
+DEFAULT_MAX_LOOKBACK = timedelta(days=7)
+
+
 @dataclass(frozen=True)
 class Request:
-    """What one run was asked to do."""
+    """What one run was asked to do.
+
+    With `resume`, the window starts at the last recorded end (less the timestamp tolerance), or at
+    `query.start` when none is recorded; never further back than `max_lookback` from its end.
+    """
 
     query: EventQuery
     dry_run: bool = False
+    resume: bool = False
+    max_lookback: timedelta = DEFAULT_MAX_LOOKBACK
 
 
 @dataclass
@@ -59,6 +70,8 @@ class Tally:
     """What a run did; its last line and exit code are the job's interface."""
 
     dry_run: bool = False
+    # Why the window's end could not be recorded (the run then fails: the next --resume would redo it).
+    unrecorded: str | None = None
     fetched: int = 0
     present: int = 0
     published: int = 0
@@ -83,10 +96,17 @@ class Tally:
 
 def parse_moment(text: str, now: datetime) -> datetime:
     """A window bound: an RFC 3339 time, or a duration back from `now` (90m, 2h, 3d, 1w); raises ValueError."""
-    duration = _DURATION.fullmatch(text.strip())
-    if duration is not None:
-        return now - timedelta(**{_UNITS[duration[2]]: int(duration[1])})
+    if _DURATION.fullmatch(text.strip()) is not None:
+        return now - parse_duration(text)
     return _parse_time(text)
+
+
+def parse_duration(text: str) -> timedelta:
+    """90m, 2h, 3d, 1w; raises ValueError."""
+    duration = _DURATION.fullmatch(text.strip())
+    if duration is None:
+        raise ValueError(f"{text!r} is not a duration such as 90m, 2h or 7d")
+    return timedelta(**{_UNITS[duration[2]]: int(duration[1])})
 
 
 def _parse_time(text: str) -> datetime:
@@ -128,7 +148,66 @@ class Progress:
 
 
 async def backfill(settings: BackfillSettings, request: Request, progress: Progress, out: TextIO) -> Tally:
-    """Run once; raises ApiError or PublishFailed (nothing written) when a service cannot be used."""
+    """Run once; raises ApiError or PublishFailed (nothing written) when a service cannot be used.
+
+    A run that wrote every missing event records its window's end (`--resume` starts there next time).
+    """
+    tally = await _backfill(settings, await _resumed(settings, request), progress, out)
+    if not (tally.dry_run or tally.failed or tally.unreadable):
+        try:
+            await _record_end(settings, request.query.end)
+        except PublishFailed as exc:
+            tally.unrecorded = exc.reason
+    return tally
+
+
+async def _resumed(settings: BackfillSettings, request: Request) -> Request:
+    """`request` with its window's start where the last recorded run ended, when it asks to resume."""
+    if not request.resume:
+        return request
+    recorded = await _recorded_end(settings)
+    start = request.query.start if recorded is None else recorded - timedelta(seconds=settings.timestamp_tolerance)
+    floor = request.query.end - request.max_lookback
+    if start < floor:
+        log.warning(
+            "the window would start before --max-lookback; starting at its limit",
+            extra={"wanted": start.isoformat(), "start": floor.isoformat()},
+        )
+        start = floor
+    log.info(
+        "resuming" if recorded is not None else "no recorded run to resume from; using --since",
+        extra={"recorded_end": recorded.isoformat() if recorded else None, "start": start.isoformat()},
+    )
+    return replace(request, query=replace(request.query, start=start))
+
+
+async def _recorded_end(settings: BackfillSettings) -> datetime | None:
+    key = settings.environment.encode()
+    value = await latest_value(settings.kafka, settings.backfill_state_topic, key, timeout=settings.publish_timeout)
+    if value is None:
+        return None
+    try:
+        return _parse_time(json.loads(value)["until"])
+    except (ValueError, KeyError, TypeError):
+        log.warning(
+            "the recorded window end cannot be read; using --since", extra={"topic": settings.backfill_state_topic}
+        )
+        return None
+
+
+async def _record_end(settings: BackfillSettings, end: datetime) -> None:
+    """Record `end` as the environment's last covered moment; never earlier than what is recorded."""
+    recorded = await _recorded_end(settings)
+    if recorded is not None and recorded >= end:
+        return
+    value = json.dumps({"until": end.isoformat().replace("+00:00", "Z"), "environment": settings.environment})
+    await put_value(
+        settings.kafka, settings.backfill_state_topic, settings.environment.encode(), value.encode(),
+        timeout=settings.publish_timeout,
+    )
+
+
+async def _backfill(settings: BackfillSettings, request: Request, progress: Progress, out: TextIO) -> Tally:
     backfilled_at = datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
     tally = Tally(dry_run=request.dry_run)
     api = EventsApi(settings.api)
@@ -376,5 +455,11 @@ def main(settings: BackfillSettings, request: Request) -> int:
             f"cannot be read, not written: {', '.join(tally.unreadable)}",
             file=sys.stderr,
         )
+    if tally.unrecorded is not None:
+        print(
+            f"scalekit-bridge backfill: every missing event was written, but the window's end was not recorded "
+            f"({tally.unrecorded}); the next --resume starts from the last recorded end",
+            file=sys.stderr,
+        )
     print(tally.summary(), flush=True)
-    return 1 if tally.failed or tally.unreadable else 0
+    return 1 if tally.failed or tally.unreadable or tally.unrecorded else 0

@@ -49,7 +49,20 @@ def command_line() -> argparse.ArgumentParser:
         "SCALEKIT_ENVIRONMENT_URL, SCALEKIT_CLIENT_ID, SCALEKIT_CLIENT_SECRET and the KAFKA_*/BRIDGE_* settings.",
     )
     recover.add_argument(
-        "--since", required=True, help="window start: an RFC 3339 time, or a duration back from now (90m, 2h, 3d)"
+        "--since",
+        help="window start: an RFC 3339 time, or a duration back from now (90m, 2h, 3d); required without --resume",
+    )
+    recover.add_argument(
+        "--resume",
+        action="store_true",
+        help="start where the last successful run's window ended (less BRIDGE_TIMESTAMP_TOLERANCE), recorded in "
+        "BRIDGE_BACKFILL_STATE_TOPIC; --since when nothing is recorded (else --max-lookback)",
+    )
+    recover.add_argument(
+        "--max-lookback",
+        default="7d",
+        help="never start further back than this before the window's end (default 7d; Scalekit does not document "
+        "how long its Events API keeps events)",
     )
     recover.add_argument(
         "--until",
@@ -118,9 +131,14 @@ def _backfill(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     from bridge.eventsapi import EventQuery
 
     now = datetime.now(UTC)
+    if args.since is None and not args.resume:
+        parser.error("--since is required (or --resume, to start where the last run ended)")
     try:
-        start = backfill.parse_moment(args.since, now)
         end = backfill.parse_moment(args.until, now) if args.until else now
+        lookback = backfill.parse_duration(args.max_lookback)
+        if not lookback:
+            raise ValueError("--max-lookback must be longer than 0")
+        start = backfill.parse_moment(args.since, now) if args.since else end - lookback
     except ValueError as exc:
         parser.error(str(exc))
     if start >= end:
@@ -132,7 +150,8 @@ def _backfill(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         return EXIT_CONFIG
     logs.configure(settings.log_level, settings.log_format)
     query = EventQuery(start=start, end=end, types=tuple(args.types), organization_id=args.organization)
-    return backfill.main(settings, backfill.Request(query=query, dry_run=args.dry_run))
+    request = backfill.Request(query=query, dry_run=args.dry_run, resume=args.resume, max_lookback=lookback)
+    return backfill.main(settings, request)
 
 
 def _dev() -> int:

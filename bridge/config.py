@@ -254,12 +254,27 @@ class BackfillSettings(RecordShaping):
 
     api: ScalekitApi
     kafka: KafkaSettings
+    # A small compacted topic: the end of each environment's last successful window (`--resume`).
+    backfill_state_topic: str = "scalekit-bridge.backfill-state"
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> BackfillSettings:
         """Build settings from `env` (default: `os.environ`); raise ConfigError on the first problem."""
         reader = _Reader(os.environ if env is None else env)
-        return cls(api=_scalekit_api(reader), kafka=_kafka_settings(reader), **_record_shaping(reader))
+        state_topic = reader.text("BRIDGE_BACKFILL_STATE_TOPIC", _defaults(cls)["backfill_state_topic"])
+        if not _TOPIC_CHARS.fullmatch(state_topic) or len(state_topic) > MAX_TOPIC_LENGTH:
+            raise ConfigError("BRIDGE_BACKFILL_STATE_TOPIC", "must be a legal Kafka topic name")
+        return cls(
+            api=_scalekit_api(reader),
+            kafka=_kafka_settings(reader),
+            backfill_state_topic=state_topic,
+            **_record_shaping(reader),
+        )
+
+    @property
+    def environment(self) -> str:
+        """The Scalekit environment's host: the key of its recorded window end."""
+        return urlsplit(self.api.environment_url).hostname or self.api.environment_url
 
 
 def _scalekit_api(reader: _Reader) -> ScalekitApi:

@@ -17,7 +17,7 @@ from collections.abc import Callable, Coroutine
 from contextlib import AbstractContextManager
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.conn import create_conn
@@ -546,6 +546,76 @@ async def event_ids_since(
     (nothing is committed, no group ACL needed); topics that do not exist hold nothing.
     Raises PublishFailed when Kafka cannot be reached or stops answering for `timeout`.
     """
+    ids: set[str] = set()
+
+    def keep_id(record: ConsumerRecord[bytes, bytes]) -> None:
+        found = event_id_of_record(record.headers, record.value)
+        if found is not None:
+            ids.add(found)
+
+    read = await _read_topics(settings, topics, since_ms, keep_id, timeout=timeout)
+    return ids, read
+
+
+async def latest_value(settings: KafkaSettings, topic: str, key: bytes, *, timeout: float) -> bytes | None:
+    """The value of the last record with `key` in `topic` (a small compacted topic); None when there is none.
+
+    Raises PublishFailed like `event_ids_since`.
+    """
+    found: list[bytes | None] = [None]
+
+    def keep_latest(record: ConsumerRecord[bytes, bytes]) -> None:
+        if record.key == key:
+            found[0] = record.value
+
+    await _read_topics(settings, {topic}.__contains__, 0, keep_latest, timeout=timeout)
+    return found[0]
+
+
+async def put_value(settings: KafkaSettings, topic: str, key: bytes, value: bytes, *, timeout: float) -> None:
+    """Write one record (acks=all, idempotent) to `topic`, creating it compacted when it is missing and the
+    settings allow; raises PublishFailed when it is not acknowledged."""
+    common = connection_options(settings)
+    request_timeout_ms = int(timeout * 1000)
+    producer = AIOKafkaProducer(
+        acks="all", enable_idempotence=True, request_timeout_ms=request_timeout_ms,
+        client_id="scalekit-bridge-backfill", **common,
+    )
+    admin = AIOKafkaAdminClient(request_timeout_ms=request_timeout_ms, client_id="scalekit-bridge-backfill", **common)
+    try:
+        async with asyncio.timeout(timeout):
+            await producer.start()
+            await admin.start()
+            if settings.create_topics and topic not in await admin.list_topics():
+                cluster = await admin.describe_cluster()
+                replication, min_insync, _ = settings.replication_for(len(cluster["brokers"]))
+                configs = {"cleanup.policy": "compact", "min.insync.replicas": str(min_insync)}
+                response = await admin.create_topics([NewTopic(topic, 1, replication, topic_configs=configs)])
+                for _name, code, *_rest in response.topic_errors:
+                    if code and for_code(code) is not TopicAlreadyExistsError:
+                        raise for_code(code)(f"creating topic {topic}")
+            await producer.send_and_wait(topic, value=value, key=key)
+    except (KafkaError, TimeoutError) as exc:
+        raise PublishFailed(f"writing to {topic} failed: {type(exc).__name__}") from exc
+    finally:
+        with contextlib.suppress(Exception):  # closing must finish even when the broker is gone
+            await producer.stop()
+        with contextlib.suppress(Exception):
+            await admin.close()
+
+
+async def _read_topics(
+    settings: KafkaSettings,
+    topics: Callable[[str], bool],
+    since_ms: int,
+    visit: Callable[[ConsumerRecord[bytes, bytes]], None],
+    *,
+    timeout: float,
+) -> int:
+    """Hand `visit` every record of the existing `topics` written at or after `since_ms`; how many there were.
+
+    Reads without a consumer group; raises PublishFailed when Kafka cannot be reached or stops answering.
+    """
     common = connection_options(settings)
     request_timeout_ms = int(timeout * 1000)
     consumer = AIOKafkaConsumer(
@@ -566,7 +636,7 @@ async def event_ids_since(
         try:
             async with asyncio.timeout(timeout):
                 partitions = await _partitions(consumer, admin, topics)
-            return await _scan(consumer, partitions, since_ms, timeout)
+            return await _scan(consumer, partitions, since_ms, visit, timeout)
         except (KafkaError, TimeoutError) as exc:
             raise PublishFailed(f"reading the topics failed: {type(exc).__name__}") from exc
     finally:
@@ -591,10 +661,14 @@ async def _partitions(
 
 
 async def _scan(
-    consumer: AIOKafkaConsumer, partitions: list[TopicPartition], since_ms: int, timeout: float
-) -> tuple[set[str], int]:
+    consumer: AIOKafkaConsumer,
+    partitions: list[TopicPartition],
+    since_ms: int,
+    visit: Callable[[ConsumerRecord[bytes, bytes]], None],
+    timeout: float,
+) -> int:
     if not partitions:
-        return set(), 0
+        return 0
     # Assigned all at once so the client learns every topic's leaders in one metadata request (asked
     # one topic at a time, the offset lookup pays a retry per topic); paused until positioned.
     consumer.assign(partitions)
@@ -608,7 +682,6 @@ async def _scan(
             consumer.seek(partition, start.offset)
             consumer.resume(partition)
             remaining[partition] = ends[partition]
-    ids: set[str] = set()
     read = 0
     loop = asyncio.get_running_loop()
     progressed = loop.time()
@@ -621,13 +694,11 @@ async def _scan(
             read += len(records)
             progressed = loop.time()
             for record in records:
-                found = event_id_of_record(record.headers, record.value)
-                if found is not None:
-                    ids.add(found)
+                visit(record)
         for partition in list(remaining):
             if await consumer.position(partition) >= remaining[partition]:
                 del remaining[partition]
-    return ids, read
+    return read
 
 
 def _lookup(work: Coroutine[Any, Any, int], name: str) -> asyncio.Task[int]:

@@ -140,6 +140,12 @@ class FakeScalekit:
             self._answers.clear()
         return event
 
+    def remove(self, event_id: str) -> None:
+        """Forget an event (as if it had never been kept)."""
+        with self._lock:
+            self._events = [event for event in self._events if event.id != event_id]
+            self._answers.clear()
+
     def matching(self, wanted: events_pb2.EventFilter) -> list[events_pb2.ScalekitEvent]:
         """The events a filter selects, newest first (remembered until an event is added)."""
         query = wanted.SerializeToString(deterministic=True)

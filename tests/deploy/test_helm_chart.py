@@ -448,7 +448,11 @@ def test_the_alerts_and_dashboard_are_the_observability_files_not_copies(helm):
 
 def test_kafka_topics_cover_every_documented_type_and_the_dead_letter_topic(helm):
     docs = render(helm, "everything")
-    topics = [doc for doc in docs if doc["kind"] == "KafkaTopic"]
+    (job,) = backfill_pod(docs)["spec"]["containers"]
+    state_topic = next(v["value"] for v in job["env"] if v["name"] == "BRIDGE_BACKFILL_STATE_TOPIC")
+    (kept,) = [doc for doc in docs if doc["kind"] == "KafkaTopic" and doc["spec"]["topicName"] == state_topic]
+    assert kept["spec"]["config"]["cleanup.policy"] == "compact" and kept["spec"]["partitions"] == 1
+    topics = [doc for doc in docs if doc["kind"] == "KafkaTopic" and doc is not kept]
     config = bridge_config(docs)
     expected = {config["BRIDGE_TOPIC_PREFIX"] + t for t in Contract.load().event_types} | {
         config["BRIDGE_DEADLETTER_TOPIC"]
@@ -542,7 +546,9 @@ def test_the_backfill_runs_every_15_minutes_over_two_hours_never_twice_at_once(h
     (job,) = backfill_pod(docs)["spec"]["containers"]
     assert cron["schedule"] == "*/15 * * * *"
     assert cron["concurrencyPolicy"] == "Forbid"
-    assert job["command"] == ["scalekit-bridge", "backfill", "--since", "2h", "--until", "25m"]
+    assert job["command"] == [
+        "scalekit-bridge", "backfill", "--since", "2h", "--until", "25m", "--resume", "--max-lookback", "7d"
+    ]
     assert job["image"] == container(docs)["image"]
 
 
@@ -562,7 +568,7 @@ def test_the_subscribed_types_narrow_the_backfill_and_the_topics(helm):
     args = command_line().parse_args(job["command"][1:])
     assert (args.command, args.types, args.organization, args.until) == ("backfill", types, "org_1", "25m")
     topics = {doc["spec"]["topicName"] for doc in docs if doc["kind"] == "KafkaTopic"}
-    assert topics == {"scalekit.deadletter", *(f"scalekit.{t}" for t in types)}
+    assert topics == {"scalekit.deadletter", "scalekit-bridge.backfill-state", *(f"scalekit.{t}" for t in types)}
 
 
 def test_every_rendered_backfill_command_is_one_the_cli_accepts(helm):

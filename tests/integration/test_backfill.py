@@ -62,6 +62,7 @@ class BackfillCommand:
             "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap,
             "BRIDGE_TOPIC_PREFIX": f"t{unique}.",
             "BRIDGE_DEADLETTER_TOPIC": f"t{unique}.deadletter",
+            "BRIDGE_BACKFILL_STATE_TOPIC": f"s{unique}.backfill-state",
         }
 
     def __call__(self, *args: str, **env: str) -> Run:
@@ -296,6 +297,44 @@ async def test_an_event_the_api_returns_unreadable_is_named_and_the_others_are_w
     )
     written = await kafka.read_all(f"t{unique}.role.created")
     assert sorted(event_id_of_record(r.headers, r.value) for r in written) == sorted(e["id"] for e in events)
+
+
+async def recorded_end(kafka: KafkaTool, unique: str) -> datetime | None:
+    """The window end the last successful run recorded for the fake's environment."""
+    records = await kafka.read_all(f"s{unique}.backfill-state")
+    if not records:
+        return None
+    return datetime.fromisoformat(json.loads(records[-1].value)["until"])
+
+
+async def test_resume_after_a_30_hour_gap_writes_exactly_the_missing_events_and_a_failed_run_records_nothing(
+    scalekit, backfill, kafka, unique
+):
+    """The chart's CronJob runs --resume --since 2h: after any gap, the next good run starts where the last ended."""
+    now = datetime.now(UTC)
+    events = seed(scalekit, 16, start=now - timedelta(hours=33), step=timedelta(hours=2), types=["role.created"])
+    # The last successful run before the outage covered up to 30 hours ago.
+    before = backfill("--since", "34h", "--until", "30h")
+    assert before.returncode == 0, before.stderr
+    ended = await recorded_end(kafka, unique)
+    assert ended is not None and abs(ended - (now - timedelta(hours=30))) < timedelta(minutes=1)
+    early = [e["id"] for e in events if datetime.fromisoformat(e["occurred_at"]) < ended]
+    assert before.summary.startswith(f"fetched {len(early)}, already in Kafka 0, published {len(early)},")
+
+    # A new event with data no JSON can hold makes the next run fail: nothing is recorded.
+    broken = scalekit.add(events[-1] | {"id": "evt_unreadable"})
+    broken.data.update({"ratio": float("nan")})
+    failed = backfill("--resume", "--since", "2h")
+    assert failed.returncode == 1 and "evt_unreadable" in failed.stderr
+    assert await recorded_end(kafka, unique) == ended
+
+    scalekit.remove("evt_unreadable")
+    resumed = backfill("--resume", "--since", "2h")
+    assert resumed.returncode == 0, resumed.stderr
+    written = await kafka.read_all(f"t{unique}.role.created")
+    assert sorted(event_id_of_record(r.headers, r.value) for r in written) == sorted(e["id"] for e in events)
+    later = await recorded_end(kafka, unique)
+    assert later is not None and later > ended + timedelta(hours=29)
 
 
 @pytest.fixture(scope="module")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import logging
@@ -298,3 +299,35 @@ class _Cancelled(grpc.RpcError, grpc.Call):
 def test_a_cancelled_call_is_one_line_naming_its_status():
     error = _translate(ScalekitServerException(_Cancelled()), "https://acme.scalekit.example")
     assert str(error) == "Scalekit at https://acme.scalekit.example answered 499 Client Closed Request (CANCELLED)"
+
+
+# --- --resume ------------------------------------------------------------------------------------------
+
+
+def resumed(monkeypatch, recorded: str | None, *, since: timedelta, lookback: timedelta) -> EventQuery:
+    """The window a --resume run would use, with `recorded` as the last run's recorded end."""
+    from bridge import backfill
+
+    async def latest_value(*_args: object, **_kwargs: object) -> bytes | None:
+        return None if recorded is None else json.dumps({"until": recorded}).encode()
+
+    monkeypatch.setattr(backfill, "latest_value", latest_value)
+    settings = BackfillSettings.from_env(API_ENV)
+    request = backfill.Request(EventQuery(start=NOW - since, end=NOW), resume=True, max_lookback=lookback)
+    return asyncio.run(backfill._resumed(settings, request)).query
+
+
+def test_resume_starts_at_the_recorded_end_less_the_timestamp_tolerance(monkeypatch):
+    query = resumed(monkeypatch, "2026-11-26T06:00:00Z", since=timedelta(hours=2), lookback=timedelta(days=7))
+    assert query.start == datetime(2026, 11, 26, 5, 55, tzinfo=UTC) and query.end == NOW
+
+
+def test_resume_with_nothing_recorded_starts_at_since(monkeypatch):
+    query = resumed(monkeypatch, None, since=timedelta(hours=2), lookback=timedelta(days=7))
+    assert query.start == NOW - timedelta(hours=2)
+
+
+def test_resume_never_looks_back_further_than_the_maximum(monkeypatch, caplog):
+    query = resumed(monkeypatch, "2026-11-01T00:00:00Z", since=timedelta(hours=2), lookback=timedelta(days=7))
+    assert query.start == NOW - timedelta(days=7)
+    assert any("max-lookback" in record.getMessage() for record in caplog.records)

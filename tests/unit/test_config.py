@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from bridge.config import Settings
+from bridge.config import BackfillSettings, Settings
 from bridge.errors import ConfigError
 
 SECRET = "whsec_" + base64.b64encode(b"s" * 32).decode()
@@ -53,7 +53,11 @@ def as_documented(value: Any) -> str:
 
 def effective(s: Settings, variable: str) -> str:
     name = variable.removeprefix("BRIDGE_").removeprefix("KAFKA_").lower()
-    owner = s if hasattr(s, name) else s.kafka
+    backfill = BackfillSettings.from_env(
+        {"SCALEKIT_ENVIRONMENT_URL": "https://acme.scalekit.example", "SCALEKIT_CLIENT_ID": "c",
+         "SCALEKIT_CLIENT_SECRET": "s"}
+    )
+    owner = next(owner for owner in (s, s.kafka, backfill) if hasattr(owner, name))
     return as_documented(getattr(owner, name))
 
 
