@@ -152,20 +152,32 @@ async def backfill(settings: BackfillSettings, request: Request, progress: Progr
 
     A run that wrote every missing event records its window's end (`--resume` starts there next time).
     """
-    tally = await _backfill(settings, await _resumed(settings, request), progress, out)
-    if not (tally.dry_run or tally.failed or tally.unreadable):
+    request = await _resumed(settings, request)
+    tally = await _backfill(settings, request, progress, out)
+    key = _state_key(settings, request.query)
+    if key is not None and not (tally.dry_run or tally.failed or tally.unreadable):
         try:
-            await _record_end(settings, request.query.end)
+            await _record_end(settings, key, request.query)
         except PublishFailed as exc:
             tally.unrecorded = exc.reason
     return tally
 
 
+def _state_key(settings: BackfillSettings, query: EventQuery) -> bytes | None:
+    """Whose window end a run records and resumes: the environment's, per set of types (the CronJob's
+    `--type`s); None for an `--organization` run, which covers one organization only."""
+    if query.organization_id is not None:
+        return None
+    scope = ",".join(sorted(query.types))
+    return (settings.environment + (f" types={scope}" if scope else "")).encode()
+
+
 async def _resumed(settings: BackfillSettings, request: Request) -> Request:
     """`request` with its window's start where the last recorded run ended, when it asks to resume."""
-    if not request.resume:
+    key = _state_key(settings, request.query)
+    if not request.resume or key is None:
         return request
-    recorded = await _recorded_end(settings)
+    recorded = await _recorded_end(settings, key)
     start = request.query.start if recorded is None else recorded - timedelta(seconds=settings.timestamp_tolerance)
     floor = request.query.end - request.max_lookback
     if start < floor:
@@ -181,8 +193,7 @@ async def _resumed(settings: BackfillSettings, request: Request) -> Request:
     return replace(request, query=replace(request.query, start=start))
 
 
-async def _recorded_end(settings: BackfillSettings) -> datetime | None:
-    key = settings.environment.encode()
+async def _recorded_end(settings: BackfillSettings, key: bytes) -> datetime | None:
     value = await latest_value(settings.kafka, settings.backfill_state_topic, key, timeout=settings.publish_timeout)
     if value is None:
         return None
@@ -195,16 +206,21 @@ async def _recorded_end(settings: BackfillSettings) -> datetime | None:
         return None
 
 
-async def _record_end(settings: BackfillSettings, end: datetime) -> None:
-    """Record `end` as the environment's last covered moment; never earlier than what is recorded."""
-    recorded = await _recorded_end(settings)
-    if recorded is not None and recorded >= end:
+async def _record_end(settings: BackfillSettings, key: bytes, query: EventQuery) -> None:
+    """Record the window's end as the last covered moment: only forwards, and only when the window
+    reached back to what was recorded, so a gap before a late-starting window stays open for --resume."""
+    recorded = await _recorded_end(settings, key)
+    if recorded is not None and recorded >= query.end:
         return
-    value = json.dumps({"until": end.isoformat().replace("+00:00", "Z"), "environment": settings.environment})
-    await put_value(
-        settings.kafka, settings.backfill_state_topic, settings.environment.encode(), value.encode(),
-        timeout=settings.publish_timeout,
-    )
+    if recorded is not None and query.start > recorded:
+        log.info(
+            "window end not recorded: the window starts after the recorded end, so the gap before it is still open",
+            extra={"recorded_end": recorded.isoformat(), "start": query.start.isoformat()},
+        )
+        return
+    value = json.dumps({"until": query.end.isoformat().replace("+00:00", "Z"), "key": key.decode()})
+    topic = settings.backfill_state_topic
+    await put_value(settings.kafka, topic, key, value.encode(), timeout=settings.publish_timeout)
 
 
 async def _backfill(settings: BackfillSettings, request: Request, progress: Progress, out: TextIO) -> Tally:

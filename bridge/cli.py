@@ -133,6 +133,8 @@ def _backfill(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     now = datetime.now(UTC)
     if args.since is None and not args.resume:
         parser.error("--since is required (or --resume, to start where the last run ended)")
+    if args.resume and args.organization:
+        parser.error("--resume covers whole environments; --organization runs record no window end to resume from")
     try:
         end = backfill.parse_moment(args.until, now) if args.until else now
         lookback = backfill.parse_duration(args.max_lookback)

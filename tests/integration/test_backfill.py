@@ -321,6 +321,11 @@ async def test_resume_after_a_30_hour_gap_writes_exactly_the_missing_events_and_
     early = [e["id"] for e in events if datetime.fromisoformat(e["occurred_at"]) < ended]
     assert before.summary.startswith(f"fetched {len(early)}, already in Kafka 0, published {len(early)},")
 
+    # A run by hand over the last 2 hours leaves the gap before it open: it records nothing either.
+    recent = backfill("--since", "2h")
+    assert recent.returncode == 0, recent.stderr
+    assert await recorded_end(kafka, unique) == ended
+
     # A new event with data no JSON can hold makes the next run fail: nothing is recorded.
     broken = scalekit.add(events[-1] | {"id": "evt_unreadable"})
     broken.data.update({"ratio": float("nan")})

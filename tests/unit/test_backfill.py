@@ -331,3 +331,14 @@ def test_resume_never_looks_back_further_than_the_maximum(monkeypatch, caplog):
     query = resumed(monkeypatch, "2026-11-01T00:00:00Z", since=timedelta(hours=2), lookback=timedelta(days=7))
     assert query.start == NOW - timedelta(days=7)
     assert any("max-lookback" in record.getMessage() for record in caplog.records)
+
+
+def test_a_window_end_is_kept_per_environment_and_set_of_types_and_never_for_one_organization():
+    from bridge.backfill import _state_key
+
+    settings = BackfillSettings.from_env(API_ENV)
+    window = EventQuery(start=NOW - timedelta(hours=2), end=NOW)
+    assert _state_key(settings, window) == b"acme.scalekit.example"
+    typed = EventQuery(start=window.start, end=NOW, types=("role.created", "organization.created"))
+    assert _state_key(settings, typed) == b"acme.scalekit.example types=organization.created,role.created"
+    assert _state_key(settings, EventQuery(start=window.start, end=NOW, organization_id="org_1")) is None
