@@ -342,6 +342,21 @@ async def test_resume_after_a_30_hour_gap_writes_exactly_the_missing_events_and_
     assert later is not None and later > ended + timedelta(hours=29)
 
 
+async def test_a_window_end_that_cannot_be_recorded_fails_only_a_resuming_run(scalekit, backfill, kafka, unique):
+    """No right to write the state topic (here: a limit no record fits): said always, an error only for --resume."""
+    seed(scalekit, 2, types=["role.created"])
+    await kafka.create_topic(f"s{unique}.backfill-state", configs={"max.message.bytes": "16"})
+
+    by_hand = backfill("--since", "2h")
+    resuming = backfill("--resume", "--since", "2h")
+
+    assert by_hand.returncode == 0, by_hand.stderr
+    assert resuming.returncode == 1
+    for run in (by_hand, resuming):
+        assert "every missing event was written, but the window's end was not recorded" in run.stderr
+    assert await kafka.read_all(f"s{unique}.backfill-state") == []
+
+
 @pytest.fixture(scope="module")
 def own_kafka() -> Iterator[LocalKafka]:
     """A broker of this module's own, to freeze (SIGSTOP) while a run waits on it."""
