@@ -70,7 +70,7 @@ class Tally:
     """What a run did; its last line and exit code are the job's interface."""
 
     dry_run: bool = False
-    # Why the window's end could not be recorded (the run then fails: the next --resume would redo it).
+    # Why the window's end could not be recorded (a --resume run then fails: its next run depends on it).
     unrecorded: str | None = None
     fetched: int = 0
     present: int = 0
@@ -152,12 +152,14 @@ async def backfill(settings: BackfillSettings, request: Request, progress: Progr
 
     A run that wrote every missing event records its window's end (`--resume` starts there next time).
     """
-    request = await _resumed(settings, request)
-    tally = await _backfill(settings, request, progress, out)
     key = _state_key(settings, request.query)
+    recorded = await _recorded_end(settings, key) if key is not None else None
+    if request.resume and key is not None:
+        request = _resumed(settings, request, recorded)
+    tally = await _backfill(settings, request, progress, out)
     if key is not None and not (tally.dry_run or tally.failed or tally.unreadable):
         try:
-            await _record_end(settings, key, request.query)
+            await _record_end(settings, key, request.query, recorded)
         except PublishFailed as exc:
             tally.unrecorded = exc.reason
     return tally
@@ -172,12 +174,8 @@ def _state_key(settings: BackfillSettings, query: EventQuery) -> bytes | None:
     return (settings.environment + (f" types={scope}" if scope else "")).encode()
 
 
-async def _resumed(settings: BackfillSettings, request: Request) -> Request:
-    """`request` with its window's start where the last recorded run ended, when it asks to resume."""
-    key = _state_key(settings, request.query)
-    if not request.resume or key is None:
-        return request
-    recorded = await _recorded_end(settings, key)
+def _resumed(settings: BackfillSettings, request: Request, recorded: datetime | None) -> Request:
+    """`request` with its window starting where the last recorded run ended (`recorded`), if any."""
     start = request.query.start if recorded is None else recorded - timedelta(seconds=settings.timestamp_tolerance)
     floor = request.query.end - request.max_lookback
     if start < floor:
@@ -206,10 +204,9 @@ async def _recorded_end(settings: BackfillSettings, key: bytes) -> datetime | No
         return None
 
 
-async def _record_end(settings: BackfillSettings, key: bytes, query: EventQuery) -> None:
-    """Record the window's end as the last covered moment: only forwards, and only when the window
-    reached back to what was recorded, so a gap before a late-starting window stays open for --resume."""
-    recorded = await _recorded_end(settings, key)
+async def _record_end(settings: BackfillSettings, key: bytes, query: EventQuery, recorded: datetime | None) -> None:
+    """Record the window's end as the last covered moment: only forwards from `recorded` (read at the run's
+    start), and only when the window reached back to it, so a gap before a late-starting window stays open."""
     if recorded is not None and recorded >= query.end:
         return
     if recorded is not None and query.start > recorded:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import io
 import json
 import logging
@@ -304,31 +303,27 @@ def test_a_cancelled_call_is_one_line_naming_its_status():
 # --- --resume ------------------------------------------------------------------------------------------
 
 
-def resumed(monkeypatch, recorded: str | None, *, since: timedelta, lookback: timedelta) -> EventQuery:
+def resumed(recorded: str | None, *, since: timedelta, lookback: timedelta) -> EventQuery:
     """The window a --resume run would use, with `recorded` as the last run's recorded end."""
-    from bridge import backfill
+    from bridge.backfill import Request, _resumed
 
-    async def latest_value(*_args: object, **_kwargs: object) -> bytes | None:
-        return None if recorded is None else json.dumps({"until": recorded}).encode()
-
-    monkeypatch.setattr(backfill, "latest_value", latest_value)
     settings = BackfillSettings.from_env(API_ENV)
-    request = backfill.Request(EventQuery(start=NOW - since, end=NOW), resume=True, max_lookback=lookback)
-    return asyncio.run(backfill._resumed(settings, request)).query
+    request = Request(EventQuery(start=NOW - since, end=NOW), resume=True, max_lookback=lookback)
+    return _resumed(settings, request, None if recorded is None else datetime.fromisoformat(recorded)).query
 
 
-def test_resume_starts_at_the_recorded_end_less_the_timestamp_tolerance(monkeypatch):
-    query = resumed(monkeypatch, "2026-11-26T06:00:00Z", since=timedelta(hours=2), lookback=timedelta(days=7))
+def test_resume_starts_at_the_recorded_end_less_the_timestamp_tolerance():
+    query = resumed("2026-11-26T06:00:00Z", since=timedelta(hours=2), lookback=timedelta(days=7))
     assert query.start == datetime(2026, 11, 26, 5, 55, tzinfo=UTC) and query.end == NOW
 
 
-def test_resume_with_nothing_recorded_starts_at_since(monkeypatch):
-    query = resumed(monkeypatch, None, since=timedelta(hours=2), lookback=timedelta(days=7))
+def test_resume_with_nothing_recorded_starts_at_since():
+    query = resumed(None, since=timedelta(hours=2), lookback=timedelta(days=7))
     assert query.start == NOW - timedelta(hours=2)
 
 
-def test_resume_never_looks_back_further_than_the_maximum(monkeypatch, caplog):
-    query = resumed(monkeypatch, "2026-11-01T00:00:00Z", since=timedelta(hours=2), lookback=timedelta(days=7))
+def test_resume_never_looks_back_further_than_the_maximum(caplog):
+    query = resumed("2026-11-01T00:00:00Z", since=timedelta(hours=2), lookback=timedelta(days=7))
     assert query.start == NOW - timedelta(days=7)
     assert any("max-lookback" in record.getMessage() for record in caplog.records)
 
