@@ -63,6 +63,8 @@ class Request:
     dry_run: bool = False
     resume: bool = False
     max_lookback: timedelta = DEFAULT_MAX_LOOKBACK
+    # Count an event whose only copy is a dead letter as missing (its cause fixed, and not replayable).
+    include_dead_lettered: bool = False
 
 
 @dataclass
@@ -229,7 +231,10 @@ async def _backfill(settings: BackfillSettings, request: Request, progress: Prog
     margin = timedelta(seconds=settings.timestamp_tolerance)
     since_ms = int((request.query.start - margin).timestamp() * 1000)
     present, read = await event_ids_since(
-        settings.kafka, _where_records_are(settings, request.query), since_ms, timeout=settings.publish_timeout
+        settings.kafka,
+        _where_records_are(settings, request.query, deadletters=not request.include_dead_lettered),
+        since_ms,
+        timeout=settings.publish_timeout,
     )
     progress.update("scanned", read, final=True)
     missing = await _fetch_missing(api, request.query, present, progress, tally)
@@ -306,8 +311,11 @@ async def _fetch_missing(
     return sorted(missing.values(), key=lambda event: (occurred_at(event) or query.start, event["id"]))
 
 
-def _where_records_are(settings: BackfillSettings, query: EventQuery) -> Callable[[str], bool]:
-    """Which topics can hold the window's records: the types' topics (all under the prefix) and dead letters."""
+def _where_records_are(
+    settings: BackfillSettings, query: EventQuery, *, deadletters: bool = True
+) -> Callable[[str], bool]:
+    """Which topics can hold the window's records: the types' topics (all under the prefix) and, unless
+    `deadletters` is false, the dead-letter topic."""
     prefix, deadletter = settings.topic_prefix, settings.deadletter_topic
     wanted = set()
     for event_type in query.types:
@@ -316,7 +324,7 @@ def _where_records_are(settings: BackfillSettings, query: EventQuery) -> Callabl
 
     def holds(topic: str) -> bool:
         if topic == deadletter:
-            return True
+            return deadletters
         return topic in wanted if query.types else topic.startswith(prefix)
 
     return holds

@@ -1,4 +1,5 @@
-"""Command line: `serve` (production), `backfill` (recover events); `dev`, `send-test` and `tail` for local use."""
+"""Command line: `serve` (production), `backfill` and `replay` (recover events); `dev`, `send-test` and `tail` for
+local use."""
 
 from __future__ import annotations
 
@@ -28,6 +29,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         sys.exit(_serve(os.environ))
     if args.command == "backfill":
         sys.exit(_backfill(parser, args))
+    if args.command == "replay":
+        sys.exit(_replay(parser, args))
     if args.command == "dev":
         sys.exit(_dev())
     if args.command == "tail":
@@ -69,12 +72,33 @@ def command_line() -> argparse.ArgumentParser:
         help="window end, exclusive: an RFC 3339 time, or a duration back from now such as 25m, to stay behind "
         "Scalekit's retries (default: now)",
     )
+    _filters(recover)
     recover.add_argument(
-        "--type", action="append", default=[], dest="types", metavar="TYPE", help="only this event type (repeatable)"
+        "--include-dead-lettered",
+        action="store_true",
+        help="also write events whose only copy is a dead letter (after their cause is fixed; those replay cannot "
+        "verify); one still not routable is dead-lettered again",
     )
-    recover.add_argument("--organization", help="only this organization's events")
     recover.add_argument(
         "--dry-run", action="store_true", help="print what would be published (type, id, topic, key); write nothing"
+    )
+    again = commands.add_parser(
+        "replay",
+        help="publish dead letters whose cause is fixed, verified again, as the webhook would write them now",
+        description="Read the dead-letter topic over a window (when the dead letters were written), verify each "
+        "one's kept webhook signature against SCALEKIT_WEBHOOK_SECRET (not its age), and publish those that are "
+        "routable now (marked with ce_replayedat) unless their event is already in its topic. Configuration comes "
+        "from the environment: SCALEKIT_WEBHOOK_SECRET and the KAFKA_*/BRIDGE_* settings.",
+    )
+    again.add_argument(
+        "--since", required=True, help="window start: an RFC 3339 time, or a duration back from now (90m, 2h, 3d)"
+    )
+    again.add_argument("--until", help="window end, exclusive: an RFC 3339 time or a duration back (default: now)")
+    _filters(again)
+    again.add_argument("--reason", help="only dead letters whose reason contains this text")
+    again.add_argument(
+        "--dry-run", action="store_true",
+        help="print what would be published (type, id, topic, key) and what stays a dead letter; write nothing",
     )
     commands.add_parser("dev", help="run a local Kafka (unless KAFKA_BOOTSTRAP_SERVERS is set) and the bridge")
     send = commands.add_parser("send-test", help="sign a sample delivery with SCALEKIT_WEBHOOK_SECRET and POST it")
@@ -91,6 +115,14 @@ def command_line() -> argparse.ArgumentParser:
     follow.add_argument("--from-beginning", action="store_true", help="print what the topics already hold first")
     follow.add_argument("--count", type=int, help="exit after printing this many events")
     return parser
+
+
+def _filters(command: argparse.ArgumentParser) -> None:
+    """The event filters backfill and replay share."""
+    command.add_argument(
+        "--type", action="append", default=[], dest="types", metavar="TYPE", help="only this event type (repeatable)"
+    )
+    command.add_argument("--organization", help="only this organization's events")
 
 
 def _settings(env: os._Environ[str] | dict[str, str]) -> Settings | None:
@@ -152,8 +184,41 @@ def _backfill(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         return EXIT_CONFIG
     logs.configure(settings.log_level, settings.log_format)
     query = EventQuery(start=start, end=end, types=tuple(args.types), organization_id=args.organization)
-    request = backfill.Request(query=query, dry_run=args.dry_run, resume=args.resume, max_lookback=lookback)
+    request = backfill.Request(
+        query=query,
+        dry_run=args.dry_run,
+        resume=args.resume,
+        max_lookback=lookback,
+        include_dead_lettered=args.include_dead_lettered,
+    )
     return backfill.main(settings, request)
+
+
+def _replay(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    from datetime import datetime
+
+    from bridge import logs, replay
+    from bridge.backfill import parse_moment
+    from bridge.config import ReplaySettings
+
+    now = datetime.now(UTC)
+    try:
+        start = parse_moment(args.since, now)
+        end = parse_moment(args.until, now) if args.until else now
+    except ValueError as exc:
+        parser.error(str(exc))
+    if start >= end:
+        parser.error(f"--since ({start.isoformat()}) must be before --until ({end.isoformat()})")
+    try:
+        settings = ReplaySettings.from_env(os.environ)
+    except ConfigError as exc:
+        print(f"scalekit-bridge: configuration error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    logs.configure(settings.log_level, settings.log_format)
+    selection = replay.Selection(
+        start=start, end=end, types=tuple(args.types), organization_id=args.organization, reason=args.reason
+    )
+    return replay.main(settings, replay.Request(selection=selection, dry_run=args.dry_run))
 
 
 def _dev() -> int:

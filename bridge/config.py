@@ -277,6 +277,25 @@ class BackfillSettings(RecordShaping):
         return urlsplit(self.api.environment_url).hostname or self.api.environment_url
 
 
+@dataclass(frozen=True, kw_only=True)
+class ReplaySettings(RecordShaping):
+    """Everything `replay` runs on: the webhook secrets (to verify each dead letter again), Kafka, and the
+    settings that shape records. No Scalekit API credentials: a replay calls nothing of Scalekit's."""
+
+    signing_keys: tuple[SigningKey, ...]
+    kafka: KafkaSettings
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> ReplaySettings:
+        """Build settings from `env` (default: `os.environ`); raise ConfigError on the first problem."""
+        reader = _Reader(os.environ if env is None else env)
+        return cls(
+            signing_keys=parse_signing_keys(reader.secret("SCALEKIT_WEBHOOK_SECRET")),
+            kafka=_kafka_settings(reader),
+            **_record_shaping(reader),
+        )
+
+
 def _scalekit_api(reader: _Reader) -> ScalekitApi:
     url = reader.required("SCALEKIT_ENVIRONMENT_URL").rstrip("/")
     parts = urlsplit(url)

@@ -34,6 +34,16 @@ class Ack:
     offset: int
 
 
+@dataclass(frozen=True)
+class StoredRecord:
+    """A record read back from a topic, and where and when the broker holds it."""
+
+    message: KafkaMessage
+    partition: int
+    offset: int
+    timestamp_ms: int
+
+
 class Publisher(Protocol):
     """Writes one record and returns once every in-sync replica has it.
 

@@ -57,6 +57,8 @@ EXTRA_EXTENSION = "scalekitextra"
 # How the event reached the bridge: a webhook delivery's id, or when a backfill run recovered it.
 WEBHOOK_ID_EXTENSION = "webhookid"
 BACKFILLED_AT_EXTENSION = "backfilledat"
+# When a `replay` run published the event from its dead letter (beside its webhookid).
+REPLAYED_AT_EXTENSION = "replayedat"
 PARTITION_KEY_EXTENSION = "partitionkey"
 
 # Where each event keeps its organization, first found wins (see the README's key rules); the one rule
@@ -92,8 +94,28 @@ class Recovered:
     backfilled_at: str  # RFC 3339: when the backfill run began
 
 
+@dataclass(frozen=True)
+class Replayed:
+    """A webhook delivery kept in a dead letter, verified again and published by a `replay` run."""
+
+    delivery: VerifiedDelivery
+    replayed_at: str  # RFC 3339: when the replay run began
+
+    @property
+    def body(self) -> bytes:
+        return self.delivery.body
+
+
 # Where an event came from; it says so in its record and in a dead letter.
-Origin = VerifiedDelivery | Recovered
+Origin = VerifiedDelivery | Recovered | Replayed
+
+# A dead letter's headers: how its body arrived (a webhook delivery's own headers, signature included, or
+# when backfill recovered it) and why it could not be routed.
+WEBHOOK_ID_HEADER = "webhook-id"
+WEBHOOK_TIMESTAMP_HEADER = "webhook-timestamp"
+WEBHOOK_SIGNATURE_HEADER = "webhook-signature"
+BACKFILLED_AT_HEADER = "backfilled-at"
+DEADLETTER_REASON_HEADER = "deadletter-reason"
 
 
 @dataclass(frozen=True)
@@ -228,7 +250,11 @@ def build_record(
 
 
 def _encode(
-    envelope: Mapping[str, Any], provenance: tuple[str, str], topic: str, mode: CloudEventsMode, dataschema: str | None
+    envelope: Mapping[str, Any],
+    provenance: tuple[tuple[str, str], ...],
+    topic: str,
+    mode: CloudEventsMode,
+    dataschema: str | None,
 ) -> EventRecord:
     key = partition_key(envelope)
     attributes = _attributes(envelope, provenance, key)
@@ -264,28 +290,34 @@ def _encode(
 
 def deadletter_message(delivery: Origin, *, topic: str, reason: str) -> KafkaMessage:
     """The raw delivery (or recovered envelope), untouched, with why it could not be routed."""
+    if isinstance(delivery, Replayed):
+        delivery = delivery.delivery
     if isinstance(delivery, Recovered):
         key = delivery.event_id
-        origin: Headers = (("backfilled-at", delivery.backfilled_at.encode("ascii")),)
+        origin: Headers = ((BACKFILLED_AT_HEADER, delivery.backfilled_at.encode("ascii")),)
     else:
         key = delivery.webhook_id
         origin = (
-            ("webhook-id", delivery.webhook_id.encode("utf-8")),
-            ("webhook-timestamp", delivery.timestamp.encode("ascii")),
+            (WEBHOOK_ID_HEADER, delivery.webhook_id.encode("utf-8")),
+            (WEBHOOK_TIMESTAMP_HEADER, delivery.timestamp.encode("ascii")),
         )
+        if delivery.signature is not None:
+            origin += ((WEBHOOK_SIGNATURE_HEADER, delivery.signature.encode("ascii")),)
     return KafkaMessage(
         topic=topic,
         key=key.encode("utf-8"),
         value=delivery.body,
-        headers=(*origin, ("deadletter-reason", reason.encode("utf-8"))),
+        headers=(*origin, (DEADLETTER_REASON_HEADER, reason.encode("utf-8"))),
     )
 
 
-def _provenance(origin: Origin) -> tuple[str, str]:
-    """The CloudEvents extension that says how the event reached the bridge."""
+def _provenance(origin: Origin) -> tuple[tuple[str, str], ...]:
+    """The CloudEvents extensions that say how the event reached the bridge."""
     if isinstance(origin, Recovered):
-        return BACKFILLED_AT_EXTENSION, origin.backfilled_at
-    return WEBHOOK_ID_EXTENSION, origin.webhook_id
+        return ((BACKFILLED_AT_EXTENSION, origin.backfilled_at),)
+    if isinstance(origin, Replayed):
+        return (WEBHOOK_ID_EXTENSION, origin.delivery.webhook_id), (REPLAYED_AT_EXTENSION, origin.replayed_at)
+    return ((WEBHOOK_ID_EXTENSION, origin.webhook_id),)
 
 
 def rebuild_delivery(headers: Iterable[tuple[str, bytes]], value: bytes | None) -> dict[str, Any]:
@@ -317,7 +349,9 @@ def rebuild_delivery(headers: Iterable[tuple[str, bytes]], value: bytes | None) 
     return envelope
 
 
-def _attributes(envelope: Mapping[str, Any], provenance: tuple[str, str], key: str | None) -> dict[str, str]:
+def _attributes(
+    envelope: Mapping[str, Any], provenance: tuple[tuple[str, str], ...], key: str | None
+) -> dict[str, str]:
     environment = envelope.get("environment_id")
     source = _source(environment) if isinstance(environment, str) and environment else "/scalekit"
     attributes = {
@@ -341,7 +375,7 @@ def _attributes(envelope: Mapping[str, Any], provenance: tuple[str, str], key: s
             extra[name] = value
     if extra:
         attributes[EXTRA_EXTENSION] = _dumps(extra).decode("utf-8")
-    attributes[provenance[0]] = provenance[1]
+    attributes.update(provenance)
     if key is not None:
         attributes[PARTITION_KEY_EXTENSION] = key
     return attributes

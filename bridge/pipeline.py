@@ -20,7 +20,15 @@ from bridge import metrics as m
 from bridge.config import RecordShaping, SchemaValidation
 from bridge.contract import Contract, Verdict
 from bridge.core import Ack, Outcome, Pending, Publisher, Sender
-from bridge.envelope import CloudEventsMode, KafkaMessage, Origin, build_record, deadletter_message, parse_envelope
+from bridge.envelope import (
+    CloudEventsMode,
+    KafkaMessage,
+    Origin,
+    Replayed,
+    build_record,
+    deadletter_message,
+    parse_envelope,
+)
 from bridge.errors import MalformedDelivery, PublishFailed, RecordRejected, VerificationFailed, where
 from bridge.redelivery import RedeliveryCache
 from bridge.verify import VerifiedDelivery, Verifier
@@ -169,7 +177,7 @@ class Writer:
     async def _write(self, origin: Origin, planned: Plan) -> tuple[Ack, Plan]:
         """Publish; a record Kafka will never take is dead-lettered instead. Raises PublishFailed."""
         try:
-            return await self._publish(planned.message), planned
+            return await self.publish(planned.message), planned
         except RecordRejected as exc:
             planned = self._letter(origin, planned, exc)
         return await self._publish_letter(planned.message), planned
@@ -219,7 +227,7 @@ class Writer:
 
     async def _publish_letter(self, letter: KafkaMessage) -> Ack:
         try:
-            return await self._publish(letter)
+            return await self.publish(letter)
         except RecordRejected as exc:
             raise self._deadletter_refused(exc) from exc
 
@@ -294,7 +302,8 @@ class Writer:
             "(BRIDGE_MAX_UNKNOWN_TYPES)"
         )
 
-    async def _publish(self, message: KafkaMessage) -> Ack:
+    async def publish(self, message: KafkaMessage) -> Ack:
+        """Write one planned record as it is, and time it; raises PublishFailed or RecordRejected."""
         sent = time.perf_counter()
         ack = await self._publisher.publish(message)
         self.metrics.publish_duration.observe(time.perf_counter() - sent)
@@ -328,4 +337,6 @@ class Writer:
 
 
 def _webhook_id(origin: Origin) -> str | None:
+    if isinstance(origin, Replayed):
+        return origin.delivery.webhook_id
     return origin.webhook_id if isinstance(origin, VerifiedDelivery) else None

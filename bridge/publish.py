@@ -40,7 +40,7 @@ from aiokafka.partitioner import DefaultPartitioner, murmur2
 from aiokafka.record.default_records import DefaultRecordBatchBuilder
 
 from bridge.config import KafkaSettings
-from bridge.core import Ack
+from bridge.core import Ack, StoredRecord
 from bridge.envelope import KafkaMessage, event_id_of_record
 from bridge.errors import PublishFailed, RecordRejected, where
 
@@ -555,6 +555,22 @@ async def event_ids_since(
 
     read = await _read_topics(settings, topics, since_ms, keep_id, timeout=timeout)
     return ids, read
+
+
+async def records_since(
+    settings: KafkaSettings, topic: str, since_ms: int, keep: Callable[[StoredRecord], None], *, timeout: float
+) -> int:
+    """Hand `keep` each record of `topic` written at or after `since_ms` up to the end it has now, partition
+    by partition in offset order; how many were read. Nothing when the topic does not exist.
+
+    Raises PublishFailed like `event_ids_since`.
+    """
+
+    def visit(record: ConsumerRecord[bytes, bytes]) -> None:
+        message = KafkaMessage(record.topic, record.key, record.value, tuple(record.headers))
+        keep(StoredRecord(message, record.partition, record.offset, record.timestamp))
+
+    return await _read_topics(settings, {topic}.__contains__, since_ms, visit, timeout=timeout)
 
 
 async def latest_value(settings: KafkaSettings, topic: str, key: bytes, *, timeout: float) -> bytes | None:

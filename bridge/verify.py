@@ -89,6 +89,9 @@ class VerifiedDelivery:
     webhook_id: str
     timestamp: str
     body: bytes
+    # The `webhook-signature` entry that matched (`v1,<base64>`): an HMAC, not a secret. A dead letter keeps
+    # it so that `replay` can verify the delivery again before publishing it.
+    signature: str | None = None
 
 
 def signed_content(webhook_id: str, timestamp: str, body: bytes) -> bytes:
@@ -122,6 +125,13 @@ class Verifier:
 
     def verify(self, headers: Mapping[str, str], body: bytes) -> VerifiedDelivery:
         """Return the verified delivery or raise `VerificationFailed` with a fixed reason."""
+        return self._verify(headers, body, timely=True)
+
+    def verify_kept(self, headers: Mapping[str, str], body: bytes) -> VerifiedDelivery:
+        """Verify a delivery kept since it arrived (a dead letter): its signature, not its age."""
+        return self._verify(headers, body, timely=False)
+
+    def _verify(self, headers: Mapping[str, str], body: bytes, *, timely: bool) -> VerifiedDelivery:
         webhook_id = headers.get("webhook-id")
         timestamp = headers.get("webhook-timestamp")
         signatures = headers.get("webhook-signature")
@@ -137,7 +147,7 @@ class Verifier:
             ]
             raise VerificationFailed(MISSING_HEADER, f"missing or empty: {', '.join(missing)}")
 
-        self._check_timestamp(timestamp)
+        self._check_timestamp(timestamp, timely=timely)
         try:
             body.decode("utf-8")  # the reference libraries sign text: non-UTF-8 never verifies
             content = signed_content(webhook_id, timestamp, body)
@@ -158,14 +168,16 @@ class Verifier:
             for digest in expected:
                 matched |= hmac.compare_digest(digest, candidate)
             if matched:
-                return VerifiedDelivery(webhook_id=webhook_id, timestamp=timestamp, body=body)
+                return VerifiedDelivery(webhook_id=webhook_id, timestamp=timestamp, body=body, signature=entry)
         raise VerificationFailed(NO_MATCHING_SIGNATURE, "no signature matches a configured secret")
 
-    def _check_timestamp(self, timestamp: str) -> None:
+    def _check_timestamp(self, timestamp: str, *, timely: bool) -> None:
         if not (timestamp.isascii() and timestamp.isdigit()) or len(timestamp) > _MAX_TIMESTAMP_DIGITS:
             raise VerificationFailed(
                 MALFORMED_TIMESTAMP, "webhook-timestamp must be integer Unix seconds"
             )
+        if not timely:
+            return
         skew = int(timestamp) - self._clock()
         if skew < -self._tolerance:
             raise VerificationFailed(

@@ -11,7 +11,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -123,11 +123,14 @@ async def listening_bridge(kafka_bootstrap, unique) -> AsyncIterator[ListeningFa
 
 
 class BridgeProcess:
-    """`python -m bridge <command>` in a child process, with its own ports and topics."""
+    """`python -m bridge <command>` in a child process, with its own ports and topics (under `prefix`, by
+    default a fresh one); `program` runs another entry point with the same arguments."""
 
-    def __init__(self, command: str, **env: str) -> None:
+    def __init__(
+        self, command: str, *, prefix: str | None = None, program: Sequence[str] = ("-m", "bridge"), **env: str
+    ) -> None:
         self.port, self.admin_port = free_port(), free_port()
-        self.prefix = f"p{uuid.uuid4().hex[:8]}."
+        self.prefix = prefix or f"p{uuid.uuid4().hex[:8]}."
         child_env = {
             **{k: v for k, v in os.environ.items() if k != "KAFKA_BOOTSTRAP_SERVERS"},
             "PYTHONUNBUFFERED": "1",
@@ -142,7 +145,7 @@ class BridgeProcess:
         # A file, not a pipe: a chatty bridge must never block on a pipe nobody reads.
         self._output = tempfile.TemporaryFile()  # noqa: SIM115 - open for the process's life
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "bridge", command],
+            [sys.executable, *program, command],
             env=child_env, stdout=self._output, stderr=subprocess.STDOUT,
         )
 
@@ -205,8 +208,8 @@ def bridge_process() -> Iterator[type[BridgeProcess]]:
     started: list[BridgeProcess] = []
 
     class Tracked(BridgeProcess):
-        def __init__(self, command: str, **env: str) -> None:
-            super().__init__(command, **env)
+        def __init__(self, command: str, **options: Any) -> None:
+            super().__init__(command, **options)
             started.append(self)
 
     yield Tracked

@@ -11,6 +11,7 @@ from cloudevents.core.formats.json import JSONFormat
 from bridge.dev.samples import sample, sample_types
 from bridge.dev.tail import describe
 from bridge.envelope import (
+    Replayed,
     build_record,
     deadletter_message,
     partition_key,
@@ -156,6 +157,36 @@ def test_the_dead_letter_record_keeps_the_raw_body_and_says_why():
         "webhook-timestamp": b"1760000000",
         "deadletter-reason": b"body is not JSON",
     }
+
+
+def test_a_dead_letter_keeps_the_signature_that_verified_the_delivery():
+    """Enough to verify it again later (`replay`): the matching entry, an HMAC, not a secret."""
+    signed = VerifiedDelivery("msg_7", "1760000000", b"{}", signature="v1,c2lnbmF0dXJl")
+    message = deadletter_message(signed, topic="scalekit.deadletter", reason="why")
+    assert dict(message.headers)["webhook-signature"] == b"v1,c2lnbmF0dXJl"
+
+
+def test_a_replayed_event_says_when_beside_the_webhook_delivery_it_came_from():
+    envelope = sample("organization.created")
+    original = build_record(delivery(envelope, "msg_9"), topic_prefix="scalekit.", mode="binary").message
+    replayed = build_record(
+        Replayed(delivery(envelope, "msg_9"), "2026-11-30T12:00:00Z"), topic_prefix="scalekit.", mode="binary"
+    )
+    event = ce_kafka.from_binary(as_ce_message(replayed), JSONFormat())
+    assert (event.get_extension("replayedat"), event.get_extension("webhookid")) == ("2026-11-30T12:00:00Z", "msg_9")
+    assert dict(replayed.message.headers) == dict(original.headers) | {"ce_replayedat": b"2026-11-30T12:00:00Z"}
+    assert (replayed.message.topic, replayed.message.key, replayed.message.value) == (
+        original.topic, original.key, original.value
+    )
+
+
+def test_a_replayed_event_in_structured_mode_carries_the_same_mark():
+    envelope = sample("organization.created")
+    original = build_record(delivery(envelope, "msg_9"), topic_prefix="scalekit.", mode="structured").message
+    replayed = build_record(
+        Replayed(delivery(envelope, "msg_9"), "2026-11-30T12:00:00Z"), topic_prefix="scalekit.", mode="structured"
+    ).message
+    assert json.loads(replayed.value) == json.loads(original.value) | {"replayedat": "2026-11-30T12:00:00Z"}
 
 
 def test_key_lookup_falls_through_to_the_environment():

@@ -49,6 +49,28 @@ def test_any_listed_signature_may_match():
     assert verifier().verify(headers, BODY).body == BODY
 
 
+def test_the_matching_signature_entry_travels_with_the_verified_delivery():
+    headers = signed_headers(SECRET, BODY, timestamp=NOW)
+    good = headers["webhook-signature"]
+    headers["webhook-signature"] = f"v2,AAAA {good} v1,{base64.b64encode(b'y' * 32).decode()}"
+    assert verifier().verify(headers, BODY).signature == good
+
+
+def test_a_kept_delivery_verifies_by_its_signature_whatever_its_age():
+    """`replay` checks a dead letter days later: the signature still binds id, timestamp and body."""
+    headers = signed_headers(SECRET, BODY, webhook_id="msg_1", timestamp=NOW - 3 * 86_400)
+    assert reason_for(headers) == v.TIMESTAMP_TOO_OLD
+    assert verifier().verify_kept(headers, BODY).webhook_id == "msg_1"
+    for tampered in ({**headers, "webhook-timestamp": str(NOW)}, {**headers, "webhook-id": "msg_2"}):
+        with pytest.raises(VerificationFailed) as caught:
+            verifier().verify_kept(tampered, BODY)
+        assert caught.value.code == v.NO_MATCHING_SIGNATURE
+    with pytest.raises(VerificationFailed):
+        verifier(OTHER_SECRET).verify_kept(headers, BODY)
+    with pytest.raises(VerificationFailed):
+        verifier().verify_kept(headers, BODY + b" ")
+
+
 @pytest.mark.parametrize("header", ["webhook-id", "webhook-timestamp", "webhook-signature"])
 def test_a_missing_or_empty_header_is_refused(header):
     headers = signed_headers(SECRET, BODY, timestamp=NOW)

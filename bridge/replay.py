@@ -1,0 +1,335 @@
+"""`scalekit-bridge replay`: publish the dead letters whose cause has been fixed.
+
+A run reads the dead-letter topic over a time window (when the dead letters were
+written) without a consumer group, verifies each selected one again against the
+webhook secrets (its kept `webhook-signature`, not its age), and sends it through
+the webhook path's own `Writer` with today's contract, topics and limits. One
+that is routable now is published, oldest event first, as the webhook path would
+write it today, marked with `ce_replayedat`; one that is not stays where it is and
+is reported with its current reason; one whose event is already in its topic is
+skipped. Nothing that does not verify is ever published: write access to the
+dead-letter topic is not a way to inject events.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any, TextIO
+
+from bridge import metrics as m
+from bridge.config import ReplaySettings
+from bridge.core import Outcome, StoredRecord
+from bridge.envelope import (
+    BACKFILLED_AT_HEADER,
+    DEADLETTER_REASON_HEADER,
+    WEBHOOK_ID_HEADER,
+    WEBHOOK_SIGNATURE_HEADER,
+    Replayed,
+    organization_of,
+    parse_envelope,
+)
+from bridge.errors import MalformedDelivery, PublishFailed, RecordRejected, VerificationFailed
+from bridge.pipeline import Plan, Writer
+from bridge.publish import KafkaPublisher, event_ids_since, records_since
+from bridge.verify import VerifiedDelivery, Verifier
+
+log = logging.getLogger(__name__)
+
+# Why a dead letter without a kept signature cannot be replayed, and what brings its event back instead.
+_RECOVERED = (
+    "written by backfill from Scalekit's Events API, with no signature to verify; "
+    "`backfill --include-dead-lettered` over its time writes it again from Scalekit"
+)
+_UNSIGNED = (
+    "kept without its webhook-signature (dead-lettered before signatures were kept); "
+    "`backfill --include-dead-lettered` over its time writes it again from Scalekit"
+)
+# A forged id in a dead letter is the writer's text: shown quoted, and never long.
+_MAX_SHOWN = 80
+
+
+@dataclass(frozen=True)
+class Selection:
+    """Which dead letters a run takes: written in [start, end), optionally narrowed by the event's type,
+    its organization, and a substring of the dead-letter reason."""
+
+    start: datetime
+    end: datetime
+    types: tuple[str, ...] = ()
+    organization_id: str | None = None
+    reason: str | None = None
+
+    @property
+    def narrowed(self) -> bool:
+        return bool(self.types) or self.organization_id is not None
+
+
+@dataclass(frozen=True)
+class Request:
+    selection: Selection
+    dry_run: bool = False
+
+
+@dataclass
+class Tally:
+    """What a run did; its last line and exit code are the job's interface."""
+
+    dry_run: bool = False
+    read: int = 0  # dead letters written in the window
+    selected: int = 0  # of those, the ones the filters took, each event once
+    present: int = 0  # already in their topics: skipped
+    replayed: int = 0
+    still_dead: list[str] = field(default_factory=list)  # "<event id>: <current reason>"
+    unverified: list[str] = field(default_factory=list)  # "<where>: <why>"
+    failed: list[str] = field(default_factory=list)  # event ids not written (a broker failure)
+
+    def summary(self) -> str:
+        if self.dry_run:
+            return (
+                f"dry run: read {self.read}, selected {self.selected}, already in their topics {self.present}, "
+                f"would replay {self.replayed}, still dead {len(self.still_dead)}, unverified {len(self.unverified)}"
+            )
+        return (
+            f"read {self.read}, selected {self.selected}, already in their topics {self.present}, "
+            f"replayed {self.replayed}, still dead {len(self.still_dead)}, unverified {len(self.unverified)}, "
+            f"failed {len(self.failed)}"
+        )
+
+
+@dataclass(frozen=True)
+class _Letter:
+    """A selected dead letter: where it is, when it was written, why, and the event it holds (if readable)."""
+
+    record: StoredRecord
+    headers: Mapping[str, str]
+    envelope: dict[str, Any] | None  # None: the body is not an envelope
+
+    @property
+    def event_id(self) -> str | None:
+        return self.envelope["id"] if self.envelope is not None else None
+
+    @property
+    def where(self) -> str:
+        return f"partition {self.record.partition} offset {self.record.offset}"
+
+    @property
+    def moment(self) -> datetime:
+        """The event's own time, else when it was dead-lettered: the order replays keep."""
+        occurred = _moment(self.envelope.get("occurred_at")) if self.envelope is not None else None
+        return occurred or datetime.fromtimestamp(self.record.timestamp_ms / 1000, UTC)
+
+
+@dataclass(frozen=True)
+class _Planned:
+    letter: _Letter
+    origin: Replayed
+    plan: Plan
+
+
+async def replay(settings: ReplaySettings, request: Request, out: TextIO) -> Tally:
+    """Run once; raises PublishFailed (nothing written) when Kafka cannot be read or written."""
+    replayed_at = datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+    selection = request.selection
+    tally = Tally(dry_run=request.dry_run)
+    letters = await _read_letters(settings, selection, tally)
+    verifier = Verifier(settings.signing_keys, settings.timestamp_tolerance)
+    publisher = KafkaPublisher(
+        settings.kafka, timeout=settings.publish_timeout, max_record_bytes=settings.max_body_bytes
+    )
+    writer = Writer.configured(settings, publisher, m.Metrics(process_metrics=False))
+
+    routable: list[_Planned] = []
+    for letter, delivery in _verified(letters, verifier, tally):
+        origin = Replayed(delivery, replayed_at)
+        planned = _Planned(letter, origin, writer.plan(origin))
+        if planned.plan.receipt.outcome == Outcome.DEADLETTERED:
+            tally.still_dead.append(f"{_event_id(planned)}: {planned.plan.reason}")
+            _show(planned, out, request.dry_run)
+        else:
+            routable.append(planned)
+
+    margin = timedelta(seconds=settings.timestamp_tolerance)
+    topics = {planned.plan.message.topic for planned in routable}
+    present, _ = await event_ids_since(
+        settings.kafka, topics.__contains__, _ms(selection.start - margin), timeout=settings.publish_timeout
+    )
+    missing = [planned for planned in routable if planned.plan.receipt.event_id not in present]
+    tally.present = len(routable) - len(missing)
+    if request.dry_run:
+        for planned in missing:
+            _show(planned, out, dry_run=True)
+            tally.replayed += 1
+        return tally
+    if missing:
+        await publisher.start()
+        try:
+            await _publish(writer, missing, tally)
+        finally:
+            await publisher.stop()
+    return tally
+
+
+async def _read_letters(settings: ReplaySettings, selection: Selection, tally: Tally) -> list[_Letter]:
+    """The window's dead letters that the filters take (each event once, its oldest dead letter)."""
+    taken: dict[str, _Letter] = {}
+    end_ms = _ms(selection.end)
+
+    def keep(record: StoredRecord) -> None:
+        if record.timestamp_ms >= end_ms:
+            return
+        tally.read += 1
+        letter = _letter(record)
+        if _taken(letter, selection):
+            # An event dead-lettered twice (a redelivery, a backfill) is replayed once.
+            taken.setdefault(letter.event_id or f"{record.partition}@{record.offset}", letter)
+
+    await records_since(
+        settings.kafka, settings.deadletter_topic, _ms(selection.start), keep, timeout=settings.publish_timeout
+    )
+    tally.selected = len(taken)
+    return sorted(
+        taken.values(), key=lambda letter: (letter.moment, letter.record.timestamp_ms, letter.record.partition,
+                                            letter.record.offset)
+    )
+
+
+def _letter(record: StoredRecord) -> _Letter:
+    headers = {name.lower(): raw.decode("utf-8", "replace") for name, raw in reversed(record.message.headers)}
+    try:
+        envelope: dict[str, Any] | None = parse_envelope(record.message.value or b"")
+    except MalformedDelivery:
+        envelope = None
+    return _Letter(record, headers, envelope)
+
+
+def _taken(letter: _Letter, selection: Selection) -> bool:
+    reason = letter.headers.get(DEADLETTER_REASON_HEADER)
+    if selection.reason is not None and (reason is None or selection.reason not in reason):
+        return False
+    if not selection.narrowed:
+        return True
+    envelope = letter.envelope
+    if envelope is None:
+        return False  # a body that is not an envelope has no type or organization to match
+    if selection.types and envelope["type"] not in selection.types:
+        return False
+    return selection.organization_id is None or organization_of(envelope) == selection.organization_id
+
+
+def _verified(
+    letters: list[_Letter], verifier: Verifier, tally: Tally
+) -> list[tuple[_Letter, VerifiedDelivery]]:
+    """The letters whose kept signature verifies against today's secrets; the rest are reported, never used."""
+    verified = []
+    for letter in letters:
+        delivery, why = _verify(letter, verifier)
+        if delivery is not None:
+            verified.append((letter, delivery))
+            continue
+        shown = f" (event {_quoted(letter.event_id)})" if letter.event_id else ""
+        tally.unverified.append(f"{letter.where}{shown}: {why}")
+        log.error(
+            "a dead letter does not verify; it is not published",
+            extra={"partition": letter.record.partition, "offset": letter.record.offset},
+        )
+    return verified
+
+
+def _verify(letter: _Letter, verifier: Verifier) -> tuple[VerifiedDelivery | None, str]:
+    """The webhook delivery a dead letter kept, verified again; else None and why not."""
+    headers = letter.headers
+    if WEBHOOK_ID_HEADER not in headers:
+        return None, _RECOVERED if BACKFILLED_AT_HEADER in headers else "not a webhook delivery's dead letter"
+    if WEBHOOK_SIGNATURE_HEADER not in headers:
+        return None, _UNSIGNED
+    try:
+        return verifier.verify_kept(headers, letter.record.message.value or b""), ""
+    except VerificationFailed as exc:
+        return None, f"{exc.code}: {exc.detail}"
+
+
+async def _publish(writer: Writer, missing: list[_Planned], tally: Tally) -> None:
+    """Write each record and wait for its ack before the next, so an organization's events keep their order;
+    a record Kafka refuses for good stays a dead letter, and the first failure stops the run."""
+    for index, planned in enumerate(missing):
+        started = time.perf_counter()
+        try:
+            ack = await writer.publish(planned.plan.message)
+        except RecordRejected as exc:
+            tally.still_dead.append(f"{_event_id(planned)}: Kafka refused the record: {exc.reason}")
+            continue
+        except PublishFailed as exc:
+            log.error("a replay write failed", extra={"event_id": _event_id(planned), "reason": exc.reason})
+            tally.failed = [_event_id(rest) for rest in missing[index:]]
+            return
+        writer.record(planned.plan.receipt.acknowledged(ack), started)
+        tally.replayed += 1
+
+
+def _show(planned: _Planned, out: TextIO, dry_run: bool) -> None:
+    """One dry-run line: type, id, topic, key; a dead letter that stays one says why instead of a topic."""
+    if not dry_run:
+        return
+    message, receipt = planned.plan.message, planned.plan.receipt
+    if receipt.outcome == Outcome.DEADLETTERED:
+        print(f"{receipt.event_type or '-'}\t{_event_id(planned)}\t(stays a dead letter: {planned.plan.reason})",
+              file=out)
+        return
+    key = message.key.decode("utf-8", "replace") if message.key is not None else "-"
+    print(f"{receipt.event_type}\t{receipt.event_id}\t{message.topic}\t{key}", file=out)
+
+
+def _event_id(planned: _Planned) -> str:
+    return planned.plan.receipt.event_id or _quoted(planned.letter.event_id) or planned.letter.where
+
+
+def _quoted(text: str | None) -> str:
+    if text is None:
+        return ""
+    return ascii(text[:_MAX_SHOWN]) if not text.isprintable() or len(text) > _MAX_SHOWN else text
+
+
+def _moment(text: object) -> datetime | None:
+    if not isinstance(text, str):
+        return None
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        return None
+    return moment.astimezone(UTC) if moment.tzinfo is not None else None
+
+
+def _ms(moment: datetime) -> int:
+    return int(moment.timestamp() * 1000)
+
+
+def main(settings: ReplaySettings, request: Request) -> int:
+    """Run and report; 0 when every selected dead letter was replayed, skipped or stays one for a reason
+    shown, 1 when one did not verify or could not be written."""
+    if settings.log_level != "DEBUG":
+        logging.getLogger("bridge.delivery").setLevel(logging.WARNING)
+    try:
+        tally = asyncio.run(replay(settings, request, sys.stdout))
+    except PublishFailed as exc:
+        print(f"scalekit-bridge replay: {exc}; nothing was written", file=sys.stderr)
+        return 1
+    for heading, lines in (
+        ("did not verify and will not be published", tally.unverified),
+        ("are still not routable and stay where they are", tally.still_dead),
+    ):
+        if lines:
+            print(f"scalekit-bridge replay: {len(lines)} dead letter(s) {heading}:", file=sys.stderr)
+            for line in lines:
+                print(f"  {line}", file=sys.stderr)
+    if tally.failed:
+        not_written = ", ".join(tally.failed)
+        print(f"scalekit-bridge replay: {len(tally.failed)} event(s) not written (run again): {not_written}",
+              file=sys.stderr)
+    print(tally.summary(), flush=True)
+    return 1 if tally.failed or tally.unverified else 0

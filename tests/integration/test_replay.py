@@ -1,0 +1,292 @@
+"""`scalekit-bridge replay` against the real Kafka: dead letters come back once their cause is fixed.
+
+Every command runs in its own process, as an operator would run it: the bridge that dead-lettered
+the deliveries, each replay, and (where a record is compared) the bridge as it is now.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from aiokafka import AIOKafkaProducer
+
+from bridge.envelope import organization_of
+from tests.conftest import Record
+from tests.fake_scalekit import sample_events
+from tests.helpers import body_of, signed_headers
+from tests.integration.conftest import SECRET
+
+NOW = datetime.now(UTC)
+# The story's type: a release without its schema dead-letters it (enforce, undocumented types refused).
+NEW_TYPE = "organization.directory.user_created"
+OLD_TYPE = "organization.created"
+STRICT = {"BRIDGE_SCHEMA_VALIDATION": "enforce", "BRIDGE_MAX_UNKNOWN_TYPES": "0"}
+ORGANIZATIONS = ("org_alpha", "org_beta", "org_gamma")
+WITHOUT_SCHEMA = ("-m", "tests.integration.release_without_schema", NEW_TYPE)
+
+
+@dataclass
+class Run:
+    returncode: int
+    stdout: str
+    stderr: str
+
+    @property
+    def summary(self) -> str:
+        return self.stdout.strip().splitlines()[-1]
+
+    @property
+    def lines(self) -> list[list[str]]:
+        """The dry-run lines before the summary, split at tabs."""
+        return [line.split("\t") for line in self.stdout.strip().splitlines()[:-1]]
+
+
+class ReplayCommand:
+    """`python -m bridge replay ARGS` on the session broker, for the topics under `prefix`."""
+
+    def __init__(self, kafka_bootstrap: str, prefix: str, **env: str) -> None:
+        self._env = {
+            **{k: v for k, v in os.environ.items() if not k.startswith(("SCALEKIT_", "BRIDGE_", "KAFKA_"))},
+            "SCALEKIT_WEBHOOK_SECRET": SECRET,
+            "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap,
+            "BRIDGE_TOPIC_PREFIX": prefix,
+            "BRIDGE_DEADLETTER_TOPIC": prefix + "deadletter",
+            **env,
+        }
+
+    def __call__(self, *args: str, **env: str) -> Run:
+        done = subprocess.run(
+            [sys.executable, "-m", "bridge", "replay", *args],
+            env=self._env | env, capture_output=True, text=True, timeout=120,
+        )
+        return Run(done.returncode, done.stdout, done.stderr)
+
+
+def event_ids(records: list[Record]) -> list[str]:
+    return [record.header("ce_id").decode() for record in records]  # type: ignore[union-attr]
+
+
+def per_organization(records: list[Record]) -> dict[str, list[str]]:
+    order: dict[str, list[str]] = {}
+    for record in records:
+        order.setdefault(record.key.decode(), []).append(record.header("ce_id").decode())  # type: ignore[union-attr]
+    return order
+
+
+def without_replay_mark(record: Record) -> tuple[bytes | None, bytes | None, dict[str, bytes]]:
+    headers = dict(record.headers)
+    assert headers.pop("ce_replayedat", None) is not None
+    return record.key, record.value, headers
+
+
+async def test_events_dead_lettered_for_want_of_a_schema_are_published_once_the_schema_exists(
+    bridge_process, start_bridge, kafka
+):
+    """The story: a release without a type's schema dead-letters it under enforce; the next release has the
+    schema; replay publishes exactly those events, once, in each organization's order, as written today."""
+    events = sample_events(12, start=NOW - timedelta(minutes=30), types=[NEW_TYPE, OLD_TYPE],
+                           organizations=ORGANIZATIONS)
+    old_release = bridge_process("serve", program=WITHOUT_SCHEMA, KAFKA_BOOTSTRAP_SERVERS=kafka.bootstrap, **STRICT)
+    await old_release.wait_for_readiness(200, timeout=60)
+    for envelope in events:
+        assert (await old_release.deliver(envelope, webhook_id=f"msg_{envelope['id']}"))[0] == 201
+    old_release.kill()
+    prefix = old_release.prefix
+    dead = [e for e in events if e["type"] == NEW_TYPE]
+    assert {r.header("webhook-id").decode() for r in await kafka.read_all(prefix + "deadletter")} == {
+        f"msg_{e['id']}" for e in dead
+    }
+    assert await kafka.read_all(prefix + NEW_TYPE) == []
+
+    run = ReplayCommand(kafka.bootstrap, prefix, **STRICT)("--since", "1h")
+
+    assert run.returncode == 0, run.stderr
+    assert run.summary == (
+        "read 6, selected 6, already in their topics 0, replayed 6, still dead 0, unverified 0, failed 0"
+    )
+    replayed = await kafka.read_all(prefix + NEW_TYPE)
+    assert sorted(event_ids(replayed)) == sorted(e["id"] for e in dead)
+    assert per_organization(replayed) == {
+        organization: [e["id"] for e in dead if organization_of(e) == organization]
+        for organization in ORGANIZATIONS
+        if any(organization_of(e) == organization for e in dead)
+    }
+    # What the webhook path writes today for the same deliveries, apart from the replay mark.
+    today = await start_bridge(**STRICT)
+    for envelope in dead:
+        assert (await today.deliver(envelope, webhook_id=f"msg_{envelope['id']}"))[0] == 201
+    written_today = {r.header("ce_id"): r for r in await kafka.read_all(today.topic(NEW_TYPE))}
+    for record in replayed:
+        key, value, headers = without_replay_mark(record)
+        reference = written_today[record.header("ce_id")]
+        assert (key, value, headers) == (reference.key, reference.value, dict(reference.headers))
+    # The dead letters stay where they were: replay reads, it does not move.
+    assert len(await kafka.read_all(prefix + "deadletter")) == len(dead)
+
+
+async def test_a_second_replay_publishes_nothing(bridge_process, kafka):
+    """Every event the first run published is found in its topic by the second, which writes nothing."""
+    events = sample_events(5, start=NOW - timedelta(minutes=20), types=[NEW_TYPE])
+    old_release = bridge_process("serve", program=WITHOUT_SCHEMA, KAFKA_BOOTSTRAP_SERVERS=kafka.bootstrap, **STRICT)
+    await old_release.wait_for_readiness(200, timeout=60)
+    for envelope in events:
+        assert (await old_release.deliver(envelope))[0] == 201
+    old_release.kill()
+    replay = ReplayCommand(kafka.bootstrap, old_release.prefix, **STRICT)
+    first = replay("--since", "1h")
+    assert first.summary.startswith("read 5, selected 5, already in their topics 0, replayed 5,"), first.stderr
+    before = await kafka.read_all(old_release.prefix + NEW_TYPE)
+
+    second = replay("--since", "1h")
+
+    assert second.returncode == 0, second.stderr
+    assert second.summary == (
+        "read 5, selected 5, already in their topics 5, replayed 0, still dead 0, unverified 0, failed 0"
+    )
+    assert await kafka.read_all(old_release.prefix + NEW_TYPE) == before
+
+
+async def test_a_dry_run_lists_exactly_what_the_real_run_then_writes(bridge_process, kafka):
+    events = sample_events(9, start=NOW - timedelta(minutes=20), types=[NEW_TYPE], organizations=ORGANIZATIONS)
+    old_release = bridge_process("serve", program=WITHOUT_SCHEMA, KAFKA_BOOTSTRAP_SERVERS=kafka.bootstrap, **STRICT)
+    await old_release.wait_for_readiness(200, timeout=60)
+    for envelope in events:
+        assert (await old_release.deliver(envelope))[0] == 201
+    old_release.kill()
+    replay = ReplayCommand(kafka.bootstrap, old_release.prefix, **STRICT)
+
+    dry = replay("--since", "1h", "--organization", "org_beta", "--dry-run")
+    real = replay("--since", "1h", "--organization", "org_beta")
+
+    assert dry.returncode == real.returncode == 0, dry.stderr + real.stderr
+    beta = [e for e in events if organization_of(e) == "org_beta"]
+    assert dry.summary == (
+        "dry run: read 9, selected 3, already in their topics 0, would replay 3, still dead 0, unverified 0"
+    )
+    assert real.summary.startswith("read 9, selected 3, already in their topics 0, replayed 3,")
+    written = await kafka.read_all(old_release.prefix + NEW_TYPE)
+    assert dry.lines == [
+        [r.header("ce_type").decode(), r.header("ce_id").decode(), r.topic, r.key.decode()]  # type: ignore[union-attr]
+        for r in written
+    ]
+    assert event_ids(written) == [e["id"] for e in beta]
+
+
+async def test_a_missing_topic_keeps_its_dead_letters_until_the_topic_is_created(bridge_process, kafka, unique):
+    """Topic creation off: the bridge dead-letters a type whose topic is missing; replay leaves them (saying
+    why) until an operator creates the topic, then publishes them."""
+    prefix = f"m{unique}."
+    no_creation = {"BRIDGE_CREATE_TOPICS": "false"}
+    await kafka.create_topic(prefix + "deadletter")
+    events = sample_events(4, start=NOW - timedelta(minutes=20), types=[OLD_TYPE])
+    bridge = bridge_process("serve", prefix=prefix, KAFKA_BOOTSTRAP_SERVERS=kafka.bootstrap, **no_creation)
+    await bridge.wait_for_readiness(200, timeout=60)
+    for envelope in events:
+        assert (await bridge.deliver(envelope))[0] == 201
+    bridge.kill()
+    replay = ReplayCommand(kafka.bootstrap, prefix, **no_creation)
+
+    too_soon = replay("--since", "1h", "--reason", "does not exist")
+
+    assert too_soon.returncode == 0, too_soon.stderr
+    assert too_soon.summary == (
+        "read 4, selected 4, already in their topics 0, replayed 0, still dead 4, unverified 0, failed 0"
+    )
+    assert "does not exist" in too_soon.stderr
+    assert prefix + OLD_TYPE not in await kafka.topics()
+    assert len(await kafka.read_all(prefix + "deadletter")) == 4  # not written again
+
+    await kafka.create_topic(prefix + OLD_TYPE, partitions=3)
+    after = replay("--since", "1h", "--reason", "does not exist")
+
+    assert after.returncode == 0, after.stderr
+    assert after.summary.startswith("read 4, selected 4, already in their topics 0, replayed 4, still dead 0,")
+    assert sorted(event_ids(await kafka.read_all(prefix + OLD_TYPE))) == sorted(e["id"] for e in events)
+
+
+async def test_forged_and_unverifiable_dead_letters_are_reported_and_never_published(kafka, unique):
+    """Write access to the dead-letter topic is not a way in: without a signature that verifies against the
+    webhook secrets, nothing is published, however well-formed the envelope."""
+    prefix = f"f{unique}."
+    forged, unsigned, recovered, genuine = sample_events(4, start=NOW - timedelta(minutes=10), types=[OLD_TYPE])
+    letters = []
+    wrong_secret = "whsec_" + "d3JvbmctYnV0LXdlbGwtZm9ybWVkLXNlY3JldC1ieXRlcw=="
+    for envelope, secret in ((forged, wrong_secret), (genuine, SECRET)):
+        body = body_of(envelope)
+        signed = signed_headers(secret, body)
+        headers = [(name, signed[name].encode()) for name in ("webhook-id", "webhook-timestamp", "webhook-signature")]
+        letters.append((body, [*headers, ("deadletter-reason", b"schema violation: /data: made up")]))
+    body = body_of(unsigned)
+    letters.append((body, [(n, v.encode()) for n, v in signed_headers(SECRET, body).items()
+                           if n in ("webhook-id", "webhook-timestamp")]))
+    letters.append((body_of(recovered), [("backfilled-at", b"2026-11-30T10:00:00Z")]))
+    await kafka.create_topic(prefix + "deadletter")
+    producer = AIOKafkaProducer(bootstrap_servers=kafka.bootstrap)
+    await producer.start()
+    try:
+        for value, headers in letters:
+            await producer.send_and_wait(prefix + "deadletter", value=value, key=b"k", headers=headers)
+    finally:
+        await producer.stop()
+
+    run = ReplayCommand(kafka.bootstrap, prefix)("--since", "1h")
+
+    assert run.returncode == 1
+    assert run.summary == (
+        "read 4, selected 4, already in their topics 0, replayed 1, still dead 0, unverified 3, failed 0"
+    )
+    assert f"(event {forged['id']}): no_matching_signature" in run.stderr
+    assert f"(event {unsigned['id']}): kept without its webhook-signature" in run.stderr
+    assert f"(event {recovered['id']}): written by backfill" in run.stderr
+    assert event_ids(await kafka.read_all(prefix + OLD_TYPE)) == [genuine["id"]]
+
+
+async def test_backfill_can_bring_back_what_replay_cannot_verify(kafka, unique):
+    """The backfill dead letters replay refuses are written again from Scalekit by backfill
+    --include-dead-lettered; without it, backfill counts them as already in Kafka."""
+    pytest.importorskip("grpc")
+    from tests.fake_scalekit import FakeScalekit
+
+    prefix = f"b{unique}."
+    (event,) = sample_events(1, start=NOW - timedelta(minutes=30), types=[OLD_TYPE])
+    scalekit = FakeScalekit(page_limit=7)
+    scalekit.start()
+    try:
+        scalekit.add(event)
+        await kafka.create_topic(prefix + "deadletter")
+        producer = AIOKafkaProducer(bootstrap_servers=kafka.bootstrap)
+        await producer.start()
+        try:
+            await producer.send_and_wait(
+                prefix + "deadletter", value=json.dumps(event).encode(), key=event["id"].encode(),
+                headers=[("backfilled-at", b"2026-11-30T10:00:00Z"), ("deadletter-reason", b"an old bug")],
+            )
+        finally:
+            await producer.stop()
+        env = {
+            **{k: v for k, v in os.environ.items() if not k.startswith(("SCALEKIT_", "BRIDGE_", "KAFKA_"))},
+            **scalekit.env(),
+            "KAFKA_BOOTSTRAP_SERVERS": kafka.bootstrap,
+            "BRIDGE_TOPIC_PREFIX": prefix,
+            "BRIDGE_DEADLETTER_TOPIC": prefix + "deadletter",
+            "BRIDGE_BACKFILL_STATE_TOPIC": prefix + "state",
+        }
+
+        def backfill(*args: str) -> str:
+            done = subprocess.run([sys.executable, "-m", "bridge", "backfill", "--since", "1h", *args], env=env,
+                                  capture_output=True, text=True, timeout=120, check=True)
+            return done.stdout.strip().splitlines()[-1]
+
+        assert backfill() == "fetched 1, already in Kafka 1, published 0, dead-lettered 0, failed 0, unreadable 0"
+        assert backfill("--include-dead-lettered") == (
+            "fetched 1, already in Kafka 0, published 1, dead-lettered 0, failed 0, unreadable 0"
+        )
+    finally:
+        scalekit.stop()
+    assert event_ids(await kafka.read_all(prefix + OLD_TYPE)) == [event["id"]]
