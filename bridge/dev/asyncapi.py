@@ -47,14 +47,25 @@ HEADERS: dict[str, str] = {
         "Present only on a record written by `scalekit-bridge backfill` from Scalekit's Events API "
         "(RFC 3339: when that run began); such a record has no `ce_webhookid`."
     ),
+    "ce_replayedat": (
+        "Present only on a record written by `scalekit-bridge replay` from a dead letter whose webhook "
+        "signature it verified again (RFC 3339: when that run began); beside the delivery's `ce_webhookid`."
+    ),
 }
 _REQUIRED_HEADERS = ["ce_specversion", "ce_id", "ce_type", "ce_source"]
-# Every record says how it reached the bridge: delivered by webhook, or recovered by a backfill.
+# Every record says how it reached the bridge: delivered by webhook (perhaps replayed later from its dead
+# letter), or recovered by a backfill.
 _PROVENANCE_HEADERS = ("ce_webhookid", "ce_backfilledat")
+_REPLAYED_HEADER = "ce_replayedat"
 
 DEADLETTER_HEADERS: dict[str, str] = {
     "webhook-id": "The delivery's `webhook-id` (also the record key); absent on a backfilled dead letter.",
     "webhook-timestamp": "The delivery's `webhook-timestamp` (Unix seconds); absent on a backfilled dead letter.",
+    "webhook-signature": (
+        "The `webhook-signature` entry that verified the delivery (`v1,<base64>`, an HMAC, not a secret), so "
+        "that `replay` can verify it again; absent on a backfilled dead letter and on one written before "
+        "dead letters kept it."
+    ),
     "backfilled-at": "Only on a dead letter written by `backfill` (RFC 3339: when that run began).",
     "deadletter-reason": "Why the delivery could not be published as an event.",
 }
@@ -98,7 +109,10 @@ def document(contract: Contract | None = None) -> dict[str, Any]:
                 "at least once: deduplicate on `ce_id`. Event types not documented when this bridge was built "
                 "are published to their own topic too, without `ce_dataschema`. Events that Scalekit stopped "
                 "retrying can be recovered from its Events API by `scalekit-bridge backfill`: such a record is "
-                "the one the webhook would have written, with `ce_backfilledat` in place of `ce_webhookid`."
+                "the one the webhook would have written, with `ce_backfilledat` in place of `ce_webhookid`. "
+                "Dead letters whose cause was fixed are published by `scalekit-bridge replay` once their webhook "
+                "signature verifies again: such a record is the one the webhook writes now, with `ce_replayedat` "
+                "beside `ce_webhookid`."
             ),
             "license": {"name": "Apache-2.0"},
         },
@@ -212,6 +226,8 @@ def _headers_schema() -> dict[str, Any]:
         "type": "object",
         "required": list(_REQUIRED_HEADERS),
         "oneOf": [{"required": [name]} for name in _PROVENANCE_HEADERS],
+        # Only a webhook delivery is replayed: a replayed record has ce_webhookid, never ce_backfilledat.
+        "dependencies": {_REPLAYED_HEADER: ["ce_webhookid"]},
         "properties": properties,
     }
 

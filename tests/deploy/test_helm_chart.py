@@ -28,7 +28,7 @@ import yaml
 from bridge import __version__
 from bridge.backfill import parse_moment
 from bridge.cli import command_line
-from bridge.config import BackfillSettings, Settings
+from bridge.config import BackfillSettings, ReplaySettings, Settings
 from bridge.contract import Contract
 from bridge.dev.samples import sample_types
 from tests import tools
@@ -97,8 +97,17 @@ def admin_service(docs: list[dict[str, Any]]) -> dict[str, Any]:
     return found
 
 
-def backfill_pod(docs: list[dict[str, Any]]) -> dict[str, Any]:
-    pod: dict[str, Any] = one(docs, "CronJob")["spec"]["jobTemplate"]["spec"]["template"]
+def cronjob(docs: list[dict[str, Any]], component: str = "backfill") -> dict[str, Any]:
+    """The backfill's CronJob, or the replay's (`component`)."""
+    (found,) = [
+        doc for doc in docs
+        if doc["kind"] == "CronJob" and doc["metadata"]["labels"]["app.kubernetes.io/component"] == component
+    ]
+    return found
+
+
+def backfill_pod(docs: list[dict[str, Any]], component: str = "backfill") -> dict[str, Any]:
+    pod: dict[str, Any] = cronjob(docs, component)["spec"]["jobTemplate"]["spec"]["template"]
     return pod
 
 
@@ -473,12 +482,12 @@ def test_the_alerts_that_fire_on_absence_watch_this_release_by_name(helm):
     groups = one(docs, "PrometheusRule")["spec"]["groups"]
     expressions = {rule["alert"]: rule["expr"] for group in groups for rule in group["rules"]}
     job = admin_service(docs)["metadata"]["name"]
-    cronjob = one(docs, "CronJob")["metadata"]["name"]
+    cronjob_name = cronjob(docs)["metadata"]["name"]
     assert f'absent(up{{job="{job}", namespace="prod"}})' in expressions["ScalekitBridgeDown"]
     backfill = expressions["ScalekitBridgeBackfillFailing"]
-    assert f'kube_cronjob_status_last_successful_time{{cronjob="{cronjob}", namespace="prod"}}' in backfill
-    assert f'job_name=~"{cronjob}-[0-9]+", namespace="prod"' in backfill
-    assert "scalekit-bridge-backfill\"" not in backfill.replace(cronjob, "")
+    assert f'kube_cronjob_status_last_successful_time{{cronjob="{cronjob_name}", namespace="prod"}}' in backfill
+    assert f'job_name=~"{cronjob_name}-[0-9]+", namespace="prod"' in backfill
+    assert "scalekit-bridge-backfill\"" not in backfill.replace(cronjob_name, "")
 
 
 def test_kafka_topics_are_kept_and_go_where_strimzi_watches(helm):
@@ -542,7 +551,7 @@ def test_the_backfill_environment_is_one_backfill_accepts_and_has_no_webhook_sec
 
 def test_the_backfill_runs_every_15_minutes_over_two_hours_never_twice_at_once(helm):
     docs = render(helm, "everything")
-    cron = one(docs, "CronJob")["spec"]
+    cron = cronjob(docs)["spec"]
     (job,) = backfill_pod(docs)["spec"]["containers"]
     assert cron["schedule"] == "*/15 * * * *"
     assert cron["concurrencyPolicy"] == "Forbid"
@@ -584,6 +593,51 @@ def test_the_backfill_has_room_for_a_documented_catch_up(helm):
     limit = job["resources"]["limits"]["memory"]
     assert limit.endswith("Mi")
     assert int(limit[:-2]) * 2**20 >= 100 * 2**20 + 60_000 * 7 * 1024
+
+
+# --- the replay CronJob ------------------------------------------------------------------------------
+
+
+def test_the_replay_never_runs_by_itself_and_is_off_by_default(helm):
+    assert [doc for doc in render(helm, "minimal") if doc["metadata"]["name"].endswith("-replay")] == []
+    cron = cronjob(render(helm, "everything"), "replay")
+    assert cron["spec"]["suspend"] is True
+    assert cron["spec"]["jobTemplate"]["spec"]["backoffLimit"] == 0
+
+
+@pytest.mark.parametrize("values", ["everything", "existing-secret-sasl"])
+def test_the_replay_environment_is_one_replay_accepts_with_the_bridges_secret(helm, values, tmp_path):
+    docs = render(helm, values, "--set", "replay.enabled=true")
+    pod = backfill_pod(docs, "replay")
+    (job,) = pod["spec"]["containers"]
+    outside = {
+        "scalekit-webhook": {"signing-secret": "whsec_" + base64.b64encode(b"k" * 32).decode()},
+        "kafka-credentials": {"username": "u", "password": "p"},
+    }
+    env = rendered_env(docs, tmp_path, outside, of=(pod["spec"], job))
+    settings = ReplaySettings.from_env(env)
+    bridge = Settings.from_env(rendered_env(docs, tmp_path, outside))  # the same mount paths, the same files
+    assert settings.signing_keys == bridge.signing_keys
+    assert (settings.topic_prefix, settings.deadletter_topic) == (bridge.topic_prefix, bridge.deadletter_topic)
+    assert settings.kafka == bridge.kafka
+    assert "SCALEKIT_CLIENT_SECRET_FILE" not in env
+
+
+def test_the_rendered_replay_command_is_one_the_cli_accepts(helm):
+    (job,) = backfill_pod(render(helm, "everything"), "replay")["spec"]["containers"]
+    assert job["command"][0] == "scalekit-bridge"
+    args = command_line().parse_args(job["command"][1:])
+    assert (args.command, args.since, args.reason) == ("replay", "48h", "does not exist")
+
+
+def test_the_replay_pod_is_hardened_like_the_bridge(helm):
+    docs = render(helm, "everything")
+    pod = backfill_pod(docs, "replay")["spec"]
+    (job,) = pod["containers"]
+    assert pod["securityContext"] == one(docs, "Deployment")["spec"]["template"]["spec"]["securityContext"]
+    assert job["securityContext"] == container(docs)["securityContext"]
+    assert (pod["automountServiceAccountToken"], pod["restartPolicy"]) == (False, "Never")
+    assert job["volumeMounts"] == container(docs)["volumeMounts"]
 
 
 def test_the_backfill_pod_is_hardened_like_the_bridge(helm):
@@ -681,8 +735,8 @@ def test_the_readme_names_the_cronjob_its_own_install_creates(helm):
     release, namespace = install.groups()
     done = run_helm(helm, "template", release, "-n", namespace, "-f", str(VALUES["everything"]))
     assert done.returncode == 0, done.stderr
-    cronjob = one([doc for doc in yaml.safe_load_all(done.stdout) if doc], "CronJob")["metadata"]["name"]
-    assert f"kubectl -n {namespace} create job --from=cronjob/{cronjob} backfill-now" in readme
+    cronjob_name = cronjob([doc for doc in yaml.safe_load_all(done.stdout) if doc])["metadata"]["name"]
+    assert f"kubectl -n {namespace} create job --from=cronjob/{cronjob_name} backfill-now" in readme
 
 
 # --- refusing bad values -----------------------------------------------------------------------------
@@ -702,6 +756,7 @@ def test_the_readme_names_the_cronjob_its_own_install_creates(helm):
         ("config.publishTimeoutSeconds=120", "at '/config/publishTimeoutSeconds': maximum: got 120, want 60"),
         ("backfill.since=yesterday", "at '/backfill/since'"),
         ("backfill.environmentUrl=http://acme.scalekit.example", "at '/backfill/environmentUrl'"),
+        ("replay.args[0]=--dry-run", "at '/replay/args'"),
     ],
 )
 def test_the_values_schema_refuses_a_bad_value_with_a_clear_message(helm, bad, message):

@@ -14,7 +14,7 @@ from bridge.config import Settings
 from bridge.contract import Contract
 from bridge.dev.asyncapi import DEADLETTER, DEADLETTER_HEADERS, HEADERS, document, render
 from bridge.dev.samples import sample, sample_types
-from bridge.envelope import Origin, Recovered, build_record, deadletter_message, partition_key
+from bridge.envelope import Origin, Recovered, Replayed, build_record, deadletter_message, partition_key
 from bridge.verify import VerifiedDelivery
 from tests import tools
 
@@ -38,13 +38,15 @@ def validator(pointer: str) -> jsonschema_rs.Validator:
 
 WEBHOOK = "webhook"
 BACKFILL = "backfill"
+REPLAY = "replay"
 
 
 def origin_of(envelope: dict[str, Any], how: str = WEBHOOK) -> Origin:
     body = json.dumps(envelope).encode()
     if how == BACKFILL:
         return Recovered(envelope.get("id", "evt_1"), body, "2026-11-27T03:00:00Z")
-    return VerifiedDelivery("msg_1", "1760000000", body)
+    delivery = VerifiedDelivery("msg_1", "1760000000", body, signature="v1,c2lnbmF0dXJl")
+    return Replayed(delivery, "2026-11-30T12:00:00Z") if how == REPLAY else delivery
 
 
 def record_of(event_type: str, how: str = WEBHOOK, **changes: Any):
@@ -91,7 +93,7 @@ def test_each_channel_has_one_send_operation_with_kafka_bindings():
         assert operation["action"] == "send"
 
 
-@pytest.mark.parametrize("how", [WEBHOOK, BACKFILL])
+@pytest.mark.parametrize("how", [WEBHOOK, BACKFILL, REPLAY])
 @pytest.mark.parametrize("event_type", sample_types())
 def test_the_headers_the_bridge_writes_match_the_documented_headers(event_type, how):
     message = record_of(event_type, how)
@@ -111,6 +113,8 @@ def test_a_record_must_say_how_it_reached_the_bridge_and_only_one_way():
     assert headers_schema.is_valid(headers)
     assert not headers_schema.is_valid(neither)
     assert not headers_schema.is_valid(headers | {"ce_backfilledat": "2026-11-27T03:00:00Z"})
+    backfilled = {name: value.decode() for name, value in record_of("role.created", BACKFILL).headers}
+    assert not headers_schema.is_valid(backfilled | {"ce_replayedat": "2026-11-30T12:00:00Z"})
 
 
 @pytest.mark.parametrize("event_type", sample_types())

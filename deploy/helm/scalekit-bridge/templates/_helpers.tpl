@@ -182,7 +182,19 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 app.kubernetes.io/component: backfill
 {{- end }}
 
-{{/* Egress rules shared by the bridge and the backfill: DNS, then the brokers. */}}
+{{/* The replay's pods: their own name label, for the same reason as the backfill's. */}}
+{{- define "scalekit-bridge.replaySelectorLabels" -}}
+app.kubernetes.io/name: {{ printf "%s-replay" (include "scalekit-bridge.name" .) | trunc 63 | trimSuffix "-" }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: replay
+{{- end }}
+
+{{/* The replay CronJob's name: at most 52 characters, as Kubernetes asks of CronJobs. */}}
+{{- define "scalekit-bridge.replayName" -}}
+{{- printf "%s-replay" (include "scalekit-bridge.fullname" .) | trunc 52 | trimSuffix "-" }}
+{{- end }}
+
+{{/* Egress rules shared by the bridge, the backfill and the replay: DNS, then the brokers. */}}
 {{- define "scalekit-bridge.egressToKafka" -}}
 # DNS, to resolve the brokers.
 - ports:
