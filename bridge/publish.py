@@ -97,7 +97,7 @@ class _Translated(AbstractContextManager[None]):
         if isinstance(exc, TimeoutError):
             raise PublishFailed(f"no broker acknowledgement within {self._timeout:g}s") from None
         if isinstance(exc, _PERMANENT):
-            raise RecordRejected(f"Kafka refused the record: {type(exc).__name__}") from exc
+            raise RecordRejected(f"the broker refused it for good ({type(exc).__name__})") from exc
         if isinstance(exc, KafkaError):
             raise PublishFailed(f"Kafka refused the write: {type(exc).__name__}") from exc
         # The client's own bugs must still end in an answer.

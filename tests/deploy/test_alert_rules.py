@@ -22,7 +22,15 @@ PROMETHEUS = Path(__file__).resolve().parents[2] / "deploy" / "prometheus"
 RULES = PROMETHEUS / "scalekit-bridge-rules.yaml"
 RULE_TESTS = PROMETHEUS / "scalekit-bridge-rules.test.yaml"
 DASHBOARD = PROMETHEUS.parent / "grafana" / "scalekit-bridge-dashboard.json"
+RUNBOOKS = PROMETHEUS.parents[1] / "docs" / "runbooks.md"
+CHART_VALUES = PROMETHEUS.parent / "helm" / "scalekit-bridge" / "values.yaml"
 LABEL = re.compile(r"\{\{\s*\$labels\.(\w+)\s*\}\}")
+
+
+def runbook_url(alert: str) -> str:
+    """Where an alert's runbook is: the chart's default base, then the alert's section of docs/runbooks.md."""
+    base = yaml.safe_load(CHART_VALUES.read_text())["prometheusRule"]["runbookBaseUrl"]
+    return f"{base}#{alert.lower()}"
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +51,8 @@ def seconds(duration: str) -> int:
 def with_annotations(cases: dict[str, Any]) -> dict[str, Any]:
     """The rule tests, each expected alert given its rule's annotations as Prometheus renders them.
 
-    A label the alert does not carry renders empty, as in Prometheus.
+    A label the alert does not carry renders empty, as in Prometheus. The runbook_url is not copied: it is
+    the one the alert's name calls for, so promtool fails an alert whose link is wrong or missing.
     """
     rules = alerts()
     for test in cases["tests"]:
@@ -54,7 +63,7 @@ def with_annotations(cases: dict[str, Any]) -> dict[str, Any]:
                 expected["exp_annotations"] = {
                     name: LABEL.sub(lambda m, labels=labels: str(labels.get(m.group(1), "")), text)
                     for name, text in annotations.items()
-                }
+                } | {"runbook_url": runbook_url(check["alertname"])}
     return cases
 
 
@@ -96,6 +105,57 @@ def test_the_rule_tests_fail_when_an_expectation_is_wrong(promtool, tmp_path):
     done = run_rule_tests(promtool, cases, tmp_path)
     assert done.returncode != 0
     assert firing["alertname"] in done.stdout + done.stderr
+
+
+def test_the_rule_tests_fail_when_a_runbook_link_is_wrong(promtool, tmp_path):
+    cases = with_annotations(yaml.safe_load(RULE_TESTS.read_text()))
+    firing = next(check for check in checks(cases) if check["exp_alerts"])
+    firing["exp_alerts"][0]["exp_annotations"]["runbook_url"] = runbook_url("ScalekitBridgeSomethingElse")
+    done = run_rule_tests(promtool, cases, tmp_path)
+    assert done.returncode != 0
+    assert "runbook_url" in done.stdout + done.stderr
+
+
+def runbook_sections() -> dict[str, str]:
+    """docs/runbooks.md's sections by their `## ` heading."""
+    sections: dict[str, str] = {}
+    heading = None
+    for line in RUNBOOKS.read_text().splitlines():
+        if line.startswith("## "):
+            heading = line[3:].strip()
+            sections[heading] = ""
+        elif heading is not None:
+            sections[heading] += line + "\n"
+    return sections
+
+
+def test_every_alert_has_a_runbook_that_says_what_it_means_how_to_confirm_and_how_to_fix():
+    sections = runbook_sections()
+    assert set(sections) == set(alerts()), "one runbook section per alert, and none for an alert that is gone"
+    for name, text in sections.items():
+        for part in ("**What it means.**", "**How to confirm.**", "**How to fix.**"):
+            assert part in text, f"{name}: no {part}"
+        assert "`" in text.split("**How to confirm.**")[1].split("**How to fix.**")[0], f"{name}: nothing to run"
+
+
+def test_every_alert_links_its_own_runbook_section():
+    for name, rule in alerts().items():
+        assert rule["annotations"]["runbook_url"] == runbook_url(name)
+
+
+def test_the_runbooks_links_to_each_other_land_on_a_section():
+    anchors = {heading.lower() for heading in runbook_sections()}
+    links = re.findall(r"\]\(#([^)]+)\)", RUNBOOKS.read_text())
+    assert links
+    assert set(links) <= anchors
+
+
+def test_the_runbooks_name_replay_and_backfill_where_they_are_the_fix():
+    sections = runbook_sections()
+    assert "scalekit-bridge replay" in sections["ScalekitBridgeDeadLetters"]
+    assert "replay" in sections["ScalekitBridgeInternalError"]
+    for name in ("ScalekitBridgeAllInstancesNotReady", "ScalekitBridgeHigh503Ratio", "ScalekitBridgeBackfillFailing"):
+        assert "backfill" in sections[name]
 
 
 def check_rules(promtool: Path, expressions: list[str], workdir: Path) -> subprocess.CompletedProcess[str]:

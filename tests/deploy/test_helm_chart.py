@@ -490,6 +490,15 @@ def test_the_alerts_that_fire_on_absence_watch_this_release_by_name(helm):
     assert "scalekit-bridge-backfill\"" not in backfill.replace(cronjob_name, "")
 
 
+def test_every_runbook_link_can_point_at_the_operators_own_copy(helm):
+    base = "https://wiki.example.com/sre/scalekit-bridge-runbooks"
+    docs = render(helm, "everything", "--set", f"prometheusRule.runbookBaseUrl={base}")
+    rules = [rule for group in one(docs, "PrometheusRule")["spec"]["groups"] for rule in group["rules"]]
+    assert rules
+    for rule in rules:
+        assert rule["annotations"]["runbook_url"] == f"{base}#{rule['alert'].lower()}"
+
+
 def test_kafka_topics_are_kept_and_go_where_strimzi_watches(helm):
     """Uninstalling, turning kafkaTopics off or renaming the prefix must never let Strimzi delete a topic."""
     topics = [doc for doc in render(helm, "everything") if doc["kind"] == "KafkaTopic"]
