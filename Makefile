@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: run test unit lint chart-docs bench bench-cpu bench-backfill kafka asyncapi clean fuzz soak
+.PHONY: run test unit lint chart-docs bench bench-cpu bench-backfill bench-replay kafka asyncapi clean fuzz soak
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -50,6 +50,10 @@ bench-cpu: $(VENV)/.installed
 # Two backfill runs over 5,000 events from a local Scalekit: everything missing, then nothing.
 bench-backfill: $(VENV)/.installed
 	$(BIN)/python bench/backfill.py
+
+# Two replay runs over 5,000 signed dead letters: everything to publish, then nothing left.
+bench-replay: $(VENV)/.installed
+	$(BIN)/python bench/replay.py
 
 # schemas/asyncapi.yaml is generated; a test fails when it is out of date.
 asyncapi: $(VENV)/.installed

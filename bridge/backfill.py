@@ -14,7 +14,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import re
 import signal
 import sys
 import time
@@ -32,11 +31,10 @@ from bridge.errors import ApiError, MalformedDelivery, PublishFailed
 from bridge.eventsapi import EventQuery, EventsApi, Page, occurred_at
 from bridge.pipeline import Plan, Sent, Writer
 from bridge.publish import KafkaPublisher, event_ids_since, latest_value, put_value
+from bridge.window import parse_time
 
 log = logging.getLogger(__name__)
 
-_DURATION = re.compile(r"(\d+)([smhdw])")
-_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
 # Records handed to the producer and not yet acknowledged: enough to fill batches, few to wait for.
 IN_FLIGHT = 512
 # How often a run that is not at a terminal says how far it got.
@@ -94,32 +92,6 @@ class Tally:
             f"fetched {self.fetched}, already in Kafka {self.present}, published {self.published}, "
             f"dead-lettered {self.deadlettered}, failed {len(self.failed)}, unreadable {len(self.unreadable)}"
         )
-
-
-def parse_moment(text: str, now: datetime) -> datetime:
-    """A window bound: an RFC 3339 time, or a duration back from `now` (90m, 2h, 3d, 1w); raises ValueError."""
-    if _DURATION.fullmatch(text.strip()) is not None:
-        return now - parse_duration(text)
-    return _parse_time(text)
-
-
-def parse_duration(text: str) -> timedelta:
-    """90m, 2h, 3d, 1w; raises ValueError."""
-    duration = _DURATION.fullmatch(text.strip())
-    if duration is None:
-        raise ValueError(f"{text!r} is not a duration such as 90m, 2h or 7d")
-    return timedelta(**{_UNITS[duration[2]]: int(duration[1])})
-
-
-def _parse_time(text: str) -> datetime:
-    """An RFC 3339 time with a zone (`Z` or an offset); raises ValueError."""
-    try:
-        moment = datetime.fromisoformat(text.strip())
-    except ValueError:
-        raise ValueError(f"{text!r} is neither an RFC 3339 time nor a duration such as 90m, 2h or 3d") from None
-    if moment.tzinfo is None:
-        raise ValueError(f"{text!r} has no time zone; add Z or an offset such as +02:00")
-    return moment.astimezone(UTC)
 
 
 class Progress:
@@ -198,7 +170,7 @@ async def _recorded_end(settings: BackfillSettings, key: bytes) -> datetime | No
     if value is None:
         return None
     try:
-        return _parse_time(json.loads(value)["until"])
+        return parse_time(json.loads(value)["until"])
     except (ValueError, KeyError, TypeError):
         log.warning(
             "the recorded window end cannot be read; using --since", extra={"topic": settings.backfill_state_topic}

@@ -161,6 +161,7 @@ def _backfill(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     from bridge import backfill, logs
     from bridge.config import BackfillSettings
     from bridge.eventsapi import EventQuery
+    from bridge.window import parse_duration, parse_moment
 
     now = datetime.now(UTC)
     if args.since is None and not args.resume:
@@ -168,11 +169,11 @@ def _backfill(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     if args.resume and args.organization:
         parser.error("--resume covers whole environments; --organization runs record no window end to resume from")
     try:
-        end = backfill.parse_moment(args.until, now) if args.until else now
-        lookback = backfill.parse_duration(args.max_lookback)
+        end = parse_moment(args.until, now) if args.until else now
+        lookback = parse_duration(args.max_lookback)
         if not lookback:
             raise ValueError("--max-lookback must be longer than 0")
-        start = backfill.parse_moment(args.since, now) if args.since else end - lookback
+        start = parse_moment(args.since, now) if args.since else end - lookback
     except ValueError as exc:
         parser.error(str(exc))
     if start >= end:
@@ -198,8 +199,8 @@ def _replay(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     from datetime import datetime
 
     from bridge import logs, replay
-    from bridge.backfill import parse_moment
     from bridge.config import ReplaySettings
+    from bridge.window import parse_moment
 
     now = datetime.now(UTC)
     try:

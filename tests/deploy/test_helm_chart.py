@@ -26,11 +26,11 @@ import trustme
 import yaml
 
 from bridge import __version__
-from bridge.backfill import parse_moment
 from bridge.cli import command_line
 from bridge.config import BackfillSettings, ReplaySettings, Settings
 from bridge.contract import Contract
 from bridge.dev.samples import sample_types
+from bridge.window import parse_moment
 from tests import tools
 
 ROOT = Path(__file__).resolve().parents[2]

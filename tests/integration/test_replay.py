@@ -90,7 +90,7 @@ async def test_events_dead_lettered_for_want_of_a_schema_are_published_once_the_
 ):
     """The story: a release without a type's schema dead-letters it under enforce; the next release has the
     schema; replay publishes exactly those events, once, in each organization's order, as written today."""
-    events = sample_events(12, start=NOW - timedelta(minutes=30), types=[NEW_TYPE, OLD_TYPE],
+    events = sample_events(24, start=NOW - timedelta(minutes=30), types=[NEW_TYPE, OLD_TYPE],
                            organizations=ORGANIZATIONS)
     old_release = bridge_process("serve", program=WITHOUT_SCHEMA, KAFKA_BOOTSTRAP_SERVERS=kafka.bootstrap, **STRICT)
     await old_release.wait_for_readiness(200, timeout=60)
@@ -108,7 +108,7 @@ async def test_events_dead_lettered_for_want_of_a_schema_are_published_once_the_
 
     assert run.returncode == 0, run.stderr
     assert run.summary == (
-        "read 6, selected 6, already in their topics 0, replayed 6, still dead 0, unverified 0, failed 0"
+        "read 12, selected 12, already in their topics 0, replayed 12, still dead 0, unverified 0, failed 0"
     )
     replayed = await kafka.read_all(prefix + NEW_TYPE)
     assert sorted(event_ids(replayed)) == sorted(e["id"] for e in dead)
