@@ -16,7 +16,6 @@ import json
 import logging
 import signal
 import sys
-import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
@@ -30,6 +29,7 @@ from bridge.envelope import Recovered, organization_of, topic_for
 from bridge.errors import ApiError, MalformedDelivery, PublishFailed
 from bridge.eventsapi import EventQuery, EventsApi, Page, occurred_at
 from bridge.pipeline import Plan, Sent, Writer
+from bridge.progress import Progress
 from bridge.publish import KafkaPublisher, event_ids_since, latest_value, put_value
 from bridge.window import parse_time
 
@@ -37,8 +37,6 @@ log = logging.getLogger(__name__)
 
 # Records handed to the producer and not yet acknowledged: enough to fill batches, few to wait for.
 IN_FLIGHT = 512
-# How often a run that is not at a terminal says how far it got.
-PROGRESS_EVERY_SECONDS = 5.0
 # After SIGTERM (the Job's deadline, a deleted pod): how long records in flight may still be acknowledged,
 # so that what was not is named well inside Kubernetes' 30 s termination grace.
 STOPPING_GRACE_SECONDS = 5.0
@@ -92,33 +90,6 @@ class Tally:
             f"fetched {self.fetched}, already in Kafka {self.present}, published {self.published}, "
             f"dead-lettered {self.deadlettered}, failed {len(self.failed)}, unreadable {len(self.unreadable)}"
         )
-
-
-class Progress:
-    """Says how far a run got: a bar at a terminal, a log line every few seconds otherwise."""
-
-    def __init__(self, stream: TextIO) -> None:
-        self._stream = stream
-        self._terminal = stream.isatty()
-        self._said = 0.0
-
-    def update(self, phase: str, done: int, total: int | None = None, *, final: bool = False) -> None:
-        if self._terminal:
-            self._draw(phase, done, total, final)
-            return
-        now = time.monotonic()
-        if final or now - self._said >= PROGRESS_EVERY_SECONDS:
-            self._said = now
-            log.info("backfill %s", phase, extra={"progress": {"phase": phase, "done": done, "total": total}})
-
-    def _draw(self, phase: str, done: int, total: int | None, final: bool) -> None:
-        if total:
-            filled = 30 * done // total
-            line = f"{phase:<10} [{'#' * filled}{'.' * (30 - filled)}] {done}/{total}"
-        else:
-            line = f"{phase:<10} {done}"
-        self._stream.write("\r" + line + ("\n" if final else ""))
-        self._stream.flush()
 
 
 async def backfill(settings: BackfillSettings, request: Request, progress: Progress, out: TextIO) -> Tally:

@@ -37,6 +37,7 @@ from bridge.envelope import (
 )
 from bridge.errors import MalformedDelivery, PublishFailed, RecordRejected, VerificationFailed
 from bridge.pipeline import Plan, Writer
+from bridge.progress import Progress
 from bridge.publish import KafkaPublisher, event_ids_since, records_since
 from bridge.verify import VerifiedDelivery, Verifier
 
@@ -138,12 +139,13 @@ class _Planned:
     plan: Plan
 
 
-async def replay(settings: ReplaySettings, request: Request, out: TextIO) -> Tally:
+async def replay(settings: ReplaySettings, request: Request, progress: Progress, out: TextIO) -> Tally:
     """Run once; raises PublishFailed (nothing written) when Kafka cannot be read or written."""
     replayed_at = datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
     selection = request.selection
     tally = Tally(dry_run=request.dry_run)
     letters = await _read_letters(settings, selection, tally)
+    progress.update("read", tally.read, final=True)
     verifier = Verifier(settings.signing_keys, settings.timestamp_tolerance)
     publisher = KafkaPublisher(
         settings.kafka, timeout=settings.publish_timeout, max_record_bytes=settings.max_body_bytes
@@ -162,9 +164,10 @@ async def replay(settings: ReplaySettings, request: Request, out: TextIO) -> Tal
 
     margin = timedelta(seconds=settings.timestamp_tolerance)
     topics = {planned.plan.message.topic for planned in routable}
-    present, _ = await event_ids_since(
+    present, scanned = await event_ids_since(
         settings.kafka, topics.__contains__, _ms(selection.start - margin), timeout=settings.publish_timeout
     )
+    progress.update("scanned", scanned, final=True)
     missing = [planned for planned in routable if planned.plan.receipt.event_id not in present]
     tally.present = len(routable) - len(missing)
     if request.dry_run:
@@ -175,7 +178,7 @@ async def replay(settings: ReplaySettings, request: Request, out: TextIO) -> Tal
     if missing:
         await publisher.start()
         try:
-            await _publish(writer, publisher, missing, tally)
+            await _publish(writer, publisher, missing, tally, progress)
         finally:
             await publisher.stop()
     return tally
@@ -260,7 +263,9 @@ def _verify(letter: _Letter, verifier: Verifier) -> tuple[VerifiedDelivery | Non
         return None, f"{exc.code}: {exc.detail}"
 
 
-async def _publish(writer: Writer, sender: Sender, missing: list[_Planned], tally: Tally) -> None:
+async def _publish(
+    writer: Writer, sender: Sender, missing: list[_Planned], tally: Tally, progress: Progress | None = None
+) -> None:
     """Hand the records over oldest first, up to IN_FLIGHT awaiting their acks, as backfill does.
 
     Records sent in order reach each partition in order, so an organization's events keep their order
@@ -296,6 +301,8 @@ async def _publish(writer: Writer, sender: Sender, missing: list[_Planned], tall
         writer.record(planned.plan.receipt.acknowledged(ack), started)
         settled.add(_event_id(planned))
         tally.replayed += 1
+        if progress is not None:
+            progress.update("publishing", tally.replayed, len(missing))
         if planned.plan.message.key in failed_keys:
             tally.out_of_order.append(_event_id(planned))
 
@@ -317,6 +324,8 @@ async def _publish(writer: Writer, sender: Sender, missing: list[_Planned], tall
     while waiting:
         await settle_oldest()
     tally.failed = [_event_id(planned) for planned in missing if _event_id(planned) not in settled]
+    if progress is not None:
+        progress.update("published", tally.replayed, len(missing), final=True)
 
 
 def _show(planned: _Planned, out: TextIO, dry_run: bool) -> None:
@@ -359,10 +368,11 @@ def _ms(moment: datetime) -> int:
 def main(settings: ReplaySettings, request: Request) -> int:
     """Run and report; 0 when every selected dead letter was replayed, skipped or stays one for a reason
     shown, 1 when one did not verify or could not be written."""
+    # One line per event would drown the progress; the summary and what went wrong say what matters.
     if settings.log_level != "DEBUG":
         logging.getLogger("bridge.delivery").setLevel(logging.WARNING)
     try:
-        tally = asyncio.run(replay(settings, request, sys.stdout))
+        tally = asyncio.run(replay(settings, request, Progress(sys.stderr, "replay"), sys.stdout))
     except PublishFailed as exc:
         print(f"scalekit-bridge replay: {exc}; nothing was written", file=sys.stderr)
         return 1

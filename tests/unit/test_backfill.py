@@ -12,7 +12,7 @@ import pytest
 from scalekit.common.exceptions import ScalekitServerException
 from scalekit.v1.events.events_pb2 import ScalekitEvent
 
-from bridge.backfill import Progress, Tally
+from bridge.backfill import Tally
 from bridge.config import BackfillSettings
 from bridge.dev.samples import sample, sample_types
 from bridge.envelope import (
@@ -27,6 +27,7 @@ from bridge.envelope import (
 )
 from bridge.errors import ConfigError
 from bridge.eventsapi import EventQuery, _page, _translate, envelope_of
+from bridge.progress import Progress
 from bridge.window import parse_moment
 
 NOW = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)

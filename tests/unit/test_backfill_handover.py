@@ -9,9 +9,10 @@ import time
 
 import pytest
 
-from bridge.backfill import Progress, Tally, _item, _publish
+from bridge.backfill import Tally, _item, _publish
 from bridge.dev.samples import sample
 from bridge.errors import PublishFailed
+from bridge.progress import Progress
 from bridge.publish import _KafkaPending, _Translated
 from tests.fakes import RecordingProducer, writer_for
 
