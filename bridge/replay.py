@@ -87,7 +87,7 @@ class Tally:
 
     dry_run: bool = False
     read: int = 0  # dead letters written in the window
-    selected: int = 0  # of those, the ones the filters took, each event once
+    selected: int = 0  # of those, the ones the filters took (a verified event once, however often dead-lettered)
     present: int = 0  # already in their topics: skipped
     replayed: int = 0
     still_dead: list[str] = field(default_factory=list)  # "<event id>: <current reason>"
@@ -185,8 +185,8 @@ async def replay(settings: ReplaySettings, request: Request, progress: Progress,
 
 
 async def _read_letters(settings: ReplaySettings, selection: Selection, tally: Tally) -> list[_Letter]:
-    """The window's dead letters that the filters take (each event once, its oldest dead letter)."""
-    taken: dict[str, _Letter] = {}
+    """The window's dead letters that the filters take, oldest event first."""
+    taken: list[_Letter] = []
     end_ms = _ms(selection.end)
 
     def keep(record: StoredRecord) -> None:
@@ -195,16 +195,14 @@ async def _read_letters(settings: ReplaySettings, selection: Selection, tally: T
         tally.read += 1
         letter = _letter(record)
         if _taken(letter, selection):
-            # An event dead-lettered twice (a redelivery, a backfill) is replayed once.
-            taken.setdefault(letter.event_id or f"{record.partition}@{record.offset}", letter)
+            taken.append(letter)
 
     await records_since(
         settings.kafka, settings.deadletter_topic, _ms(selection.start), keep, timeout=settings.publish_timeout
     )
-    tally.selected = len(taken)
     return sorted(
-        taken.values(), key=lambda letter: (letter.moment, letter.record.timestamp_ms, letter.record.partition,
-                                            letter.record.offset)
+        taken, key=lambda letter: (letter.moment, letter.record.timestamp_ms, letter.record.partition,
+                                   letter.record.offset)
     )
 
 
@@ -234,12 +232,14 @@ def _taken(letter: _Letter, selection: Selection) -> bool:
 def _verified(
     letters: list[_Letter], verifier: Verifier, tally: Tally
 ) -> list[tuple[_Letter, VerifiedDelivery]]:
-    """The letters whose kept signature verifies against today's secrets; the rest are reported, never used."""
-    verified = []
+    """The letters whose kept signature verifies against today's secrets, each event once (its oldest
+    verified dead letter: a forged copy cannot shadow the genuine one); the rest are reported, never used."""
+    verified: dict[str, tuple[_Letter, VerifiedDelivery]] = {}
     for letter in letters:
         delivery, why = _verify(letter, verifier)
         if delivery is not None:
-            verified.append((letter, delivery))
+            # An event dead-lettered twice (a redelivery, a backfill run) is replayed once.
+            verified.setdefault(letter.event_id or f"webhook {delivery.webhook_id}", (letter, delivery))
             continue
         shown = f" (event {_quoted(letter.event_id)})" if letter.event_id else ""
         tally.unverified.append(f"{letter.where}{shown}: {why}")
@@ -247,7 +247,8 @@ def _verified(
             "a dead letter does not verify; it is not published",
             extra={"partition": letter.record.partition, "offset": letter.record.offset},
         )
-    return verified
+    tally.selected = len(verified) + len(tally.unverified)
+    return list(verified.values())
 
 
 def _verify(letter: _Letter, verifier: Verifier) -> tuple[VerifiedDelivery | None, str]:

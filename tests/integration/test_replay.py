@@ -217,7 +217,8 @@ async def test_forged_and_unverifiable_dead_letters_are_reported_and_never_publi
     forged, unsigned, recovered, genuine = sample_events(4, start=NOW - timedelta(minutes=10), types=[OLD_TYPE])
     letters = []
     wrong_secret = "whsec_" + "d3JvbmctYnV0LXdlbGwtZm9ybWVkLXNlY3JldC1ieXRlcw=="
-    for envelope, secret in ((forged, wrong_secret), (genuine, SECRET)):
+    # A forged copy of the genuine event, written first, must not shadow it; a second genuine copy counts once.
+    for envelope, secret in ((forged, wrong_secret), (genuine, wrong_secret), (genuine, SECRET), (genuine, SECRET)):
         body = body_of(envelope)
         signed = signed_headers(secret, body)
         headers = [(name, signed[name].encode()) for name in ("webhook-id", "webhook-timestamp", "webhook-signature")]
@@ -239,8 +240,9 @@ async def test_forged_and_unverifiable_dead_letters_are_reported_and_never_publi
 
     assert run.returncode == 1
     assert run.summary == (
-        "read 4, selected 4, already in their topics 0, replayed 1, still dead 0, unverified 3, failed 0"
+        "read 6, selected 5, already in their topics 0, replayed 1, still dead 0, unverified 4, failed 0"
     )
+    assert f"(event {genuine['id']}): no_matching_signature" in run.stderr
     assert f"(event {forged['id']}): no_matching_signature" in run.stderr
     assert f"(event {unsigned['id']}): kept without its webhook-signature" in run.stderr
     assert f"(event {recovered['id']}): written by backfill" in run.stderr
