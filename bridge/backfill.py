@@ -14,7 +14,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import signal
 import sys
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -29,7 +28,7 @@ from bridge.envelope import Recovered, organization_of, topic_for
 from bridge.errors import ApiError, MalformedDelivery, PublishFailed
 from bridge.eventsapi import EventQuery, EventsApi, Page, occurred_at
 from bridge.pipeline import Plan, Sent, Writer
-from bridge.progress import Progress
+from bridge.progress import Progress, stop_within, stopped_by_sigterm
 from bridge.publish import KafkaPublisher, event_ids_since, latest_value, put_value
 from bridge.window import parse_time
 
@@ -195,37 +194,13 @@ async def _backfill(settings: BackfillSettings, request: Request, progress: Prog
         await publisher.start()
         progress.update("connected", 0, len(missing), final=True)
         stopping = asyncio.Event()
-        with _stopped_by_sigterm(stopping):
+        with stopped_by_sigterm(stopping):
             try:
                 await _publish(writer, publisher, [_item(event, backfilled_at) for event in missing],
                                progress, tally, stopping)
             finally:
-                await _stop(publisher, STOPPING_GRACE_SECONDS if stopping.is_set() else settings.publish_timeout)
+                await stop_within(publisher, STOPPING_GRACE_SECONDS if stopping.is_set() else settings.publish_timeout)
     return tally
-
-
-async def _stop(publisher: KafkaPublisher, timeout: float) -> None:
-    """Close the producer, within `timeout`: a stalled broker must not keep the run (and its report) waiting."""
-    try:
-        async with asyncio.timeout(timeout):
-            await publisher.stop()
-    except TimeoutError:
-        log.warning("the producer did not close within %gs; what it still held is reported as not written", timeout)
-
-
-@contextlib.contextmanager
-def _stopped_by_sigterm(stopping: asyncio.Event) -> Iterator[None]:
-    """SIGTERM (the Job's deadline, a deleted pod) stops the hand-over; the run then reports and exits."""
-    loop = asyncio.get_running_loop()
-    try:
-        loop.add_signal_handler(signal.SIGTERM, stopping.set)
-    except (NotImplementedError, RuntimeError):  # not the main thread (tests), or no signals here
-        yield
-        return
-    try:
-        yield
-    finally:
-        loop.remove_signal_handler(signal.SIGTERM)
 
 
 async def _fetch_missing(

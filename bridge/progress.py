@@ -1,10 +1,17 @@
-"""How far a recovery run (backfill, replay) got: a bar at a terminal, a log line every few seconds otherwise."""
+"""What a recovery run (backfill, replay) shares: how it says how far it got (a bar at a terminal, a log line
+every few seconds otherwise), and how it stops in time (SIGTERM, a producer that will not close)."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
+import signal
 import time
-from typing import TextIO
+from collections.abc import Iterator
+from typing import Protocol, TextIO
+
+log = logging.getLogger(__name__)
 
 # How often a run that is not at a terminal says how far it got.
 PROGRESS_EVERY_SECONDS = 5.0
@@ -39,3 +46,32 @@ class Progress:
             line = f"{phase:<10} {done}"
         self._stream.write("\r" + line + ("\n" if final else ""))
         self._stream.flush()
+
+
+class Stoppable(Protocol):
+    async def stop(self) -> None: ...
+
+
+async def stop_within(producer: Stoppable, timeout: float) -> None:
+    """Close the producer within `timeout`: a stalled broker must not keep the run, and its report, waiting."""
+    try:
+        async with asyncio.timeout(timeout):
+            await producer.stop()
+    except TimeoutError:
+        log.warning("the producer did not close within %gs; what it still held is reported as not written", timeout)
+
+
+@contextlib.contextmanager
+def stopped_by_sigterm(stopping: asyncio.Event) -> Iterator[None]:
+    """SIGTERM (the Job's deadline, a deleted pod) sets `stopping`: the run stops handing records over,
+    reports and exits."""
+    loop = asyncio.get_running_loop()
+    try:
+        loop.add_signal_handler(signal.SIGTERM, stopping.set)
+    except (NotImplementedError, RuntimeError):  # not the main thread (tests), or no signals here
+        yield
+        return
+    try:
+        yield
+    finally:
+        loop.remove_signal_handler(signal.SIGTERM)

@@ -37,7 +37,7 @@ from bridge.envelope import (
 )
 from bridge.errors import MalformedDelivery, PublishFailed, RecordRejected, VerificationFailed
 from bridge.pipeline import Plan, Writer
-from bridge.progress import Progress
+from bridge.progress import Progress, stop_within, stopped_by_sigterm
 from bridge.publish import KafkaPublisher, event_ids_since, records_since
 from bridge.verify import VerifiedDelivery, Verifier
 
@@ -177,10 +177,12 @@ async def replay(settings: ReplaySettings, request: Request, progress: Progress,
         return tally
     if missing:
         await publisher.start()
-        try:
-            await _publish(writer, publisher, missing, tally, progress)
-        finally:
-            await publisher.stop()
+        stopping = asyncio.Event()
+        with stopped_by_sigterm(stopping):
+            try:
+                await _publish(writer, publisher, missing, tally, progress, stopping)
+            finally:
+                await stop_within(publisher, settings.publish_timeout)
     return tally
 
 
@@ -265,14 +267,20 @@ def _verify(letter: _Letter, verifier: Verifier) -> tuple[VerifiedDelivery | Non
 
 
 async def _publish(
-    writer: Writer, sender: Sender, missing: list[_Planned], tally: Tally, progress: Progress | None = None
+    writer: Writer,
+    sender: Sender,
+    missing: list[_Planned],
+    tally: Tally,
+    progress: Progress | None = None,
+    stopping: asyncio.Event | None = None,
 ) -> None:
     """Hand the records over oldest first, up to IN_FLIGHT awaiting their acks, as backfill does.
 
     Records sent in order reach each partition in order, so an organization's events keep their order
     while all goes well. A record Kafka refuses for good stays a dead letter (it is not written, so nothing
-    after it is out of order). The first failure stops the hand-over; records already handed over are still
-    waited for, and those acknowledged after an earlier event of their key failed are named.
+    after it is out of order). The first failure, or SIGTERM (`stopping`), stops the hand-over; records
+    already handed over are still waited for, each at most the publish timeout from its hand-over, and
+    those acknowledged after an earlier event of their key failed are named.
     """
     waiting: deque[tuple[_Planned, Pending, float]] = deque()
     settled: set[str] = set()
@@ -311,6 +319,9 @@ async def _publish(
         if len(waiting) >= IN_FLIGHT:
             await settle_oldest()
         if failures:
+            break
+        if stopping is not None and stopping.is_set():
+            log.warning("stopping (SIGTERM): no more records are handed over; waiting for those in flight")
             break
         try:
             pending = await sender.send(planned.plan.message)

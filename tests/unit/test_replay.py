@@ -4,6 +4,7 @@ proven in tests/integration/test_replay.py."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 from bridge.core import StoredRecord
@@ -59,3 +60,24 @@ async def test_the_first_failed_write_stops_the_hand_over_and_names_what_was_not
     assert len(producer.handed) < len(plans)  # no more handed over once the failure was heard
     assert tally.replayed + len(tally.failed) == len(plans)
     assert tally.still_dead == []
+
+
+async def test_sigterm_stops_the_hand_over_and_names_every_event_not_written():
+    """The Job's deadline: records in flight are still waited for, nothing more is handed over."""
+    producer = RecordingProducer()
+    plans = planned(producer, [("organization.created", f"org_{n % 7}") for n in range(40)])
+    stopping = asyncio.Event()
+    tally = Tally()
+    original_send = producer.send
+
+    async def send_then_stop(message: KafkaMessage):
+        if len(producer.handed) == 10:
+            stopping.set()  # the signal arrives while the eleventh record is being handed over
+        return await original_send(message)
+
+    producer.send = send_then_stop  # type: ignore[method-assign]
+    await _publish(writer_for(producer), producer, plans, tally, stopping=stopping)
+
+    assert len(producer.handed) == 11
+    assert tally.replayed == 11
+    assert tally.failed == [f"evt_{n:03d}" for n in range(11, 40)]
