@@ -134,8 +134,9 @@ class _Letter:
 
 @dataclass(frozen=True)
 class _Planned:
+    """A verified dead letter and the record the webhook path would write for it today."""
+
     letter: _Letter
-    origin: Replayed
     plan: Plan
 
 
@@ -154,8 +155,7 @@ async def replay(settings: ReplaySettings, request: Request, progress: Progress,
 
     routable: list[_Planned] = []
     for letter, delivery in _verified(letters, verifier, tally):
-        origin = Replayed(delivery, replayed_at)
-        planned = _Planned(letter, origin, writer.plan(origin))
+        planned = _Planned(letter, writer.plan(Replayed(delivery, replayed_at)))
         if planned.plan.receipt.outcome == Outcome.DEADLETTERED:
             tally.still_dead.append(f"{_event_id(planned)}: {planned.plan.reason}")
             _show(planned, out, request.dry_run)
