@@ -28,6 +28,25 @@ SECRET = "whsec_" + base64.b64encode(b"integration-secret-bytes-32-long").decode
 
 
 @dataclass
+class Run:
+    """How a command run in its own process ended: its exit code and what it printed."""
+
+    returncode: int
+    stdout: str
+    stderr: str
+
+    @property
+    def summary(self) -> str:
+        """The last line on stdout: a recovery command's report."""
+        return self.stdout.strip().splitlines()[-1]
+
+    @property
+    def lines(self) -> list[list[str]]:
+        """The lines before the summary (a dry run's), split at tabs."""
+        return [line.split("\t") for line in self.stdout.strip().splitlines()[:-1]]
+
+
+@dataclass
 class RunningBridge:
     bridge: Bridge
     client: Any

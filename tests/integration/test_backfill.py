@@ -16,7 +16,6 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
@@ -28,6 +27,7 @@ from bridge.envelope import event_id_of_record, organization_of
 from tests.conftest import KafkaTool, Record
 from tests.fake_scalekit import FakeScalekit, sample_events
 from tests.helpers import free_port
+from tests.integration.conftest import Run
 
 NOW = datetime.now(UTC)
 SUMMARY_PREFIX = "fetched "
@@ -39,17 +39,6 @@ def scalekit() -> Iterator[FakeScalekit]:
     fake.start()
     yield fake
     fake.stop()
-
-
-@dataclass
-class Run:
-    returncode: int
-    stdout: str
-    stderr: str
-
-    @property
-    def summary(self) -> str:
-        return self.stdout.strip().splitlines()[-1]
 
 
 class BackfillCommand:

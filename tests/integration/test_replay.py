@@ -10,7 +10,6 @@ import json
 import os
 import subprocess
 import sys
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -20,7 +19,7 @@ from bridge.envelope import organization_of
 from tests.conftest import Record
 from tests.fake_scalekit import sample_events
 from tests.helpers import body_of, signed_headers
-from tests.integration.conftest import SECRET
+from tests.integration.conftest import SECRET, Run
 
 NOW = datetime.now(UTC)
 # The story's type: a release without its schema dead-letters it (enforce, undocumented types refused).
@@ -29,22 +28,6 @@ OLD_TYPE = "organization.created"
 STRICT = {"BRIDGE_SCHEMA_VALIDATION": "enforce", "BRIDGE_MAX_UNKNOWN_TYPES": "0"}
 ORGANIZATIONS = ("org_alpha", "org_beta", "org_gamma")
 WITHOUT_SCHEMA = ("-m", "tests.integration.release_without_schema", NEW_TYPE)
-
-
-@dataclass
-class Run:
-    returncode: int
-    stdout: str
-    stderr: str
-
-    @property
-    def summary(self) -> str:
-        return self.stdout.strip().splitlines()[-1]
-
-    @property
-    def lines(self) -> list[list[str]]:
-        """The dry-run lines before the summary, split at tabs."""
-        return [line.split("\t") for line in self.stdout.strip().splitlines()[:-1]]
 
 
 class ReplayCommand:
@@ -66,6 +49,17 @@ class ReplayCommand:
             env=self._env | env, capture_output=True, text=True, timeout=120,
         )
         return Run(done.returncode, done.stdout, done.stderr)
+
+
+async def dead_lettered_by_a_release_without_the_schema(bridge_process, kafka, events: list[dict]):
+    """Deliver `events` (webhook id `msg_<event id>`) to a bridge process that has no schema for NEW_TYPE,
+    under STRICT, so that those of NEW_TYPE are dead-lettered; the process is gone when this returns."""
+    old_release = bridge_process("serve", program=WITHOUT_SCHEMA, KAFKA_BOOTSTRAP_SERVERS=kafka.bootstrap, **STRICT)
+    await old_release.wait_for_readiness(200, timeout=60)
+    for envelope in events:
+        assert (await old_release.deliver(envelope, webhook_id=f"msg_{envelope['id']}"))[0] == 201
+    old_release.kill()
+    return old_release
 
 
 def event_ids(records: list[Record]) -> list[str]:
@@ -92,11 +86,7 @@ async def test_events_dead_lettered_for_want_of_a_schema_are_published_once_the_
     schema; replay publishes exactly those events, once, in each organization's order, as written today."""
     events = sample_events(24, start=NOW - timedelta(minutes=30), types=[NEW_TYPE, OLD_TYPE],
                            organizations=ORGANIZATIONS)
-    old_release = bridge_process("serve", program=WITHOUT_SCHEMA, KAFKA_BOOTSTRAP_SERVERS=kafka.bootstrap, **STRICT)
-    await old_release.wait_for_readiness(200, timeout=60)
-    for envelope in events:
-        assert (await old_release.deliver(envelope, webhook_id=f"msg_{envelope['id']}"))[0] == 201
-    old_release.kill()
+    old_release = await dead_lettered_by_a_release_without_the_schema(bridge_process, kafka, events)
     prefix = old_release.prefix
     dead = [e for e in events if e["type"] == NEW_TYPE]
     assert {r.header("webhook-id").decode() for r in await kafka.read_all(prefix + "deadletter")} == {
@@ -133,11 +123,7 @@ async def test_events_dead_lettered_for_want_of_a_schema_are_published_once_the_
 async def test_a_second_replay_publishes_nothing(bridge_process, kafka):
     """Every event the first run published is found in its topic by the second, which writes nothing."""
     events = sample_events(5, start=NOW - timedelta(minutes=20), types=[NEW_TYPE])
-    old_release = bridge_process("serve", program=WITHOUT_SCHEMA, KAFKA_BOOTSTRAP_SERVERS=kafka.bootstrap, **STRICT)
-    await old_release.wait_for_readiness(200, timeout=60)
-    for envelope in events:
-        assert (await old_release.deliver(envelope))[0] == 201
-    old_release.kill()
+    old_release = await dead_lettered_by_a_release_without_the_schema(bridge_process, kafka, events)
     replay = ReplayCommand(kafka.bootstrap, old_release.prefix, **STRICT)
     first = replay("--since", "1h")
     assert first.summary.startswith("read 5, selected 5, already in their topics 0, replayed 5,"), first.stderr
@@ -154,11 +140,7 @@ async def test_a_second_replay_publishes_nothing(bridge_process, kafka):
 
 async def test_a_dry_run_lists_exactly_what_the_real_run_then_writes(bridge_process, kafka):
     events = sample_events(9, start=NOW - timedelta(minutes=20), types=[NEW_TYPE], organizations=ORGANIZATIONS)
-    old_release = bridge_process("serve", program=WITHOUT_SCHEMA, KAFKA_BOOTSTRAP_SERVERS=kafka.bootstrap, **STRICT)
-    await old_release.wait_for_readiness(200, timeout=60)
-    for envelope in events:
-        assert (await old_release.deliver(envelope))[0] == 201
-    old_release.kill()
+    old_release = await dead_lettered_by_a_release_without_the_schema(bridge_process, kafka, events)
     replay = ReplayCommand(kafka.bootstrap, old_release.prefix, **STRICT)
 
     dry = replay("--since", "1h", "--organization", "org_beta", "--dry-run")
