@@ -11,14 +11,16 @@ import secrets
 import shlex
 import sys
 import urllib.error
-from collections.abc import Callable, Sequence
-from datetime import UTC
+from collections.abc import Callable, Mapping, Sequence
+from datetime import UTC, datetime
+from typing import TypeVar
 
 from bridge import __version__
 from bridge.config import EventLoop, Settings
 from bridge.errors import ConfigError
 
 EXIT_CONFIG = 2
+S = TypeVar("S")
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -125,16 +127,22 @@ def _filters(command: argparse.ArgumentParser) -> None:
     command.add_argument("--organization", help="only this organization's events")
 
 
-def _settings(env: os._Environ[str] | dict[str, str]) -> Settings | None:
+def _settings(env: Mapping[str, str], read: Callable[[Mapping[str, str]], S]) -> S | None:
+    """A command's settings read from `env`; None, having said why, when they are refused."""
     try:
-        return Settings.from_env(env)
+        return read(env)
     except ConfigError as exc:
         print(f"scalekit-bridge: configuration error: {exc}", file=sys.stderr)
         return None
 
 
+def _check_window(parser: argparse.ArgumentParser, start: datetime, end: datetime) -> None:
+    if start >= end:
+        parser.error(f"--since ({start.isoformat()}) must be before --until ({end.isoformat()})")
+
+
 def _serve(env: os._Environ[str] | dict[str, str]) -> int:
-    settings = _settings(env)
+    settings = _settings(env, Settings.from_env)
     if settings is None:
         return EXIT_CONFIG
     from bridge import logs
@@ -156,8 +164,6 @@ def _loop_factory(event_loop: EventLoop) -> Callable[[], asyncio.AbstractEventLo
 
 
 def _backfill(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
-    from datetime import datetime
-
     from bridge import backfill, logs
     from bridge.config import BackfillSettings
     from bridge.eventsapi import EventQuery
@@ -176,12 +182,9 @@ def _backfill(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         start = parse_moment(args.since, now) if args.since else end - lookback
     except ValueError as exc:
         parser.error(str(exc))
-    if start >= end:
-        parser.error(f"--since ({start.isoformat()}) must be before --until ({end.isoformat()})")
-    try:
-        settings = BackfillSettings.from_env(os.environ)
-    except ConfigError as exc:
-        print(f"scalekit-bridge: configuration error: {exc}", file=sys.stderr)
+    _check_window(parser, start, end)
+    settings = _settings(os.environ, BackfillSettings.from_env)
+    if settings is None:
         return EXIT_CONFIG
     logs.configure(settings.log_level, settings.log_format)
     query = EventQuery(start=start, end=end, types=tuple(args.types), organization_id=args.organization)
@@ -196,8 +199,6 @@ def _backfill(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
 
 
 def _replay(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
-    from datetime import datetime
-
     from bridge import logs, replay
     from bridge.config import ReplaySettings
     from bridge.window import parse_moment
@@ -208,12 +209,9 @@ def _replay(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         end = parse_moment(args.until, now) if args.until else now
     except ValueError as exc:
         parser.error(str(exc))
-    if start >= end:
-        parser.error(f"--since ({start.isoformat()}) must be before --until ({end.isoformat()})")
-    try:
-        settings = ReplaySettings.from_env(os.environ)
-    except ConfigError as exc:
-        print(f"scalekit-bridge: configuration error: {exc}", file=sys.stderr)
+    _check_window(parser, start, end)
+    settings = _settings(os.environ, ReplaySettings.from_env)
+    if settings is None:
         return EXIT_CONFIG
     logs.configure(settings.log_level, settings.log_format)
     selection = replay.Selection(
@@ -239,7 +237,7 @@ def _dev() -> int:
             print(f"Starting a local Apache Kafka {KAFKA_VERSION} (KRaft, one node)...", flush=True)
             kafka = LocalKafka()
             env["KAFKA_BOOTSTRAP_SERVERS"] = kafka.start()
-        settings = _settings(env)
+        settings = _settings(env, Settings.from_env)
         if settings is None:
             return EXIT_CONFIG
         url = f"http://127.0.0.1:{settings.port}{settings.webhook_path}"
@@ -320,7 +318,7 @@ def _send_test(event_type: str, url: str | None) -> int:
             file=sys.stderr,
         )
         return EXIT_CONFIG
-    settings = _settings(os.environ)
+    settings = _settings(os.environ, Settings.from_env)
     if settings is None:
         return EXIT_CONFIG
     target = url or f"http://127.0.0.1:{settings.port}{settings.webhook_path}"

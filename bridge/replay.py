@@ -40,6 +40,7 @@ from bridge.pipeline import Plan, Writer
 from bridge.progress import Progress, stop_within, stopped_by_sigterm
 from bridge.publish import KafkaPublisher, event_ids_since, records_since
 from bridge.verify import VerifiedDelivery, Verifier
+from bridge.window import parse_time
 
 log = logging.getLogger(__name__)
 
@@ -364,13 +365,13 @@ def _quoted(text: str | None) -> str:
 
 
 def _moment(text: object) -> datetime | None:
+    """An envelope's `occurred_at` as a moment; None when it is not an RFC 3339 time with a zone."""
     if not isinstance(text, str):
         return None
     try:
-        moment = datetime.fromisoformat(text)
+        return parse_time(text)
     except ValueError:
         return None
-    return moment.astimezone(UTC) if moment.tzinfo is not None else None
 
 
 def _ms(moment: datetime) -> int:
