@@ -24,7 +24,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import hdrs, web
-from prometheus_client import CONTENT_TYPE_LATEST
 
 from bridge import metrics as m
 from bridge.config import Settings
@@ -39,6 +38,7 @@ from bridge.process import (
     trim_memory_every,
 )
 from bridge.service import Bridge, running
+from bridge.tracing import Span
 
 log = logging.getLogger(__name__)
 
@@ -121,18 +121,37 @@ async def receive(request: web.Request) -> web.Response:
     if connection is not None:
         connection.request_started()
         request.content.on_eof(connection.hold)
-    try:
-        receipt = await _deliver(request, bridge)
-        response = _created(receipt)
-    except Exception as exc:  # noqa: BLE001 - the error boundary; _answer_for knows every case
-        response = _answer_for(exc, bridge, started)
-    finally:
-        if connection is not None:
-            connection.request_finished()
+    tracing = bridge.tracing
+    with tracing.delivery(request.method, bridge.settings.webhook_path, request.headers) as span:
+        try:
+            receipt = await _deliver(request, bridge)
+            response = _created(receipt)
+            span.ended(receipt.outcome, "deadlettered" if receipt.outcome == Outcome.DEADLETTERED else None)
+        except Exception as exc:  # noqa: BLE001 - the error boundary; _answer_for knows every case
+            response = _answer_for(exc, bridge, started)
+            _traced_refusal(span, exc, response.status)
+        finally:
+            if connection is not None:
+                connection.request_finished()
+        span.set("http.response.status_code", response.status)
+        ids = tracing.current_ids()
     if not bridge.lifecycle.accepting:
         response.force_close()  # draining: no connection outlives its answer
-    bridge.metrics.observe_request(response.status, time.perf_counter() - started)
+    bridge.metrics.observe_request(response.status, time.perf_counter() - started, ids[0] if ids else None)
     return response
+
+
+def _traced_refusal(span: Span, exc: Exception, status: int) -> None:
+    """What stopped a delivery, on its server span: a fixed word, never the request's text."""
+    if isinstance(exc, VerificationFailed):
+        outcome, error = Outcome.REJECTED, exc.code
+    elif isinstance(exc, PublishFailed):
+        outcome, error = Outcome.FAILED, "kafka_unavailable"
+    elif isinstance(exc, Refused):
+        outcome, error = (Outcome.TOO_LARGE if isinstance(exc, PayloadTooLarge) else Outcome.REJECTED), exc.error
+    else:
+        outcome, error = Outcome.FAILED, "internal_error"
+    span.ended(outcome, error)
 
 
 async def _deliver(request: web.Request, bridge: Bridge) -> Receipt:
@@ -243,8 +262,9 @@ async def readyz(request: web.Request) -> web.Response:
 
 
 async def metrics(request: web.Request) -> web.Response:
-    body = request.config_dict[BRIDGE].metrics.exposition()
-    return web.Response(body=body, headers={hdrs.CONTENT_TYPE: CONTENT_TYPE_LATEST})
+    """Prometheus text, or OpenMetrics (with the latency histograms' trace exemplars) when the scraper asks for it."""
+    body, content_type = request.config_dict[BRIDGE].metrics.exposition(request.headers.get(hdrs.ACCEPT))
+    return web.Response(body=body, headers={hdrs.CONTENT_TYPE: content_type})
 
 
 # --- serve's listeners ------------------------------------------------------------------------

@@ -133,6 +133,8 @@ class RecordShaping:
     log_level: str = "INFO"
     log_format: LogFormat = "json"
     event_loop: EventLoop = "uvloop"
+    # OpenTelemetry traces, configured by the SDK's own OTEL_* variables (bridge/otel.py); off imports none of it.
+    tracing: bool = False
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -219,6 +221,7 @@ def _record_shaping(reader: _Reader) -> dict[str, Any]:
         log_level=reader.choice("BRIDGE_LOG_LEVEL", d["log_level"], LOG_LEVELS, fold=str.upper),
         log_format=reader.choice("BRIDGE_LOG_FORMAT", d["log_format"], LOG_FORMATS),
         event_loop=reader.choice("BRIDGE_EVENT_LOOP", d["event_loop"], EVENT_LOOPS),
+        tracing=reader.flag("BRIDGE_TRACING", d["tracing"]),
     )
     return {f.name: getattr(shared, f.name) for f in fields(RecordShaping)}
 

@@ -20,6 +20,7 @@ from urllib.parse import quote
 import msgspec
 
 from bridge.errors import MalformedDelivery
+from bridge.tracing import TraceContext
 from bridge.verify import VerifiedDelivery
 
 # Scalekit event types are dotted lower-case words; they become topic names. Patterns are
@@ -60,6 +61,9 @@ BACKFILLED_AT_EXTENSION = "backfilledat"
 # When a `replay` run published the event from its dead letter (beside its webhookid).
 REPLAYED_AT_EXTENSION = "replayedat"
 PARTITION_KEY_EXTENSION = "partitionkey"
+# CloudEvents' distributed-tracing extension: the context of the span that created the record (BRIDGE_TRACING=on).
+TRACEPARENT_EXTENSION = "traceparent"
+TRACESTATE_EXTENSION = "tracestate"
 
 # Where each event keeps its organization, first found wins (see the README's key rules); the one rule
 # for "which organization", for the record key and for `backfill --organization` alike.
@@ -235,16 +239,18 @@ def build_record(
     envelope: Mapping[str, Any] | None = None,
     dataschema: str | None = None,
     deadletter_topic: str | None = None,
+    trace: TraceContext | None = None,
 ) -> EventRecord:
     """Map a verified delivery or a recovered event (and its envelope, if parsed) to its record.
 
-    Raises MalformedDelivery. `dataschema` is the `$id` of the schema the data adheres to.
+    Raises MalformedDelivery. `dataschema` is the `$id` of the schema the data adheres to; `trace`, the
+    context of the span creating the record, becomes the distributed-tracing extension.
     """
     if envelope is None:
         envelope = parse_envelope(delivery.body)
     topic = topic_for(topic_prefix, envelope["type"], deadletter_topic=deadletter_topic)
     try:
-        return _encode(envelope, _provenance(delivery), topic, mode, dataschema)
+        return _encode(envelope, _provenance(delivery), topic, mode, dataschema, trace)
     except UnicodeEncodeError:
         raise MalformedDelivery(MalformedDelivery.LONE_SURROGATE) from None
 
@@ -255,9 +261,14 @@ def _encode(
     topic: str,
     mode: CloudEventsMode,
     dataschema: str | None,
+    trace: TraceContext | None,
 ) -> EventRecord:
     key = partition_key(envelope)
     attributes = _attributes(envelope, provenance, key)
+    if trace is not None:
+        attributes[TRACEPARENT_EXTENSION] = trace.traceparent
+        if trace.tracestate:
+            attributes[TRACESTATE_EXTENSION] = trace.tracestate
     has_data = "data" in envelope
     if has_data and dataschema is not None:
         attributes["dataschema"] = dataschema

@@ -18,8 +18,8 @@ from prometheus_client import (
     Gauge,
     Histogram,
     Info,
-    generate_latest,
 )
+from prometheus_client.exposition import choose_encoder
 
 from bridge import __version__
 from bridge.core import Outcome
@@ -42,6 +42,9 @@ HTTP_REFUSALS = (
     OVERLOADED,
     BAD_REQUEST,
 )
+
+# Why spans were dropped on their way to the collector (bridge.otel).
+SPANS_DROPPED = ("queue_full", "export_failed")
 
 # Event type label for deliveries whose type we do not know (yet) or cannot trust.
 UNKNOWN_TYPE = "unknown"
@@ -134,6 +137,12 @@ class Metrics:
             "Acknowledged webhook ids remembered for answering redeliveries.",
             registry=self.registry,
         )
+        self.trace_spans_dropped = Counter(
+            "scalekit_bridge_trace_spans_dropped",
+            "Spans not handed to the collector (BRIDGE_TRACING=on): its queue was full, or an export failed.",
+            ("reason",),
+            registry=self.registry,
+        )
         self.build_info = Info(
             "scalekit_bridge_build",
             "Version of the running bridge.",
@@ -151,6 +160,8 @@ class Metrics:
         for refusal in HTTP_REFUSALS:
             self.http_refusals.labels(reason=refusal)
         self.unknown_event_types.labels(event_type=OTHER_TYPE)
+        for reason in SPANS_DROPPED:
+            self.trace_spans_dropped.labels(reason=reason)
         # The statuses the delivery alerts divide by; a first 503 then counts as an increase.
         for status in (201, 401, 503):
             self._request_child(status)
@@ -181,13 +192,19 @@ class Metrics:
             )
         return counter
 
-    def observe_request(self, status: int, seconds: float) -> None:
-        """One webhook request answered with `status` after `seconds`."""
-        self._request_child(status).observe(seconds)
+    def observe_request(self, status: int, seconds: float, trace_id: str | None = None) -> None:
+        """One webhook request answered with `status` after `seconds`; its trace, if sampled, as the exemplar."""
+        self._request_child(status).observe(seconds, {"trace_id": trace_id} if trace_id is not None else None)
+
+    def drop_spans(self, reason: str, count: int) -> None:
+        """`count` spans the tracer could not hand to the collector (`reason` is one of SPANS_DROPPED)."""
+        self.trace_spans_dropped.labels(reason=reason).inc(count)
 
     def count_delivery(self, outcome: str, event_type: str) -> None:
         """One delivery (or backfilled event) ended so."""
         self._delivery_child(outcome, event_type).inc()
 
-    def exposition(self) -> bytes:
-        return generate_latest(self.registry)
+    def exposition(self, accept: str | None = None) -> tuple[bytes, str]:
+        """The registry in the format `accept` asks for: OpenMetrics (which carries exemplars) or Prometheus text."""
+        encode, content_type = choose_encoder(accept or "")
+        return encode(self.registry), content_type

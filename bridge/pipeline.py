@@ -31,6 +31,7 @@ from bridge.envelope import (
 )
 from bridge.errors import MalformedDelivery, PublishFailed, RecordRejected, VerificationFailed, where
 from bridge.redelivery import RedeliveryCache
+from bridge.tracing import OFF, Span, TraceContext, Tracing
 from bridge.verify import VerifiedDelivery, Verifier
 
 _CANCELLED = "cancelled while awaiting the broker's acknowledgement"
@@ -64,16 +65,23 @@ class Pipeline:
         verifier: Verifier,
         cache: RedeliveryCache,
         writer: Writer,
+        tracing: Tracing = OFF,
     ) -> None:
         self._verifier = verifier
         self._cache = cache
         self._writer = writer
+        self._tracing = tracing
 
     async def handle(self, headers: Mapping[str, str], body: bytes) -> Receipt:
         """Deliver one webhook; raises VerificationFailed (401) or PublishFailed (503)."""
         started = time.perf_counter()
         try:
-            delivery = self._verifier.verify(headers, body)
+            with self._tracing.step("verify") as step:
+                try:
+                    delivery = self._verifier.verify(headers, body)
+                except VerificationFailed as exc:
+                    step.fail(exc.code)
+                    raise
         except VerificationFailed as exc:
             self._writer.metrics.verification_failures.labels(reason=exc.code).inc()
             # The webhook-id of an unverified request is the caller's text, not ours to log.
@@ -113,6 +121,7 @@ class Sent:
     plan: Plan
     pending: Pending
     started: float
+    span: Span
 
 
 class Writer:
@@ -133,8 +142,10 @@ class Writer:
         contract: Contract,
         schema_validation: SchemaValidation,
         max_unknown_types: int,
+        tracing: Tracing = OFF,
     ) -> None:
         self._publisher = publisher
+        self._tracing = tracing
         self.metrics = metrics
         self._topic_prefix = topic_prefix
         self._deadletter_topic = deadletter_topic
@@ -147,7 +158,9 @@ class Writer:
         self._unknown_types: set[str] = set()
 
     @classmethod
-    def configured(cls, settings: RecordShaping, publisher: Publisher, metrics: m.Metrics) -> Writer:
+    def configured(
+        cls, settings: RecordShaping, publisher: Publisher, metrics: m.Metrics, tracing: Tracing = OFF
+    ) -> Writer:
         """A writer shaping records as `settings` say (prefix, mode, validation, dead-letter topic)."""
         return cls(
             publisher=publisher,
@@ -158,29 +171,44 @@ class Writer:
             contract=Contract.load(),
             schema_validation=settings.schema_validation,
             max_unknown_types=settings.max_unknown_types,
+            tracing=tracing,
         )
 
     async def write(self, origin: Origin, started: float) -> Receipt:
         """Write the event's record (or its dead letter) and wait for the ack; raises PublishFailed."""
-        planned = self.plan(origin)
+        span = self._tracing.producer()
+        planned = self._planned(origin, span)
         try:
-            ack, planned = await self._write(origin, planned)
+            ack, planned = await self._write(origin, planned, span)
         except PublishFailed as exc:
+            span.fail(type(exc).__name__)
+            span.end()
             self.record(replace(planned.receipt, outcome=Outcome.FAILED), started, reason=exc.reason)
             raise
         except asyncio.CancelledError:
+            span.fail("cancelled")
+            span.end()
             # The shutdown grace ran out, or the caller went away: no 201, so Scalekit retries. Said all the same.
             self.record(replace(planned.receipt, outcome=Outcome.FAILED), started, reason=_CANCELLED)
             raise
+        _written(span, planned, ack)
         return self.record(planned.receipt.acknowledged(ack), started, reason=planned.reason)
 
-    async def _write(self, origin: Origin, planned: Plan) -> tuple[Ack, Plan]:
+    def _planned(self, origin: Origin, span: Span) -> Plan:
+        """The plan, made under its own span, with the producer span's context in the record."""
+        with self._tracing.step("map"):
+            planned = self.plan(origin, span.context)
+        _sending(span, planned)
+        return planned
+
+    async def _write(self, origin: Origin, planned: Plan, span: Span) -> tuple[Ack, Plan]:
         """Publish; a record Kafka will never take is dead-lettered instead. Raises PublishFailed."""
         try:
-            return await self.publish(planned.message), planned
+            return await self.publish(planned.message, span.context), planned
         except RecordRejected as exc:
             planned = self._letter(origin, planned, exc)
-        return await self._publish_letter(planned.message), planned
+            _sending(span, planned)
+        return await self._publish_letter(planned.message, span.context), planned
 
     async def send(self, origin: Origin, sender: Sender) -> Sent:
         """Hand the event's record (or its dead letter) to the producer without waiting for the ack.
@@ -189,32 +217,40 @@ class Writer:
         each. Raises PublishFailed (the event is counted as failed).
         """
         started = time.perf_counter()
-        planned = self.plan(origin)
+        span = self._tracing.producer()
+        planned = self._planned(origin, span)
         try:
             try:
-                return Sent(origin, planned, await sender.send(planned.message), started)
+                return Sent(origin, planned, await sender.send(_traced(planned.message, span.context)), started, span)
             except RecordRejected as exc:
                 planned = self._letter(origin, planned, exc)
+                _sending(span, planned)
             try:
-                return Sent(origin, planned, await sender.send(planned.message), started)
+                return Sent(origin, planned, await sender.send(_traced(planned.message, span.context)), started, span)
             except RecordRejected as exc:
                 raise self._deadletter_refused(exc) from exc
         except PublishFailed as exc:
+            span.fail(type(exc).__name__)
+            span.end()
             self.record(replace(planned.receipt, outcome=Outcome.FAILED), started, reason=exc.reason)
             raise
 
     async def settle(self, sent: Sent) -> Receipt:
         """Wait for a sent record's ack; one the broker refused for good is dead-lettered now."""
-        planned = sent.plan
+        planned, span = sent.plan, sent.span
         try:
             try:
                 ack = await sent.pending.ack()
             except RecordRejected as exc:
                 planned = self._letter(sent.origin, planned, exc)
-                ack = await self._publish_letter(planned.message)
+                _sending(span, planned)
+                ack = await self._publish_letter(planned.message, span.context)
         except PublishFailed as exc:
+            span.fail(type(exc).__name__)
+            span.end()
             self.record(replace(planned.receipt, outcome=Outcome.FAILED), sent.started, reason=exc.reason)
             raise
+        _written(span, planned, ack)
         return self.record(planned.receipt.acknowledged(ack), sent.started, reason=planned.reason)
 
     def _letter(self, origin: Origin, planned: Plan, exc: RecordRejected) -> Plan:
@@ -225,9 +261,9 @@ class Writer:
         letter = deadletter_message(origin, topic=self._deadletter_topic, reason=reason)
         return Plan(letter, replace(planned.receipt, outcome=Outcome.DEADLETTERED), reason)
 
-    async def _publish_letter(self, letter: KafkaMessage) -> Ack:
+    async def _publish_letter(self, letter: KafkaMessage, trace: TraceContext | None) -> Ack:
         try:
-            return await self.publish(letter)
+            return await self.publish(letter, trace)
         except RecordRejected as exc:
             raise self._deadletter_refused(exc) from exc
 
@@ -235,7 +271,7 @@ class Writer:
         trouble.error("the dead-letter topic refuses deliveries", extra={"reason": exc.reason})
         return PublishFailed(f"the dead-letter topic refused the delivery: {exc.reason}")
 
-    def plan(self, origin: Origin) -> Plan:
+    def plan(self, origin: Origin, trace: TraceContext | None = None) -> Plan:
         """The record to write and the receipt it earns: the event's own, or a dead letter.
 
         Never raises: a verified delivery always has a record to write. A bug in
@@ -243,7 +279,7 @@ class Writer:
         rather than answering 500 until Scalekit gives up and the event is lost.
         """
         try:
-            return self._plan_event(origin)
+            return self._plan_event(origin, trace)
         except Exception as exc:  # noqa: BLE001 - the one boundary for verified deliveries
             error = type(exc).__name__
             self.metrics.internal_errors.inc()
@@ -255,7 +291,7 @@ class Writer:
             message = deadletter_message(origin, topic=self._deadletter_topic, reason=reason)
             return Plan(message, Receipt(Outcome.DEADLETTERED, _webhook_id(origin)), reason)
 
-    def _plan_event(self, origin: Origin) -> Plan:
+    def _plan_event(self, origin: Origin, trace: TraceContext | None) -> Plan:
         verdict: Verdict | None = None
         event_id = event_type = None
         webhook_id = _webhook_id(origin)
@@ -273,6 +309,7 @@ class Writer:
                 envelope=envelope,
                 dataschema=verdict.dataschema,
                 deadletter_topic=self._deadletter_topic,
+                trace=trace,
             )
             if not verdict.known:
                 self._admit_unknown(record.event_type)
@@ -302,11 +339,13 @@ class Writer:
             "(BRIDGE_MAX_UNKNOWN_TYPES)"
         )
 
-    async def publish(self, message: KafkaMessage) -> Ack:
-        """Write one planned record as it is, and time it; raises PublishFailed or RecordRejected."""
+    async def publish(self, message: KafkaMessage, trace: TraceContext | None = None) -> Ack:
+        """Write one planned record (with the transport trace context, if any), and time it; raises
+        PublishFailed or RecordRejected."""
         sent = time.perf_counter()
-        ack = await self._publisher.publish(message)
-        self.metrics.publish_duration.observe(time.perf_counter() - sent)
+        ack = await self._publisher.publish(_traced(message, trace))
+        ids = self._tracing.current_ids()
+        self.metrics.publish_duration.observe(time.perf_counter() - sent, {"trace_id": ids[0]} if ids else None)
         return ack
 
     def record(self, receipt: Receipt, started: float, *, reason: str | None = None) -> Receipt:
@@ -332,8 +371,33 @@ class Writer:
                 self.metrics.unknown_event_types.labels(event_type=receipt.event_type).inc()
         if receipt.ack is not None:
             fields.update(topic=receipt.ack.topic, partition=receipt.ack.partition, offset=receipt.ack.offset)
+        ids = self._tracing.current_ids()
+        if ids is not None:
+            fields["trace_id"], fields["span_id"] = ids
         log.info("delivery %s", receipt.outcome, extra={"delivery": fields})
         return receipt
+
+
+def _traced(message: KafkaMessage, trace: TraceContext | None) -> KafkaMessage:
+    """The record with the transport `traceparent` (and `tracestate`) headers, when there is a context."""
+    if trace is None:
+        return message
+    return KafkaMessage(message.topic, message.key, message.value, (*message.headers, *trace.headers()))
+
+
+def _sending(span: Span, planned: Plan) -> None:
+    span.sending_to(planned.message.topic, planned.message.key)
+    if planned.receipt.event_id is not None:
+        span.set("cloudevents.event_id", planned.receipt.event_id)
+    if planned.receipt.event_type is not None:
+        span.set("cloudevents.event_type", planned.receipt.event_type)
+
+
+def _written(span: Span, planned: Plan, ack: Ack) -> None:
+    span.written(ack.partition, ack.offset)
+    outcome = planned.receipt.outcome
+    span.ended(outcome, "deadlettered" if outcome == Outcome.DEADLETTERED else None)
+    span.end()
 
 
 def _webhook_id(origin: Origin) -> str | None:

@@ -20,9 +20,13 @@ from bridge.pipeline import Pipeline, Writer
 from bridge.publish import KafkaPublisher
 from bridge.redelivery import RedeliveryCache
 from bridge.rotation import SecretFiles
+from bridge.tracing import OFF, Tracing
+from bridge.tracing import start as start_tracing
 from bridge.verify import Verifier
 
 log = logging.getLogger(__name__)
+# At shutdown, queued spans get this long (within the drain) to reach the collector.
+TRACE_FLUSH_SECONDS = 1.0
 
 
 @dataclass
@@ -81,9 +85,12 @@ class Bridge:
     metrics: m.Metrics
     lifecycle: Lifecycle
     verifier: Verifier
+    tracing: Tracing = OFF
 
     @classmethod
-    def assemble(cls, settings: Settings, publisher: Publisher, metrics: m.Metrics | None = None) -> Bridge:
+    def assemble(
+        cls, settings: Settings, publisher: Publisher, metrics: m.Metrics | None = None, tracing: Tracing = OFF
+    ) -> Bridge:
         metrics = metrics if metrics is not None else m.Metrics()
         cache = RedeliveryCache(settings.redelivery_cache_size, settings.redelivery_cache_ttl)
         lifecycle = Lifecycle()
@@ -91,9 +98,10 @@ class Bridge:
         pipeline = Pipeline(
             verifier=verifier,
             cache=cache,
-            writer=Writer.configured(settings, publisher, metrics),
+            writer=Writer.configured(settings, publisher, metrics, tracing),
+            tracing=tracing,
         )
-        bridge = cls(settings, publisher, pipeline, metrics, lifecycle, verifier)
+        bridge = cls(settings, publisher, pipeline, metrics, lifecycle, verifier, tracing)
         # Read at scrape time, so the gauges cannot drift from the truth.
         metrics.ready.set_function(lambda: 1.0 if bridge.ready else 0.0)
         metrics.deadletter_topic_missing.set_function(
@@ -181,7 +189,8 @@ async def running(
             max_record_bytes=settings.max_body_bytes,
             required_topics=(settings.deadletter_topic,),
         )
-    bridge = Bridge.assemble(settings, publisher, metrics)
+    metrics = metrics if metrics is not None else m.Metrics()
+    bridge = Bridge.assemble(settings, publisher, metrics, start_tracing(settings.tracing, metrics.drop_spans))
     connecting = asyncio.create_task(publisher.start_when_reachable(), name="kafka-connect")
     connecting.add_done_callback(lambda task: _note_a_dead_connect_loop(task, bridge.lifecycle))
     secrets = _secret_files(settings, bridge, publisher)
@@ -205,3 +214,4 @@ async def running(
                 await publisher.stop()
         except TimeoutError:
             log.warning("the producer did not close within the shutdown grace")
+        bridge.tracing.shutdown(min(TRACE_FLUSH_SECONDS, bridge.lifecycle.remaining(settings.drain_seconds)))

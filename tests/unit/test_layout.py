@@ -45,6 +45,19 @@ def test_only_the_publish_module_knows_aiokafka():
     assert importers_of("aiokafka", RUNTIME) == {"publish.py"}
 
 
+def test_only_the_otel_module_knows_opentelemetry():
+    assert importers_of("opentelemetry", RUNTIME) == {"otel.py"}
+
+
+def test_tracing_off_imports_nothing_of_opentelemetry():
+    probe = (
+        "import sys, bridge.cli, bridge.app, bridge.backfill, bridge.replay, bridge.tracing;"
+        "print(' '.join(sorted(m for m in sys.modules if m.startswith(('opentelemetry', 'bridge.otel')))))"
+    )
+    loaded = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout.split()
+    assert loaded == []
+
+
 def test_only_the_app_module_knows_aiohttp():
     assert importers_of("aiohttp", RUNTIME) == {"app.py"}
 

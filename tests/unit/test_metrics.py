@@ -28,7 +28,7 @@ def fresh_exposition() -> list[tuple[str, dict[str, str], float]]:
     metrics = Metrics(process_metrics=False)
     writer_for(RecordingProducer(), metrics)
     series = []
-    for line in metrics.exposition().decode().splitlines():
+    for line in metrics.exposition()[0].decode().splitlines():
         if line and not line.startswith("#"):
             match = SAMPLE.match(line)
             assert match, line
