@@ -21,14 +21,13 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, TextIO
 
-from bridge import metrics as m
 from bridge.config import BackfillSettings
 from bridge.core import Outcome, Sender
 from bridge.envelope import Recovered, organization_of, topic_for
 from bridge.errors import ApiError, MalformedDelivery, PublishFailed
 from bridge.eventsapi import EventQuery, EventsApi, Page, occurred_at
 from bridge.pipeline import Plan, Sent, Writer
-from bridge.progress import Progress, stop_within, stopped_by_sigterm
+from bridge.progress import Progress, Writing, stop_within, stopped_by_sigterm, traced_run
 from bridge.publish import KafkaPublisher, event_ids_since, latest_value, put_value
 from bridge.window import parse_time
 
@@ -100,7 +99,12 @@ async def backfill(settings: BackfillSettings, request: Request, progress: Progr
     recorded = await _recorded_end(settings, key) if key is not None else None
     if request.resume and key is not None:
         request = _resumed(settings, request, recorded)
-    tally = await _backfill(settings, request, progress, out)
+    with traced_run("backfill", settings.tracing) as (writing, run):
+        tally = await _backfill(settings, request, progress, out, writing)
+        run.set("scalekit_bridge.published", tally.published)
+        run.set("scalekit_bridge.deadlettered", tally.deadlettered)
+        if tally.failed:
+            run.fail("write_failed")
     if key is not None and not (tally.dry_run or tally.failed or tally.unreadable):
         try:
             await _record_end(settings, key, request.query, recorded)
@@ -164,7 +168,9 @@ async def _record_end(settings: BackfillSettings, key: bytes, query: EventQuery,
     await put_value(settings.kafka, topic, key, value.encode(), timeout=settings.publish_timeout)
 
 
-async def _backfill(settings: BackfillSettings, request: Request, progress: Progress, out: TextIO) -> Tally:
+async def _backfill(
+    settings: BackfillSettings, request: Request, progress: Progress, out: TextIO, writing: Writing
+) -> Tally:
     backfilled_at = datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
     tally = Tally(dry_run=request.dry_run)
     api = EventsApi(settings.api)
@@ -184,7 +190,7 @@ async def _backfill(settings: BackfillSettings, request: Request, progress: Prog
     publisher = KafkaPublisher(
         settings.kafka, timeout=settings.publish_timeout, max_record_bytes=settings.max_body_bytes
     )
-    writer = Writer.configured(settings, publisher, m.Metrics(process_metrics=False))
+    writer = Writer.configured(settings, publisher, writing.metrics, writing.tracing)
     if request.dry_run:
         for event in missing:
             origin = _recovered(event, backfilled_at)

@@ -9,7 +9,12 @@ import logging
 import signal
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Protocol, TextIO
+
+from bridge import metrics as m
+from bridge.tracing import Span, Tracing
+from bridge.tracing import start as start_tracing
 
 log = logging.getLogger(__name__)
 
@@ -75,3 +80,27 @@ def stopped_by_sigterm(stopping: asyncio.Event) -> Iterator[None]:
         yield
     finally:
         loop.remove_signal_handler(signal.SIGTERM)
+
+
+# At a run's end, its queued spans get this long to reach the collector.
+TRACE_FLUSH_SECONDS = 2.0
+
+
+@dataclass(frozen=True)
+class Writing:
+    """What a run's writer reports to: metrics of its own and, with BRIDGE_TRACING=on, a tracer."""
+
+    metrics: m.Metrics
+    tracing: Tracing
+
+
+@contextlib.contextmanager
+def traced_run(name: str, tracing: bool) -> Iterator[tuple[Writing, Span]]:
+    """A `backfill` or `replay` run: its writer's metrics and tracer, and the run's root span."""
+    metrics = m.Metrics(process_metrics=False)
+    writing = Writing(metrics, start_tracing(tracing, metrics.drop_spans))
+    try:
+        with writing.tracing.run(name) as run:
+            yield writing, run
+    finally:
+        writing.tracing.shutdown(TRACE_FLUSH_SECONDS)

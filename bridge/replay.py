@@ -23,7 +23,6 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, TextIO
 
-from bridge import metrics as m
 from bridge.config import ReplaySettings
 from bridge.core import Outcome, Pending, Sender, StoredRecord
 from bridge.envelope import (
@@ -37,7 +36,7 @@ from bridge.envelope import (
 )
 from bridge.errors import MalformedDelivery, PublishFailed, RecordRejected, VerificationFailed
 from bridge.pipeline import Plan, Writer
-from bridge.progress import Progress, stop_within, stopped_by_sigterm
+from bridge.progress import Progress, Writing, stop_within, stopped_by_sigterm, traced_run
 from bridge.publish import KafkaPublisher, event_ids_since, records_since
 from bridge.verify import VerifiedDelivery, Verifier
 from bridge.window import parse_time
@@ -143,6 +142,17 @@ class _Planned:
 
 async def replay(settings: ReplaySettings, request: Request, progress: Progress, out: TextIO) -> Tally:
     """Run once; raises PublishFailed (nothing written) when Kafka cannot be read or written."""
+    with traced_run("replay", settings.tracing) as (writing, run):
+        tally = await _replay(settings, request, progress, out, writing)
+        run.set("scalekit_bridge.replayed", tally.replayed)
+        if tally.failed:
+            run.fail("write_failed")
+    return tally
+
+
+async def _replay(
+    settings: ReplaySettings, request: Request, progress: Progress, out: TextIO, writing: Writing
+) -> Tally:
     replayed_at = datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
     selection = request.selection
     tally = Tally(dry_run=request.dry_run)
@@ -152,7 +162,7 @@ async def replay(settings: ReplaySettings, request: Request, progress: Progress,
     publisher = KafkaPublisher(
         settings.kafka, timeout=settings.publish_timeout, max_record_bytes=settings.max_body_bytes
     )
-    writer = Writer.configured(settings, publisher, m.Metrics(process_metrics=False))
+    writer = Writer.configured(settings, publisher, writing.metrics, writing.tracing)
 
     routable: list[_Planned] = []
     for letter, delivery in _verified(letters, verifier, tally):

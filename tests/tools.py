@@ -8,6 +8,8 @@
   `@kubernetes-models` packages, installed with `npm ci` from `tests/deploy/crd-models`' lock file.
 - The `docker compose` CLI plugin, built from its module on the Go module proxy (no engine needed
   for `docker compose config`).
+- Jaeger's all-in-one, built the same way (inside a copy of its module, which has replace directives),
+  for the trace tests.
 
 When a tool cannot be had, the test that needs it is skipped with the reason, or, under
 `make test` / CI (`SCALEKIT_BRIDGE_REQUIRE_TOOLS=1`), fails: a check that did not run
@@ -55,6 +57,9 @@ ASYNCAPI_SPECS_INTEGRITY = (
 )
 COMPOSE_MODULE = "github.com/docker/compose/v2"
 COMPOSE_VERSION = "v2.40.3"
+# Jaeger's all-in-one (v2, on the OpenTelemetry Collector): OTLP in, its query API out, for the trace tests.
+JAEGER_MODULE = "github.com/jaegertracing/jaeger"
+JAEGER_VERSION = "v1.76.0"
 CRD_MODELS = Path(__file__).parent / "deploy" / "crd-models"
 REQUIRE_ENV = "SCALEKIT_BRIDGE_REQUIRE_TOOLS"
 T = TypeVar("T")
@@ -96,8 +101,8 @@ def _once(home: Path, done: Path, build: Callable[[], None]) -> None:
             build()
 
 
-def _run(command: list[str], **kwargs: Any) -> None:
-    done = subprocess.run(command, capture_output=True, text=True, timeout=900, **kwargs)
+def _run(command: list[str], *, timeout: float = 900, **kwargs: Any) -> None:
+    done = subprocess.run(command, capture_output=True, text=True, timeout=timeout, **kwargs)
     if done.returncode != 0:
         raise ToolUnavailable(f"`{' '.join(command)}` failed: {done.stderr.strip()[-800:]}")
 
@@ -188,30 +193,44 @@ def docker_compose() -> dict[str, str]:
     _program("docker", "`docker compose` is a plugin of the docker client")
     home = cache_dir() / "compose" / COMPOSE_VERSION
     plugin = home / "docker-config" / "cli-plugins" / "docker-compose"
-    _once(home, plugin, lambda: _build_compose(_program("go", "the docker compose plugin is built with Go"), plugin))
+    version_flag = f"-X {COMPOSE_MODULE}/internal.Version={COMPOSE_VERSION}"
+    _once(home, plugin, lambda: _build_in_module(
+        _program("go", "the docker compose plugin is built with Go"),
+        COMPOSE_MODULE, COMPOSE_VERSION, "./cmd", plugin, "-ldflags", version_flag,
+    ))
     return {**os.environ, "DOCKER_CONFIG": str(home / "docker-config")}
 
 
-def _build_compose(go: str, plugin: Path) -> None:
+def jaeger() -> Path:
+    """Jaeger's all-in-one binary of the pinned version; raises ToolUnavailable."""
+    home = cache_dir() / "jaeger" / JAEGER_VERSION
+    binary = home / "jaeger"
+    _once(home, binary, lambda: _build_in_module(
+        _program("go", "Jaeger is built with Go"), JAEGER_MODULE, JAEGER_VERSION, "./cmd/jaeger", binary
+    ))
+    return binary
+
+
+def _build_in_module(go: str, module: str, version: str, package: str, output: Path, *flags: str) -> None:
     # `go install module@version` refuses modules whose go.mod has replace/exclude directives,
-    # so build inside a copy of the module, as its own main module.
+    # so build inside a copy of the module, as its own main module (its go.mod and go.sum pin every dependency).
     done = subprocess.run(
-        [go, "mod", "download", "-json", f"{COMPOSE_MODULE}@{COMPOSE_VERSION}"],
+        [go, "mod", "download", "-json", f"{module}@{version}"],
         capture_output=True, text=True, timeout=900, cwd=tempfile.gettempdir(),
     )
     if done.returncode != 0:
-        output = done.stdout[-400:] + done.stderr[-400:]
-        raise ToolUnavailable(f"could not download {COMPOSE_MODULE}@{COMPOSE_VERSION}: {output}")
+        output_text = done.stdout[-400:] + done.stderr[-400:]
+        raise ToolUnavailable(f"could not download {module}@{version}: {output_text}")
     source = Path(json.loads(done.stdout)["Dir"])
     with tempfile.TemporaryDirectory() as scratch:
-        work = Path(scratch) / "compose"
+        work = Path(scratch) / "module"
         shutil.copytree(source, work)
         for path in [work, *work.rglob("*")]:
             if not path.is_symlink():
                 path.chmod(path.stat().st_mode | 0o200)
-        plugin.parent.mkdir(parents=True, exist_ok=True)
-        version_flag = f"-X {COMPOSE_MODULE}/internal.Version={COMPOSE_VERSION}"
-        _run([go, "build", "-trimpath", "-ldflags", version_flag, "-o", str(plugin), "./cmd"], cwd=work)
+        output.parent.mkdir(parents=True, exist_ok=True)
+        # Jaeger's cold build compiles for about ten minutes on two cores.
+        _run([go, "build", "-trimpath", *flags, "-o", str(output), package], cwd=work, timeout=2700)
 
 
 CHART = Path(__file__).resolve().parents[1] / "deploy" / "helm" / "scalekit-bridge"
@@ -224,7 +243,7 @@ def main() -> None:
     """
     import sys
 
-    tools = {"helm": helm, "helm-docs": helm_docs, "promtool": promtool, "vegeta": vegeta}
+    tools = {"helm": helm, "helm-docs": helm_docs, "promtool": promtool, "vegeta": vegeta, "jaeger": jaeger}
     (name,) = sys.argv[1:]
     try:
         if name == "chart-docs":

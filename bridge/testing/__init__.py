@@ -52,6 +52,7 @@ __all__ = [
     "kafka_bootstrap",
     "new_secret",
     "scalekit_event",
+    "trace_context",
 ]
 
 T = TypeVar("T")
@@ -89,6 +90,15 @@ def scalekit_event(
         delivery["data"] = {**delivery.get("data", {}), **data}
     delivery.update(envelope)
     return delivery
+
+
+def trace_context(event: BaseCloudEvent) -> dict[str, str]:
+    """The W3C trace context the bridge put in `event` when it ran with BRIDGE_TRACING=on ({} otherwise):
+    a carrier for an OpenTelemetry propagator, so a consumer's "process" span continues the bridge's trace.
+
+        created = TraceContextTextMapPropagator().extract(trace_context(event))
+    """
+    return {name: str(value) for name in ("traceparent", "tracestate") if (value := event.get_extension(name))}
 
 
 def new_secret() -> str:
