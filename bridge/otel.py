@@ -161,19 +161,19 @@ class _QueueFull(logging.Filter):
 class _Span:
     """An SDK span, as `bridge.tracing.Span`; `current` spans are attached while their `with` block runs."""
 
-    __slots__ = ("_failed", "_span", "_token")
+    __slots__ = ("_context", "_failed", "_span", "_token")
 
     def __init__(self, span: trace.Span, *, current: bool) -> None:
         self._span = span
         self._failed = False
+        self._context: TraceContext | None = None
         self._token: object | None = otel_context.attach(trace.set_span_in_context(span)) if current else None
 
     @property
     def context(self) -> TraceContext | None:
-        carrier: dict[str, str] = {}
-        _W3C.inject(carrier, context=trace.set_span_in_context(self._span))
-        parent = carrier.get("traceparent")
-        return TraceContext(parent, carrier.get("tracestate")) if parent is not None else None
+        if self._context is None:
+            self._context = _context_of(self._span)
+        return self._context
 
     def set(self, name: str, value: Attribute) -> None:
         self._span.set_attribute(name, value)
@@ -231,10 +231,16 @@ class _Tracer:
         )
         return _Span(span, current=True)
 
-    def step(self, name: str) -> _Span:
+    def step(self, name: str) -> _Span | _Unsampled:
+        if not trace.get_current_span().is_recording():
+            return _UNSAMPLED
         return _Span(self._tracer.start_span(name), current=True)
 
-    def producer(self) -> _Span:
+    def producer(self) -> _Span | _Unsampled:
+        current = trace.get_current_span()
+        if not current.is_recording() and current.get_span_context().is_valid:
+            # The delivery is not sampled: its records carry the server span's context (not sampled) as is.
+            return _Unsampled(_context_of(current))
         return _Span(self._tracer.start_span("send", kind=SpanKind.PRODUCER, attributes=_PRODUCER), current=False)
 
     def run(self, name: str) -> _Span:
@@ -253,6 +259,54 @@ class _Tracer:
         flushing = threading.Thread(target=self._provider.force_flush, name="trace-flush", daemon=True)
         flushing.start()
         flushing.join(timeout)
+
+
+def _context_of(span: trace.Span) -> TraceContext | None:
+    carrier: dict[str, str] = {}
+    _W3C.inject(carrier, context=trace.set_span_in_context(span))
+    parent = carrier.get("traceparent")
+    return TraceContext(parent, carrier.get("tracestate")) if parent is not None else None
+
+
+class _Unsampled:
+    """A child of a span the sampler dropped: recording nothing, it skips the SDK's span altogether.
+
+    A record still carries the trace's context (flagged not sampled), so a consumer's parent-based
+    sampler makes the same decision."""
+
+    __slots__ = ("context",)
+
+    def __init__(self, context: TraceContext | None) -> None:
+        self.context = context
+
+    def set(self, name: str, value: Attribute) -> None:
+        pass
+
+    def fail(self, error: str) -> None:
+        pass
+
+    def sending_to(self, topic: str, key: bytes | None) -> None:
+        pass
+
+    def written(self, partition: int, offset: int) -> None:
+        pass
+
+    def ended(self, outcome: str, error: str | None) -> None:
+        pass
+
+    def end(self) -> None:
+        pass
+
+    def __enter__(self) -> _Unsampled:
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        pass
+
+
+_UNSAMPLED = _Unsampled(None)
 
 
 def _parent(headers: Mapping[str, str]) -> otel_context.Context:

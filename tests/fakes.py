@@ -16,6 +16,7 @@ from bridge.envelope import KafkaMessage
 from bridge.errors import PublishFailed, RecordRejected
 from bridge.metrics import Metrics
 from bridge.pipeline import Writer
+from bridge.tracing import OFF, Tracing
 
 DEADLETTER = "scalekit.deadletter"
 
@@ -79,7 +80,13 @@ class RecordingProducer:
         return await (await self.send(message)).ack()
 
 
-def writer_for(producer: RecordingProducer, metrics: Metrics | None = None, *, max_unknown_types: int = 100) -> Writer:
+def writer_for(
+    producer: RecordingProducer,
+    metrics: Metrics | None = None,
+    *,
+    max_unknown_types: int = 100,
+    tracing: Tracing = OFF,
+) -> Writer:
     return Writer(
         publisher=producer,
         metrics=metrics or Metrics(process_metrics=False),
@@ -89,4 +96,5 @@ def writer_for(producer: RecordingProducer, metrics: Metrics | None = None, *, m
         contract=Contract.load(),
         schema_validation="warn",
         max_unknown_types=max_unknown_types,
+        tracing=tracing,
     )

@@ -20,11 +20,11 @@ from opentelemetry.trace import SpanKind, StatusCode
 
 from bridge import otel
 from bridge.config import Settings
-from bridge.envelope import KafkaMessage
+from bridge.envelope import KafkaMessage, Recovered, rebuild_delivery
 from bridge.errors import ConfigError
 from bridge.metrics import Metrics
 from bridge.service import Bridge
-from tests.fakes import RecordingProducer
+from tests.fakes import RecordingProducer, writer_for
 from tests.helpers import body_of, loopback, serving, signed_headers
 
 SECRET = "whsec_" + base64.b64encode(b"t" * 32).decode()
@@ -124,6 +124,16 @@ async def test_the_record_extension_is_read_by_the_cloudevents_sdk_in_both_modes
         assert event.get_extension("tracestate") == "a=1", mode
 
 
+async def test_the_trace_context_is_the_bridges_own_and_never_part_of_the_rebuilt_envelope():
+    for mode in ("binary", "structured"):
+        traced = Traced(mode)
+        body = body_of(ENVELOPE)
+        context = {"tracestate": "a=1", "traceparent": INCOMING}
+        await deliver(traced.bridge, body, signed_headers(SECRET, body) | context)
+        [record] = traced.producer.handed
+        assert rebuild_delivery(record.headers, record.value) == ENVELOPE, mode
+
+
 async def test_a_dead_letter_carries_the_context_of_the_span_that_wrote_it():
     traced = Traced()
     body = b'{"id": "evt_x", "type": "no such/type", "data": {}}'  # no topic for it: dead-lettered, answered 201
@@ -138,6 +148,19 @@ async def test_a_dead_letter_carries_the_context_of_the_span_that_wrote_it():
     server = by_name(spans, f"POST {PATH}")
     assert server.attributes["scalekit_bridge.outcome"] == "deadlettered"
     assert (server.status.status_code, server.attributes["error.type"]) == (StatusCode.ERROR, "deadlettered")
+
+
+async def test_an_unsampled_delivery_exports_nothing_and_its_record_carries_the_unsampled_context(monkeypatch):
+    monkeypatch.setenv("OTEL_TRACES_SAMPLER", "always_off")
+    traced = Traced()
+    body = body_of(ENVELOPE)
+    status, _ = await deliver(traced.bridge, body, signed_headers(SECRET, body))
+
+    assert status == 201 and traced.finished() == ()
+    [record] = traced.producer.handed
+    version, trace_id, _, flags = header(record, "ce_traceparent").split("-")
+    assert version == "00" and int(flags, 16) & 1 == 0 and trace_id != "0" * 32  # the sampled bit is off
+    assert header(record, "traceparent") == header(record, "ce_traceparent")
 
 
 async def test_a_refused_delivery_says_why_in_fixed_words_and_writes_nothing():
@@ -249,6 +272,27 @@ class Stuck(InMemorySpanExporter):
         return super().export(spans)
 
 
+async def test_a_backfill_run_is_one_span_and_each_record_carries_the_context_of_its_own_producer_span():
+    spans = InMemorySpanExporter()
+    tracing = otel.configure(lambda reason, count: None, exporter=spans)
+    producer = RecordingProducer()
+    writer = writer_for(producer, tracing=tracing)
+    events = [ENVELOPE | {"id": f"evt_{n}"} for n in range(3)]
+    with tracing.run("backfill"):
+        sent = [await writer.send(Recovered(e["id"], body_of(e), "2026-11-30T12:00:00Z"), producer) for e in events]
+        for each in sent:
+            await writer.settle(each)
+    tracing.shutdown(5.0)
+    finished = spans.get_finished_spans()
+
+    run = by_name(finished, "backfill")
+    sends = [span for span in finished if span.kind == SpanKind.PRODUCER]
+    assert run.parent is None and len(sends) == 3
+    assert {span.parent.span_id for span in sends} == {run.context.span_id}
+    assert [header(record, "ce_traceparent") for record in producer.handed] == [traceparent_of(s) for s in sends]
+    assert [s.attributes["cloudevents.event_id"] for s in sends] == ["evt_0", "evt_1", "evt_2"]
+
+
 def closed_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -286,7 +330,7 @@ async def test_a_full_span_queue_drops_spans_and_counts_them_without_a_log_line_
     tracing = otel.configure(metrics.drop_spans, exporter=stuck)
     with caplog.at_level("WARNING"):
         for _ in range(20):
-            with tracing.step("work"):
+            with tracing.run("work"):
                 pass
     stuck.release.set()
     # The queue holds 2 and the exporter took the first batch of 2: at least 15 of the 20 were dropped.
