@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: run test unit lint chart-docs bench bench-cpu bench-backfill bench-replay kafka asyncapi clean fuzz soak
+.PHONY: run test unit lint chart-docs bench bench-cpu bench-backfill bench-replay bench-tracing kafka asyncapi clean fuzz soak
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -54,6 +54,10 @@ bench-backfill: $(VENV)/.installed
 # Two replay runs over 5,000 signed dead letters: everything to publish, then nothing left.
 bench-replay: $(VENV)/.installed
 	$(BIN)/python bench/replay.py
+
+# CPU per delivery with tracing off, and on at 0, 10 and 100 % sampling (OTLP to a local sink).
+bench-tracing: $(VENV)/.installed
+	$(BIN)/python bench/tracing.py
 
 # schemas/asyncapi.yaml is generated; a test fails when it is out of date.
 asyncapi: $(VENV)/.installed
