@@ -51,7 +51,20 @@ HEADERS: dict[str, str] = {
         "Present only on a record written by `scalekit-bridge replay` from a dead letter whose webhook "
         "signature it verified again (RFC 3339: when that run began); beside the delivery's `ce_webhookid`."
     ),
+    "ce_traceparent": (
+        "Only with `BRIDGE_TRACING=on`: the W3C `traceparent` of the bridge's span that wrote the record (the "
+        "CloudEvents distributed-tracing extension); a consumer's process span continues the trace from it."
+    ),
+    "ce_tracestate": "Only with `BRIDGE_TRACING=on`, when the trace carries vendor state: its W3C `tracestate`.",
+    "traceparent": (
+        "Only with `BRIDGE_TRACING=on`: the same context as a transport header, where OpenTelemetry's Kafka "
+        "instrumentations look for it."
+    ),
+    "tracestate": "Only with `BRIDGE_TRACING=on`, beside `traceparent` when the trace carries vendor state.",
 }
+# W3C Trace Context, version 00 as written by the bridge.
+TRACEPARENT_PATTERN = "^00-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$"
+_TRACE_HEADERS = ("ce_traceparent", "traceparent")
 _REQUIRED_HEADERS = ["ce_specversion", "ce_id", "ce_type", "ce_source"]
 # Every record says how it reached the bridge: delivered by webhook (perhaps replayed later from its dead
 # letter), or recovered by a backfill.
@@ -68,6 +81,8 @@ DEADLETTER_HEADERS: dict[str, str] = {
     ),
     "backfilled-at": "Only on a dead letter written by `backfill` (RFC 3339: when that run began).",
     "deadletter-reason": "Why the delivery could not be published as an event.",
+    "traceparent": "Only with `BRIDGE_TRACING=on`: the W3C `traceparent` of the bridge's span that wrote the letter.",
+    "tracestate": "Only with `BRIDGE_TRACING=on`, beside `traceparent` when the trace carries vendor state.",
 }
 _DEADLETTER_PROVENANCE: tuple[list[str], ...] = (["webhook-id", "webhook-timestamp"], ["backfilled-at"])
 
@@ -221,13 +236,19 @@ def _headers_schema() -> dict[str, Any]:
     properties = {name: {"type": "string", "description": text} for name, text in HEADERS.items()}
     properties["content-type"]["const"] = JSON_CONTENT_TYPE
     properties["ce_specversion"]["const"] = "1.0"
+    for name in _TRACE_HEADERS:
+        properties[name]["pattern"] = TRACEPARENT_PATTERN
     return {
         "description": "The Kafka headers of an event record in binary content mode.",
         "type": "object",
         "required": list(_REQUIRED_HEADERS),
         "oneOf": [{"required": [name]} for name in _PROVENANCE_HEADERS],
         # Only a webhook delivery is replayed: a replayed record has ce_webhookid, never ce_backfilledat.
-        "dependencies": {_REPLAYED_HEADER: ["ce_webhookid"]},
+        "dependencies": {
+            _REPLAYED_HEADER: ["ce_webhookid"],
+            "ce_tracestate": ["ce_traceparent"],
+            "ce_traceparent": ["traceparent"],
+        },
         "properties": properties,
     }
 

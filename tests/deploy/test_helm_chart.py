@@ -25,7 +25,7 @@ import pytest
 import trustme
 import yaml
 
-from bridge import __version__
+from bridge import __version__, otel
 from bridge.cli import command_line
 from bridge.config import BackfillSettings, ReplaySettings, Settings
 from bridge.contract import Contract
@@ -249,14 +249,18 @@ def test_everything_enabled_adds_each_optional_piece(helm):
     assert "replicas" not in one(docs, "Deployment")["spec"]  # the HPA owns the replica count
 
 
+# Secrets a release names but does not render (the operator's own).
+OUTSIDE = {
+    "scalekit-webhook": {"signing-secret": "whsec_" + base64.b64encode(b"k" * 32).decode()},
+    "kafka-credentials": {"username": "u", "password": "p"},
+    "otel-collector-auth": {"headers": "authorization=Bearer not-a-real-token"},
+}
+
+
 @pytest.mark.parametrize("values", sorted(VALUES))
 def test_the_rendered_environment_is_one_the_bridge_accepts(helm, values, tmp_path):
     docs = render(helm, values)
-    outside = {
-        "scalekit-webhook": {"signing-secret": "whsec_" + base64.b64encode(b"k" * 32).decode()},
-        "kafka-credentials": {"username": "u", "password": "p"},
-    }
-    env = rendered_env(docs, tmp_path, outside)
+    env = rendered_env(docs, tmp_path, OUTSIDE)
     settings = Settings.from_env(env)
     assert settings.port == webhook_service(docs)["spec"]["ports"][0]["port"]
     assert settings.admin_port == admin_service(docs)["spec"]["ports"][0]["port"]
@@ -533,6 +537,37 @@ def test_the_network_policy_opens_only_the_two_ports_and_lets_helm_test_in(helm)
     assert policy["policyTypes"] == ["Ingress", "Egress"]
 
 
+def test_tracing_reaches_every_pod_with_the_collectors_credentials_from_their_secret(helm, tmp_path, monkeypatch):
+    docs = render(helm, "everything")
+    for of in (None, *((backfill_pod(docs, c)["spec"], backfill_pod(docs, c)["spec"]["containers"][0])
+                       for c in ("backfill", "replay"))):
+        env = rendered_env(docs, tmp_path, OUTSIDE, of)
+        assert env["BRIDGE_TRACING"] == "true"
+        assert env["OTEL_EXPORTER_OTLP_ENDPOINT"] == "http://otel-collector.observability:4318"
+        assert env["OTEL_EXPORTER_OTLP_HEADERS"] == "authorization=Bearer not-a-real-token"
+        assert env["OTEL_RESOURCE_ATTRIBUTES"] == "k8s.namespace.name=prod,deployment.environment.name=prod"
+        for name, value in env.items():
+            monkeypatch.setenv(name, value)
+        assert otel.configure(lambda reason, count: None).enabled  # the SDK's variables as the chart sets them
+    assert "OTEL_EXPORTER_OTLP_HEADERS" not in bridge_config(docs)
+    assert "BRIDGE_TRACING" not in {k for k, v in bridge_config(render(helm, "minimal")).items() if v == "true"}
+
+
+def test_every_network_policy_lets_the_pods_reach_the_collector_and_only_on_its_port(helm):
+    docs = render(helm, "everything")
+    collector = {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "observability"}}}
+    policies = [doc["spec"] for doc in docs if doc["kind"] == "NetworkPolicy"]
+    assert len(policies) == 3
+    for policy in policies:
+        assert {"ports": [{"port": 4318, "protocol": "TCP"}], "to": [collector]} in policy["egress"]
+
+
+def test_tracing_without_a_collector_is_refused_naming_the_value(helm):
+    refused = run_helm(helm, "template", "bridge", "--set", "webhook.secret=whsec_x",
+                       "--set", "kafka.bootstrapServers=k:9092", "--set", "tracing.enabled=true")
+    assert refused.returncode != 0 and "tracing.endpoint" in refused.stderr
+
+
 def test_the_chart_and_its_app_are_the_packages_version():
     chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
     assert chart["appVersion"] == __version__
@@ -547,10 +582,7 @@ BACKFILLED = ("everything", "existing-secret-sasl")
 def test_the_backfill_environment_is_one_backfill_accepts_and_has_no_webhook_secret(helm, values, tmp_path):
     docs = render(helm, values)
     (job,) = backfill_pod(docs)["spec"]["containers"]
-    outside = {
-        "scalekit-api-client": {"SCALEKIT_CLIENT_ID": "skc_1", "SCALEKIT_CLIENT_SECRET": "s"},
-        "kafka-credentials": {"username": "u", "password": "p"},
-    }
+    outside = {"scalekit-api-client": {"SCALEKIT_CLIENT_ID": "skc_1", "SCALEKIT_CLIENT_SECRET": "s"}, **OUTSIDE}
     env = rendered_env(docs, tmp_path, outside, of=(backfill_pod(docs)["spec"], job))
     settings = BackfillSettings.from_env(env)
     assert settings.api.environment_url == "https://acme.scalekit.example"
@@ -619,10 +651,7 @@ def test_the_replay_environment_is_one_replay_accepts_with_the_bridges_secret(he
     docs = render(helm, values, "--set", "replay.enabled=true")
     pod = backfill_pod(docs, "replay")
     (job,) = pod["spec"]["containers"]
-    outside = {
-        "scalekit-webhook": {"signing-secret": "whsec_" + base64.b64encode(b"k" * 32).decode()},
-        "kafka-credentials": {"username": "u", "password": "p"},
-    }
+    outside = OUTSIDE
     env = rendered_env(docs, tmp_path, outside, of=(pod["spec"], job))
     settings = ReplaySettings.from_env(env)
     bridge = Settings.from_env(rendered_env(docs, tmp_path, outside))  # the same mount paths, the same files

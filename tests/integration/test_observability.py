@@ -171,6 +171,16 @@ def test_the_dashboard_takes_its_datasource_from_a_variable():
         assert all(target["datasource"]["uid"] == "${datasource}" for target in panel["targets"])
 
 
+def test_every_latency_panel_shows_exemplars_so_a_slow_bucket_opens_its_trace():
+    dashboard = json.loads(DASHBOARD.read_text())
+    latency = [target for panel in dashboard["panels"] for target in panel["targets"]
+               if "_duration_seconds_bucket" in target["expr"]]
+    assert {"scalekit_bridge_publish_duration_seconds_bucket", "scalekit_bridge_request_duration_seconds_bucket"} <= {
+        name for target in latency for name in re.findall(r"scalekit_bridge_\w+_bucket", target["expr"])
+    }
+    assert all(target.get("exemplar") is True for target in latency)
+
+
 async def test_one_json_log_line_per_delivery_without_bodies_or_secrets(driven):
     _, records = driven
     lines = [json.loads(JsonFormatter().format(r)) for r in records if r.name == "bridge.delivery"]

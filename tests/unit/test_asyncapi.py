@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,7 @@ from bridge.contract import Contract
 from bridge.dev.asyncapi import DEADLETTER, DEADLETTER_HEADERS, HEADERS, document, render
 from bridge.dev.samples import sample, sample_types
 from bridge.envelope import Origin, Recovered, Replayed, build_record, deadletter_message, partition_key
+from bridge.tracing import TraceContext
 from bridge.verify import VerifiedDelivery
 from tests import tools
 
@@ -49,15 +51,21 @@ def origin_of(envelope: dict[str, Any], how: str = WEBHOOK) -> Origin:
     return Replayed(delivery, "2026-11-30T12:00:00Z") if how == REPLAY else delivery
 
 
-def record_of(event_type: str, how: str = WEBHOOK, **changes: Any):
+# A context as the bridge writes it with BRIDGE_TRACING=on: in the event (ce_*) and as transport headers.
+TRACED = TraceContext("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01", "vendor=abc")
+
+
+def record_of(event_type: str, how: str = WEBHOOK, trace: TraceContext | None = None, **changes: Any):
     envelope = sample(event_type) | changes
-    return build_record(
+    message = build_record(
         origin_of(envelope, how),
         topic_prefix=Settings.topic_prefix,
         mode="binary",
         envelope=envelope,
         dataschema=CONTRACT.dataschema(envelope["type"]),
+        trace=trace,
     ).message
+    return message if trace is None else dataclasses.replace(message, headers=(*message.headers, *trace.headers()))
 
 
 def test_the_committed_document_is_exactly_what_the_generator_writes():
@@ -93,10 +101,11 @@ def test_each_channel_has_one_send_operation_with_kafka_bindings():
         assert operation["action"] == "send"
 
 
+@pytest.mark.parametrize("trace", [None, TRACED], ids=["untraced", "traced"])
 @pytest.mark.parametrize("how", [WEBHOOK, BACKFILL, REPLAY])
 @pytest.mark.parametrize("event_type", sample_types())
-def test_the_headers_the_bridge_writes_match_the_documented_headers(event_type, how):
-    message = record_of(event_type, how)
+def test_the_headers_the_bridge_writes_match_the_documented_headers(event_type, how, trace):
+    message = record_of(event_type, how, trace)
     headers = {name: value.decode() for name, value in message.headers}
     headers_schema = validator(f"/components/messages/{event_type}/headers")
 
@@ -137,6 +146,15 @@ def test_the_documented_key_is_where_the_bridge_takes_it_from(event_type):
     assert record_of(event_type).key == node.encode() == partition_key(envelope).encode()
 
 
+def test_a_traced_record_carries_its_context_in_the_event_and_for_transport_alike():
+    headers = {name: value.decode() for name, value in record_of("role.created", trace=TRACED).headers}
+    headers_schema = validator("/components/messages/role.created/headers")
+
+    assert headers_schema.is_valid(headers)
+    assert not headers_schema.is_valid(headers | {"ce_traceparent": "01-garbage"})
+    assert not headers_schema.is_valid({name: value for name, value in headers.items() if name != "ce_traceparent"})
+
+
 def test_the_deadletter_channel_documents_the_headers_the_bridge_writes():
     schema = validator(f"/components/messages/{DEADLETTER}/headers")
     written: set[str] = set()
@@ -144,7 +162,7 @@ def test_the_deadletter_channel_documents_the_headers_the_bridge_writes():
         message = deadletter_message(
             origin_of({"id": "evt_1"}, how), topic=Settings.deadletter_topic, reason="body is not JSON"
         )
-        headers = {name: value.decode() for name, value in message.headers}
+        headers = {name: value.decode() for name, value in (*message.headers, *TRACED.headers())}
         assert schema.is_valid(headers), how
         assert not schema.is_valid({name: v for name, v in headers.items() if name != "deadletter-reason"})
         written |= set(headers)

@@ -87,6 +87,14 @@ effect without a restart. `files` lists the pieces a container gets: webhook, sa
 - name: SCALEKIT_CLIENT_SECRET_FILE
   value: /etc/scalekit-bridge/scalekit-api/client-secret
 {{- end }}
+{{- if and .Values.tracing.enabled .Values.tracing.headersSecret }}
+# The collector's credentials: read by the OpenTelemetry SDK, never in the ConfigMap.
+- name: OTEL_EXPORTER_OTLP_HEADERS
+  valueFrom:
+    secretKeyRef:
+      name: {{ .Values.tracing.headersSecret }}
+      key: {{ .Values.tracing.headersSecretKey }}
+{{- end }}
 {{- end }}
 {{- end }}
 
@@ -211,6 +219,18 @@ app.kubernetes.io/component: replay
   to:
     {{- toYaml . | nindent 4 }}
   {{- end }}
+{{- if .Values.tracing.enabled }}
+# The trace collector (OTLP/HTTP).
+- ports:
+    {{- range .Values.tracing.collectorPorts }}
+    - port: {{ . }}
+      protocol: TCP
+    {{- end }}
+  {{- with .Values.tracing.collectorPeers }}
+  to:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+{{- end }}
 {{- end }}
 
 {{/* The admin port's ClusterIP Service; also the Prometheus job name a ServiceMonitor gives the bridge. */}}
@@ -269,6 +289,9 @@ which must last at least the publish timeout so every in-flight delivery gets it
 {{- end }}
 {{- if and .Values.kafka.clientCertSecret (not (has .Values.kafka.securityProtocol (list "SSL" "SASL_SSL"))) }}
 {{- fail (printf "kafka.clientCertSecret needs kafka.securityProtocol SSL or SASL_SSL, not %s" .Values.kafka.securityProtocol) }}
+{{- end }}
+{{- if and .Values.tracing.enabled (not .Values.tracing.endpoint) }}
+{{- fail "tracing.enabled needs tracing.endpoint (your collector's OTLP/HTTP URL, e.g. http://otel-collector.observability:4318)" }}
 {{- end }}
 {{- if eq (int .Values.service.port) (int .Values.service.adminPort) }}
 {{- fail (printf "service.adminPort (%v) must differ from service.port" .Values.service.adminPort) }}
