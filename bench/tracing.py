@@ -34,8 +34,8 @@ from bridge.dev.sendtest import signed_headers
 from bridge.envelope import KafkaMessage
 from bridge.metrics import Metrics
 from bridge.service import Bridge
+from bridge.traces import start as start_tracing
 from bridge.tracing import OFF, Tracing
-from bridge.tracing import start as start_tracing
 from bridge.verify import SigningKey
 
 SECRET = "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()

@@ -61,7 +61,7 @@ BACKFILLED_AT_EXTENSION = "backfilledat"
 # When a `replay` run published the event from its dead letter (beside its webhookid).
 REPLAYED_AT_EXTENSION = "replayedat"
 PARTITION_KEY_EXTENSION = "partitionkey"
-# CloudEvents' distributed-tracing extension: the context of the span that created the record (BRIDGE_TRACING=on).
+# CloudEvents' distributed-tracing extension: the context of the span that created the record (BRIDGE_TRACING=true).
 TRACEPARENT_EXTENSION = "traceparent"
 TRACESTATE_EXTENSION = "tracestate"
 

@@ -139,7 +139,7 @@ class Metrics:
         )
         self.trace_spans_dropped = Counter(
             "scalekit_bridge_trace_spans_dropped",
-            "Spans not handed to the collector (BRIDGE_TRACING=on): its queue was full, or an export failed.",
+            "Spans not handed to the collector (BRIDGE_TRACING=true): its queue was full, or an export failed.",
             ("reason",),
             registry=self.registry,
         )

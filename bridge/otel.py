@@ -1,6 +1,6 @@
 """The OpenTelemetry SDK behind `bridge.tracing`: the only module that imports OpenTelemetry.
 
-Imported only when `BRIDGE_TRACING=on`. The SDK reads its own variables: the sampler
+Imported only when `BRIDGE_TRACING=true`. The SDK reads its own variables: the sampler
 (`OTEL_TRACES_SAMPLER[_ARG]`), the resource (`OTEL_SERVICE_NAME`, `OTEL_RESOURCE_ATTRIBUTES`),
 the OTLP exporter (`OTEL_EXPORTER_OTLP_[TRACES_]ENDPOINT`, `_HEADERS`, `_TIMEOUT`, ...) and the batch
 processor (`OTEL_BSP_*`). This module only checks the few it must choose by (which exporter, which
@@ -36,7 +36,7 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 
 from bridge import __version__
 from bridge.errors import ConfigError
-from bridge.tracing import OUTCOME_ATTRIBUTE, Attribute, DroppedSpans, TraceContext, Tracing
+from bridge.tracing import OUTCOME_ATTRIBUTE, Attribute, DroppedSpans, NoSpan, TraceContext, Tracing
 
 SERVICE = "scalekit-bridge"
 # An incoming traceparent is a stranger's text: version 00 is 55 characters, later versions may add
@@ -268,42 +268,14 @@ def _context_of(span: trace.Span) -> TraceContext | None:
     return TraceContext(parent, carrier.get("tracestate")) if parent is not None else None
 
 
-class _Unsampled:
+class _Unsampled(NoSpan):
     """A child of a span the sampler dropped: recording nothing, it skips the SDK's span altogether.
 
     A record still carries the trace's context (flagged not sampled), so a consumer's parent-based
     sampler makes the same decision."""
 
-    __slots__ = ("context",)
-
     def __init__(self, context: TraceContext | None) -> None:
         self.context = context
-
-    def set(self, name: str, value: Attribute) -> None:
-        pass
-
-    def fail(self, error: str) -> None:
-        pass
-
-    def sending_to(self, topic: str, key: bytes | None) -> None:
-        pass
-
-    def written(self, partition: int, offset: int) -> None:
-        pass
-
-    def ended(self, outcome: str, error: str | None) -> None:
-        pass
-
-    def end(self) -> None:
-        pass
-
-    def __enter__(self) -> _Unsampled:
-        return self
-
-    def __exit__(
-        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        pass
 
 
 _UNSAMPLED = _Unsampled(None)

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from typing import Protocol, TextIO
 
 from bridge import metrics as m
+from bridge.traces import start as start_tracing
 from bridge.tracing import Span, Tracing
-from bridge.tracing import start as start_tracing
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +88,7 @@ TRACE_FLUSH_SECONDS = 2.0
 
 @dataclass(frozen=True)
 class Writing:
-    """What a run's writer reports to: metrics of its own and, with BRIDGE_TRACING=on, a tracer."""
+    """What a run's writer reports to: metrics of its own and, with BRIDGE_TRACING=true, a tracer."""
 
     metrics: m.Metrics
     tracing: Tracing

@@ -20,8 +20,8 @@ from bridge.pipeline import Pipeline, Writer
 from bridge.publish import KafkaPublisher
 from bridge.redelivery import RedeliveryCache
 from bridge.rotation import SecretFiles
+from bridge.traces import start as start_tracing
 from bridge.tracing import OFF, Tracing
-from bridge.tracing import start as start_tracing
 from bridge.verify import Verifier
 
 log = logging.getLogger(__name__)

@@ -1,9 +1,9 @@
-"""Traces, when `BRIDGE_TRACING=on`: what the pipeline, the app and the runs may ask of a tracer.
+"""Traces, when `BRIDGE_TRACING=true`: what the pipeline, the app and the runs may ask of a tracer.
 
 Off (the default), `OFF` answers every call with a shared do-nothing object and nothing of
 OpenTelemetry is imported, so a delivery costs what it cost before tracing existed. On,
 `bridge.otel` (the only module that imports OpenTelemetry) configures the SDK from its own
-`OTEL_*` variables. Callers hold a `Tracing` and never know which one they have.
+`OTEL_*` variables (`bridge.traces.start` chooses). Callers hold a `Tracing` and never know which one they have.
 
 No span attribute carries a header value, a body, a secret or a signature: callers pass
 fixed words, event ids and types, topics, keys and the broker's partition and offset only.
@@ -100,8 +100,10 @@ class Tracing(Protocol):
         ...
 
 
-class _NoSpan:
-    context = None
+class NoSpan:
+    """A span that records nothing (tracing off, or a child of a span the sampler dropped)."""
+
+    context: TraceContext | None = None
 
     def set(self, name: str, value: Attribute) -> None:
         pass
@@ -121,7 +123,7 @@ class _NoSpan:
     def end(self) -> None:
         pass
 
-    def __enter__(self) -> _NoSpan:
+    def __enter__(self) -> NoSpan:
         return self
 
     def __exit__(
@@ -130,7 +132,7 @@ class _NoSpan:
         pass
 
 
-_NO_SPAN = _NoSpan()
+_NO_SPAN = NoSpan()
 
 
 class _Off:
@@ -162,12 +164,3 @@ class DroppedSpans(Protocol):
     """Where the tracer counts spans it could not hand to the collector (`reason`: a fixed word)."""
 
     def __call__(self, reason: str, count: int) -> None: ...
-
-
-def start(enabled: bool, dropped: DroppedSpans) -> Tracing:
-    """`OFF`, or a tracer configured from the `OTEL_*` variables; raises ConfigError naming a bad one."""
-    if not enabled:
-        return OFF
-    from bridge import otel  # imported only when tracing is on
-
-    return otel.configure(dropped)

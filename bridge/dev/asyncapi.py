@@ -52,15 +52,15 @@ HEADERS: dict[str, str] = {
         "signature it verified again (RFC 3339: when that run began); beside the delivery's `ce_webhookid`."
     ),
     "ce_traceparent": (
-        "Only with `BRIDGE_TRACING=on`: the W3C `traceparent` of the bridge's span that wrote the record (the "
+        "Only with `BRIDGE_TRACING=true`: the W3C `traceparent` of the bridge's span that wrote the record (the "
         "CloudEvents distributed-tracing extension); a consumer's process span continues the trace from it."
     ),
-    "ce_tracestate": "Only with `BRIDGE_TRACING=on`, when the trace carries vendor state: its W3C `tracestate`.",
+    "ce_tracestate": "Only with `BRIDGE_TRACING=true`, when the trace carries vendor state: its W3C `tracestate`.",
     "traceparent": (
-        "Only with `BRIDGE_TRACING=on`: the same context as a transport header, where OpenTelemetry's Kafka "
+        "Only with `BRIDGE_TRACING=true`: the same context as a transport header, where OpenTelemetry's Kafka "
         "instrumentations look for it."
     ),
-    "tracestate": "Only with `BRIDGE_TRACING=on`, beside `traceparent` when the trace carries vendor state.",
+    "tracestate": "Only with `BRIDGE_TRACING=true`, beside `traceparent` when the trace carries vendor state.",
 }
 # W3C Trace Context, version 00 as written by the bridge.
 TRACEPARENT_PATTERN = "^00-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$"
@@ -81,8 +81,8 @@ DEADLETTER_HEADERS: dict[str, str] = {
     ),
     "backfilled-at": "Only on a dead letter written by `backfill` (RFC 3339: when that run began).",
     "deadletter-reason": "Why the delivery could not be published as an event.",
-    "traceparent": "Only with `BRIDGE_TRACING=on`: the W3C `traceparent` of the bridge's span that wrote the letter.",
-    "tracestate": "Only with `BRIDGE_TRACING=on`, beside `traceparent` when the trace carries vendor state.",
+    "traceparent": "Only with `BRIDGE_TRACING=true`: the W3C `traceparent` of the bridge's span that wrote the letter.",
+    "tracestate": "Only with `BRIDGE_TRACING=true`, beside `traceparent` when the trace carries vendor state.",
 }
 _DEADLETTER_PROVENANCE: tuple[list[str], ...] = (["webhook-id", "webhook-timestamp"], ["backfilled-at"])
 

@@ -93,7 +93,7 @@ def scalekit_event(
 
 
 def trace_context(event: BaseCloudEvent) -> dict[str, str]:
-    """The W3C trace context the bridge put in `event` when it ran with BRIDGE_TRACING=on ({} otherwise):
+    """The W3C trace context the bridge put in `event` when it ran with BRIDGE_TRACING=true ({} otherwise):
     a carrier for an OpenTelemetry propagator, so a consumer's "process" span continues the bridge's trace.
 
         created = TraceContextTextMapPropagator().extract(trace_context(event))

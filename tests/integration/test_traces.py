@@ -1,6 +1,6 @@
 """One trace from the delivery to the consumer, read back from a real Jaeger (OTLP in, its query API out).
 
-The bridge runs as `serve` in its own process with BRIDGE_TRACING=on, exporting to Jaeger's all-in-one
+The bridge runs as `serve` in its own process with BRIDGE_TRACING=true, exporting to Jaeger's all-in-one
 (built pinned, tests/tools.py); the directory-sync example consumes with its own tracer exporting to the
 same Jaeger. The trace is then read through Jaeger's API, not from any in-memory exporter.
 """

@@ -51,7 +51,7 @@ def origin_of(envelope: dict[str, Any], how: str = WEBHOOK) -> Origin:
     return Replayed(delivery, "2026-11-30T12:00:00Z") if how == REPLAY else delivery
 
 
-# A context as the bridge writes it with BRIDGE_TRACING=on: in the event (ce_*) and as transport headers.
+# A context as the bridge writes it with BRIDGE_TRACING=true: in the event (ce_*) and as transport headers.
 TRACED = TraceContext("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01", "vendor=abc")
 
 

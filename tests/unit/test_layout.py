@@ -51,7 +51,7 @@ def test_only_the_otel_module_knows_opentelemetry():
 
 def test_tracing_off_imports_nothing_of_opentelemetry():
     probe = (
-        "import sys, bridge.cli, bridge.app, bridge.backfill, bridge.replay, bridge.tracing;"
+        "import sys, bridge.cli, bridge.app, bridge.backfill, bridge.replay, bridge.tracing, bridge.traces;"
         "print(' '.join(sorted(m for m in sys.modules if m.startswith(('opentelemetry', 'bridge.otel')))))"
     )
     loaded = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout.split()

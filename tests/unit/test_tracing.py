@@ -1,4 +1,4 @@
-"""Traces (BRIDGE_TRACING=on): the spans of one delivery, the context in its record, and what no span may hold.
+"""Traces (BRIDGE_TRACING=true): the spans of one delivery, the context in its record, and what no span may hold.
 
 The publisher is faked and spans are kept in memory here; tests/integration/test_traces.py reads
 the same trace back from a real Jaeger, through a real broker and a consumer.
