@@ -32,6 +32,7 @@ from bridge.dev.topics import read_topics
 from examples.directory_sync.consumer import DirectorySync, process_span
 from examples.directory_sync.store import DirectoryStore
 from tests import tools
+from tests.integration.conftest import SECRET
 
 pytestmark = pytest.mark.integration
 
@@ -149,6 +150,15 @@ def one(spans: list[dict[str, Any]], **match: Any) -> dict[str, Any]:
     return found[0]
 
 
+def leaves(node: Any) -> list[str]:
+    """Every string in a JSON value."""
+    if isinstance(node, dict):
+        return [leaf for value in node.values() for leaf in leaves(value)]
+    if isinstance(node, list):
+        return [leaf for value in node for leaf in leaves(value)]
+    return [node] if isinstance(node, str) else []
+
+
 def trace_and_span(traceparent: bytes) -> tuple[str, str]:
     _, trace_id, span_id, _ = traceparent.decode().split("-")
     return trace_id, span_id
@@ -201,6 +211,12 @@ async def test_a_published_event_is_one_trace_from_the_delivery_to_the_consumers
     assert server["attrs"]["scalekit_bridge.outcome"] == "published"
     assert process["parentSpanId"] == send_id
     assert [(link["traceId"], link["spanId"]) for link in process["links"]] == [(trace_id, send_id)]
+    # What Jaeger holds of the bridge's spans: the event's id, type and key, never its data or the secret.
+    held = [str(value) for span in spans if span["service"] == "scalekit-bridge" for value in span["attrs"].values()]
+    allowed = {event["id"], event["type"], record.key.decode()}
+    private = [value for value in leaves(event["data"]) if value not in allowed and len(value) > 3] + [SECRET]
+    assert len(private) > 3
+    assert [(value, attribute) for value in private for attribute in held if value in attribute] == []
 
 
 async def test_a_dead_letter_is_one_trace_from_the_delivery_to_the_process_span_of_whoever_reads_it(

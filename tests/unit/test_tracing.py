@@ -24,6 +24,7 @@ from bridge.envelope import KafkaMessage, Recovered, rebuild_delivery
 from bridge.errors import ConfigError
 from bridge.metrics import Metrics
 from bridge.service import Bridge
+from bridge.testing import trace_context
 from tests.fakes import RecordingProducer, writer_for
 from tests.helpers import body_of, loopback, serving, signed_headers
 
@@ -122,6 +123,7 @@ async def test_the_record_extension_is_read_by_the_cloudevents_sdk_in_both_modes
         send = by_name(traced.finished(), "send scalekit.user.created")
         assert event.get_extension("traceparent") == traceparent_of(send), mode
         assert event.get_extension("tracestate") == "a=1", mode
+        assert trace_context(event) == {"traceparent": traceparent_of(send), "tracestate": "a=1"}, mode
 
 
 async def test_the_trace_context_is_the_bridges_own_and_never_part_of_the_rebuilt_envelope():
