@@ -191,8 +191,18 @@ class Writer:
             # The shutdown grace ran out, or the caller went away: no 201, so Scalekit retries. Said all the same.
             self.record(replace(planned.receipt, outcome=Outcome.FAILED), started, reason=_CANCELLED)
             raise
-        _written(span, planned, ack)
+        written(span, planned, ack)
         return self.record(planned.receipt.acknowledged(ack), started, reason=planned.reason)
+
+    def traced(self, origin: Origin, planned: Plan) -> tuple[Plan, Span]:
+        """A record planned earlier (replay plans first, to choose what to write), under a producer span of
+        its own: with tracing on, the same record planned again with the span's context in it. Hand it over
+        with `with_trace`; end the span with `written`, or with `fail` and `end`."""
+        span = self._tracing.producer()
+        if span.context is not None:
+            planned = self.plan(origin, span.context)
+        _sending(span, planned)
+        return planned, span
 
     def _planned(self, origin: Origin, span: Span) -> Plan:
         """The plan, made under its own span, with the producer span's context in the record."""
@@ -221,14 +231,15 @@ class Writer:
         planned = self._planned(origin, span)
         try:
             try:
-                return Sent(origin, planned, await sender.send(_traced(planned.message, span.context)), started, span)
+                pending = await sender.send(with_trace(planned.message, span.context))
             except RecordRejected as exc:
                 planned = self._letter(origin, planned, exc)
                 _sending(span, planned)
-            try:
-                return Sent(origin, planned, await sender.send(_traced(planned.message, span.context)), started, span)
-            except RecordRejected as exc:
-                raise self._deadletter_refused(exc) from exc
+                try:
+                    pending = await sender.send(with_trace(planned.message, span.context))
+                except RecordRejected as exc:
+                    raise self._deadletter_refused(exc) from exc
+            return Sent(origin, planned, pending, started, span)
         except PublishFailed as exc:
             span.fail(type(exc).__name__)
             span.end()
@@ -250,7 +261,7 @@ class Writer:
             span.end()
             self.record(replace(planned.receipt, outcome=Outcome.FAILED), sent.started, reason=exc.reason)
             raise
-        _written(span, planned, ack)
+        written(span, planned, ack)
         return self.record(planned.receipt.acknowledged(ack), sent.started, reason=planned.reason)
 
     def _letter(self, origin: Origin, planned: Plan, exc: RecordRejected) -> Plan:
@@ -343,7 +354,7 @@ class Writer:
         """Write one planned record (with the transport trace context, if any), and time it; raises
         PublishFailed or RecordRejected."""
         sent = time.perf_counter()
-        ack = await self._publisher.publish(_traced(message, trace))
+        ack = await self._publisher.publish(with_trace(message, trace))
         ids = self._tracing.current_ids()
         self.metrics.publish_duration.observe(time.perf_counter() - sent, {"trace_id": ids[0]} if ids else None)
         return ack
@@ -378,7 +389,7 @@ class Writer:
         return receipt
 
 
-def _traced(message: KafkaMessage, trace: TraceContext | None) -> KafkaMessage:
+def with_trace(message: KafkaMessage, trace: TraceContext | None) -> KafkaMessage:
     """The record with the transport `traceparent` (and `tracestate`) headers, when there is a context."""
     if trace is None:
         return message
@@ -393,7 +404,8 @@ def _sending(span: Span, planned: Plan) -> None:
         span.set("cloudevents.event_type", planned.receipt.event_type)
 
 
-def _written(span: Span, planned: Plan, ack: Ack) -> None:
+def written(span: Span, planned: Plan, ack: Ack) -> None:
+    """End a record's producer span with where the broker put it and how its event ended."""
     span.written(ack.partition, ack.offset)
     outcome = planned.receipt.outcome
     span.ended(outcome, "deadlettered" if outcome == Outcome.DEADLETTERED else None)

@@ -35,9 +35,10 @@ from bridge.envelope import (
     parse_envelope,
 )
 from bridge.errors import MalformedDelivery, PublishFailed, RecordRejected, VerificationFailed
-from bridge.pipeline import Plan, Writer
+from bridge.pipeline import Plan, Writer, with_trace, written
 from bridge.progress import Progress, Writing, stop_within, stopped_by_sigterm, traced_run
 from bridge.publish import KafkaPublisher, event_ids_since, records_since
+from bridge.tracing import Span
 from bridge.verify import VerifiedDelivery, Verifier
 from bridge.window import parse_time
 
@@ -137,6 +138,7 @@ class _Planned:
     """A verified dead letter and the record the webhook path would write for it today."""
 
     letter: _Letter
+    origin: Replayed
     plan: Plan
 
 
@@ -166,7 +168,8 @@ async def _replay(
 
     routable: list[_Planned] = []
     for letter, delivery in _verified(letters, verifier, tally):
-        planned = _Planned(letter, writer.plan(Replayed(delivery, replayed_at)))
+        origin = Replayed(delivery, replayed_at)
+        planned = _Planned(letter, origin, writer.plan(origin))
         if planned.plan.receipt.outcome == Outcome.DEADLETTERED:
             tally.still_dead.append(f"{_event_id(planned)}: {planned.plan.reason}")
             _show(planned, out, request.dry_run)
@@ -293,7 +296,7 @@ async def _publish(
     already handed over are still waited for, each at most the publish timeout from its hand-over, and
     those acknowledged after an earlier event of their key failed are named.
     """
-    waiting: deque[tuple[_Planned, Pending, float]] = deque()
+    waiting: deque[tuple[_Planned, Pending, float, Span]] = deque()
     settled: set[str] = set()
     failed_keys: set[bytes | None] = set()
     failures = 0
@@ -309,15 +312,18 @@ async def _publish(
         log.error("a replay write failed", extra={"event_id": _event_id(planned), "reason": exc.reason})
 
     async def settle_oldest() -> None:
-        planned, pending, started = waiting.popleft()
+        planned, pending, started, span = waiting.popleft()
         try:
             ack = await pending.ack()
-        except RecordRejected as exc:
-            refused(planned, exc)
+        except (RecordRejected, PublishFailed) as exc:
+            span.fail(type(exc).__name__)
+            span.end()
+            if isinstance(exc, RecordRejected):
+                refused(planned, exc)
+            else:
+                failed(planned, exc)
             return
-        except PublishFailed as exc:
-            failed(planned, exc)
-            return
+        written(span, planned.plan, ack)
         writer.record(planned.plan.receipt.acknowledged(ack), started)
         settled.add(_event_id(planned))
         tally.replayed += 1
@@ -334,15 +340,18 @@ async def _publish(
         if stopping is not None and stopping.is_set():
             log.warning("stopping (SIGTERM): no more records are handed over; waiting for those in flight")
             break
+        plan, span = writer.traced(planned.origin, planned.plan)
         try:
-            pending = await sender.send(planned.plan.message)
-        except RecordRejected as exc:
+            pending = await sender.send(with_trace(plan.message, span.context))
+        except (RecordRejected, PublishFailed) as exc:
+            span.fail(type(exc).__name__)
+            span.end()
+            if isinstance(exc, PublishFailed):
+                failed(planned, exc)
+                break
             refused(planned, exc)
             continue
-        except PublishFailed as exc:
-            failed(planned, exc)
-            break
-        waiting.append((planned, pending, time.perf_counter()))
+        waiting.append((planned, pending, time.perf_counter(), span))
         await asyncio.sleep(0)  # let the producer send and hear back between hand-overs
     while waiting:
         await settle_oldest()

@@ -27,7 +27,7 @@ def planned(producer: RecordingProducer, events: list[tuple[str, str]]) -> list[
         body = json.dumps(envelope).encode()
         origin = Replayed(VerifiedDelivery(f"msg_{n}", "1760000000", body, "v1,c2ln"), STAMP)
         letter = _Letter(StoredRecord(KafkaMessage(DEADLETTER, None, body, ()), 0, n, 0), {}, envelope)
-        made.append(_Planned(letter, writer.plan(origin)))
+        made.append(_Planned(letter, origin, writer.plan(origin)))
     return made
 
 

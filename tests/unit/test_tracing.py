@@ -20,11 +20,14 @@ from opentelemetry.trace import SpanKind, StatusCode
 
 from bridge import otel
 from bridge.config import Settings
-from bridge.envelope import KafkaMessage, Recovered, rebuild_delivery
+from bridge.core import StoredRecord
+from bridge.envelope import KafkaMessage, Recovered, Replayed, rebuild_delivery
 from bridge.errors import ConfigError
 from bridge.metrics import Metrics
+from bridge.replay import Tally, _Letter, _Planned, _publish
 from bridge.service import Bridge
 from bridge.testing import trace_context
+from bridge.verify import VerifiedDelivery
 from tests.fakes import RecordingProducer, writer_for
 from tests.helpers import body_of, loopback, serving, signed_headers
 
@@ -260,6 +263,31 @@ async def test_the_delivery_log_line_names_its_trace_and_span(caplog):
     server = by_name(traced.finished(), f"POST {PATH}")
     [line] = [record.delivery for record in caplog.records if record.name == "bridge.delivery"]
     assert (line["trace_id"], line["span_id"]) == (f"{server.context.trace_id:032x}", f"{server.context.span_id:016x}")
+
+
+async def test_a_replay_run_is_one_span_and_each_replayed_record_carries_its_own_producer_spans_context():
+    spans = InMemorySpanExporter()
+    tracing = otel.configure(lambda reason, count: None, exporter=spans)
+    producer = RecordingProducer()
+    writer = writer_for(producer, tracing=tracing)
+    plans = []
+    for n in range(2):
+        body = body_of(ENVELOPE | {"id": f"evt_{n}"})
+        origin = Replayed(VerifiedDelivery(f"msg_{n}", "1760000000", body, "v1,c2ln"), "2026-11-30T12:00:00Z")
+        letter = _Letter(StoredRecord(KafkaMessage("scalekit.deadletter", None, body, ()), 0, n, 0), {}, None)
+        plans.append(_Planned(letter, origin, writer.plan(origin)))
+    with tracing.run("replay"):
+        await _publish(writer, producer, plans, Tally(dry_run=False))
+    tracing.shutdown(5.0)
+    finished = spans.get_finished_spans()
+
+    run = by_name(finished, "replay")
+    sends = [span for span in finished if span.kind == SpanKind.PRODUCER]
+    assert {span.parent.span_id for span in sends} == {run.context.span_id} and len(sends) == 2
+    assert [header(record, "ce_traceparent") for record in producer.handed] == [traceparent_of(s) for s in sends]
+    assert [header(record, "traceparent") for record in producer.handed] == [traceparent_of(s) for s in sends]
+    assert all(header(record, "ce_replayedat") == "2026-11-30T12:00:00Z" for record in producer.handed)
+    assert [s.attributes["messaging.kafka.offset"] for s in sends] == [0, 1]
 
 
 class Stuck(InMemorySpanExporter):
