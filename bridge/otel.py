@@ -68,12 +68,14 @@ def configure(dropped: DroppedSpans, *, exporter: SpanExporter | None = None) ->
     exporters = _exporters(env) if exporter is None else [exporter]
     _check_sampler(env)
     provider = TracerProvider(resource=_resource())
-    for exporter in exporters:
-        provider.add_span_processor(BatchSpanProcessor(_Counted(exporter, dropped)))
+    for chosen in exporters:
+        provider.add_span_processor(BatchSpanProcessor(_Counted(chosen, dropped)))
     counter = _QueueFull(dropped)
     for name in _SDK_LOGGERS:
-        # Ahead of the SDK's own filter, which lets through only the first of a run of equal warnings.
-        logging.getLogger(name).filters.insert(0, counter)
+        logger = logging.getLogger(name)
+        # One counter per process (the last tracer's), ahead of the SDK's own filter, which lets through
+        # only the first of a run of equal warnings.
+        logger.filters = [counter, *(kept for kept in logger.filters if not isinstance(kept, _QueueFull))]
     return _Tracer(provider)
 
 
