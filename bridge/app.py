@@ -128,8 +128,7 @@ async def receive(request: web.Request) -> web.Response:
             response = _created(receipt)
             span.ended(receipt.outcome, "deadlettered" if receipt.outcome == Outcome.DEADLETTERED else None)
         except Exception as exc:  # noqa: BLE001 - the error boundary; _answer_for knows every case
-            response = _answer_for(exc, bridge, started)
-            _traced_refusal(span, exc, response.status)
+            response = _answer_for(exc, bridge, started, span)
         finally:
             if connection is not None:
                 connection.request_finished()
@@ -139,19 +138,6 @@ async def receive(request: web.Request) -> web.Response:
         response.force_close()  # draining: no connection outlives its answer
     bridge.metrics.observe_request(response.status, time.perf_counter() - started, ids[0] if ids else None)
     return response
-
-
-def _traced_refusal(span: Span, exc: Exception, status: int) -> None:
-    """What stopped a delivery, on its server span: a fixed word, never the request's text."""
-    if isinstance(exc, VerificationFailed):
-        outcome, error = Outcome.REJECTED, exc.code
-    elif isinstance(exc, PublishFailed):
-        outcome, error = Outcome.FAILED, "kafka_unavailable"
-    elif isinstance(exc, Refused):
-        outcome, error = (Outcome.TOO_LARGE if isinstance(exc, PayloadTooLarge) else Outcome.REJECTED), exc.error
-    else:
-        outcome, error = Outcome.FAILED, "internal_error"
-    span.ended(outcome, error)
 
 
 async def _deliver(request: web.Request, bridge: Bridge) -> Receipt:
@@ -208,19 +194,26 @@ def _created(receipt: Receipt) -> web.Response:
     return web.Response(status=201, body=_CREATED[receipt.outcome], headers=_CREATED_HEADERS)
 
 
-def _answer_for(exc: Exception, bridge: Bridge, started: float) -> web.Response:
-    """The one place where what stopped a delivery becomes its answer."""
+def _answer_for(exc: Exception, bridge: Bridge, started: float, span: Span) -> web.Response:
+    """The one place where what stopped a delivery becomes its answer (and its server span's outcome,
+    a fixed word, never the request's text)."""
     if isinstance(exc, VerificationFailed):
+        span.ended(Outcome.REJECTED, exc.code)
         return _error_response(401, exc.code, exc.detail)
     if isinstance(exc, PublishFailed):
+        span.ended(Outcome.FAILED, "kafka_unavailable")
         return _error_response(503, "kafka_unavailable", exc.reason, retry=True)
     if isinstance(exc, Refused):
         if isinstance(exc, PayloadTooLarge):
             bridge.pipeline.refuse_oversized(started)
-        elif exc.error in m.HTTP_REFUSALS:
-            bridge.metrics.http_refusals.labels(reason=exc.error).inc()
+            span.ended(Outcome.TOO_LARGE, exc.error)
+        else:
+            span.ended(Outcome.REJECTED, exc.error)
+            if exc.error in m.HTTP_REFUSALS:
+                bridge.metrics.http_refusals.labels(reason=exc.error).inc()
         # Refused before (or while) reading the body: do not read what the client keeps sending.
         return _error_response(exc.status, exc.error, exc.detail, retry=exc.retry, close=True)
+    span.ended(Outcome.FAILED, "internal_error")
     bridge.metrics.internal_errors.inc()
     log.error("unexpected error while handling a request", extra={"error": type(exc).__name__, "at": where(exc)})
     return _error_response(500, "internal_error", "the bridge failed unexpectedly; this is a bug", close=True)
