@@ -24,6 +24,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import hdrs, web
+from aiohttp.abc import AbstractAccessLogger
+from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.typedefs import Handler
+from aiohttp.web_request import BaseRequest
 
 from bridge import metrics as m
 from bridge.config import Settings
@@ -116,11 +120,6 @@ async def receive(request: web.Request) -> web.Response:
     """Deliver one webhook: 201 once Kafka has its record; every refusal as JSON (see the README's Responses)."""
     bridge = request.app[BRIDGE]
     started = time.perf_counter()
-    # Under `serve`, the guard hears when the request starts, when its body is in and when it is answered.
-    connection = connection_of(request.transport)
-    if connection is not None:
-        connection.request_started()
-        request.content.on_eof(connection.hold)
     tracing = bridge.tracing
     with tracing.delivery(request.method, bridge.settings.webhook_path, request.headers) as span:
         try:
@@ -129,9 +128,6 @@ async def receive(request: web.Request) -> web.Response:
             span.ended(receipt.outcome, "deadlettered" if receipt.outcome == Outcome.DEADLETTERED else None)
         except Exception as exc:  # noqa: BLE001 - the error boundary; _answer_for knows every case
             response = _answer_for(exc, bridge, started, span)
-        finally:
-            if connection is not None:
-                connection.request_finished()
         span.set("http.response.status_code", response.status)
         ids = tracing.current_ids()
     if not bridge.lifecycle.accepting:
@@ -172,6 +168,11 @@ async def _body(request: web.Request, settings: Settings) -> bytes:
     except TimeoutError:
         detail = f"the body did not arrive within {settings.body_timeout:g}s"
         raise Refused(408, m.BODY_TIMEOUT, detail) from None
+    except ConnectionError:
+        # aiohttp ends the body stream so when the client hangs up: nobody is left to answer.
+        raise Refused(499, m.CLIENT_CLOSED, "the client closed the connection before its body was in") from None
+    except HttpProcessingError:  # a chunk size that is not one, say: the client's framing, not our bug
+        raise Refused(400, m.BAD_REQUEST, "the request body is not framed as HTTP/1.1 says") from None
 
 
 async def _read_up_to(request: web.Request, settings: Settings) -> bytes:
@@ -265,13 +266,12 @@ async def metrics(request: web.Request) -> web.Response:
 
 def create_public_app(bridge: Bridge) -> web.Application:
     """The public listener's application: the webhook route, `GET /` for load balancers' health checks,
-    and a JSON 404 for every other path."""
-    app = web.Application()
+    and our JSON answer for everything else, aiohttp's own 404s (`OPTIONS *`) and any bug included."""
+    app = web.Application(middlewares=[_every_request])
     app[BRIDGE] = bridge
     add_webhook_route(app, bridge.settings.webhook_path)
     if bridge.settings.webhook_path != "/":
         app.router.add_get("/", _serving)
-    app.router.add_route(hdrs.METH_ANY, "/{anything:.*}", _not_found)
     return app
 
 
@@ -299,24 +299,69 @@ async def _serving(request: web.Request) -> web.Response:
     return web.Response(body=b'{"status":"serving"}', headers=_CREATED_HEADERS)
 
 
-async def _not_found(request: web.Request) -> web.Response:
-    return _error_response(404, "not_found", "Not Found", close=True)
+@web.middleware
+async def _every_request(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Around every request of the public port, whichever route (or none) answers it: the guard hears
+    when its body is in, and what is not an answer of ours becomes one (JSON, the connection closed)."""
+    connection = connection_of(request.transport)
+    if connection is not None:
+        request.content.on_eof(connection.hold)
+    try:
+        return await handler(request)
+    except web.HTTPException as exc:  # aiohttp's router: no such path, or `OPTIONS *`
+        if exc.status < 400:
+            raise
+        error = exc.reason.lower().replace(" ", "_")
+        response = _error_response(exc.status, error, exc.reason, close=True)
+        if hdrs.ALLOW in exc.headers:
+            response.headers[hdrs.ALLOW] = exc.headers[hdrs.ALLOW]
+        return response
+    except Exception as exc:  # noqa: BLE001 - the public port's error boundary for every route but the webhook
+        request.app[BRIDGE].metrics.internal_errors.inc()
+        log.error("unexpected error while handling a request", extra={"error": type(exc).__name__, "at": where(exc)})
+        return _error_response(500, "internal_error", "the bridge failed unexpectedly; this is a bug", close=True)
 
 
-class _ParserErrors(logging.Logger):
+class _Answered(AbstractAccessLogger):
+    """aiohttp's end-of-response hook (its access log), called once every response is written, whoever
+    wrote it: tells the guard the request is answered and how much of what followed its head was body."""
+
+    def log(self, request: BaseRequest, response: web.StreamResponse, time: float) -> None:
+        connection = connection_of(request.transport)
+        if connection is None or not response.keep_alive:
+            return  # the connection closes after this answer: there is no next request
+        if not request.body_exists:
+            connection.answered(0)
+        elif "chunked" in request.headers.get(hdrs.TRANSFER_ENCODING, "").lower():
+            connection.answered(None)
+        else:
+            connection.answered(request.content_length or 0)
+
+
+class _ServerLog(logging.Logger):
     """aiohttp's server logs a malformed request with the offending bytes (a signature, say), and its
     other narration quotes requests too. Given as the server's logger, it says none of it: a parser
-    error is counted (on the public port) and named by class, at DEBUG, on our own logger."""
+    error is counted (on the public port) and named by class, at DEBUG, on our own logger; any other
+    exception aiohttp caught is a bug of ours, counted and logged at ERROR with its class and place."""
 
-    def __init__(self, metrics: m.Metrics | None) -> None:
+    def __init__(self, metrics: m.Metrics, *, public: bool) -> None:
         super().__init__("bridge.app.server", logging.DEBUG)
-        self._refusals = metrics.http_refusals.labels(reason=m.BAD_REQUEST) if metrics is not None else None
+        self._refusals = metrics.http_refusals.labels(reason=m.BAD_REQUEST) if public else None
+        self._internal_errors = metrics.internal_errors
 
     def handle(self, record: logging.LogRecord) -> None:
-        if record.exc_info and record.exc_info[0] is not None:
+        error = record.exc_info[1] if record.exc_info else None
+        if error is None:
+            return
+        if isinstance(error, HttpProcessingError):
             if self._refusals is not None:
                 self._refusals.inc()
-            log.debug("malformed HTTP request refused", extra={"error": record.exc_info[0].__name__})
+            log.debug("malformed HTTP request refused", extra={"error": type(error).__name__})
+        elif isinstance(error, ConnectionError):
+            log.debug("the client closed the connection", extra={"error": type(error).__name__})
+        else:
+            self._internal_errors.inc()
+            log.error("unexpected error in the HTTP server", extra={"error": type(error).__name__, "at": where(error)})
 
 
 def _public_limits(settings: Settings, bridge: Bridge) -> dict[str, Any]:
@@ -328,7 +373,10 @@ def _public_limits(settings: Settings, bridge: Bridge) -> dict[str, Any]:
         # A refused body is not read on for seconds after the answer.
         "lingering_time": 0,
         "max_headers": 64,
-        "logger": _ParserErrors(bridge.metrics),
+        "logger": _ServerLog(bridge.metrics, public=True),
+        # Not a log: the guard's end-of-response hook (aiohttp calls it only with a logger given).
+        "access_log_class": _Answered,
+        "access_log": log,
     }
 
 
@@ -365,10 +413,13 @@ async def listen(bridge: Bridge, *, cleanup_timeout: float = 1.0) -> Listeners:
     )
     bridge.metrics.open_connections.set_function(lambda: float(guard.open_connections))
     public = web.AppRunner(
-        create_public_app(bridge), access_log=None, shutdown_timeout=cleanup_timeout, **_public_limits(settings, bridge)
+        create_public_app(bridge), shutdown_timeout=cleanup_timeout, **_public_limits(settings, bridge)
     )
     admin = web.AppRunner(
-        create_admin_app(bridge), access_log=None, shutdown_timeout=cleanup_timeout, logger=_ParserErrors(None)
+        create_admin_app(bridge),
+        access_log=None,
+        shutdown_timeout=cleanup_timeout,
+        logger=_ServerLog(bridge.metrics, public=False),
     )
     loop = asyncio.get_running_loop()
     servers = []

@@ -13,8 +13,10 @@ and knows no HTTP beyond counting head bytes up to the blank line:
   read from until it has its answers, so what it makes us hold stays one request.
 
 The three fixed answers are the only bytes this module writes; everything else aiohttp frames.
-The app tells each connection when a request starts, when its body is in, and when it is answered
-(`connection_of(request.transport)`).
+A connection is in a request from the end of its head until the app says it is answered
+(`connection_of(request.transport).answered(...)`, from the server's end-of-response hook, whatever
+route or aiohttp itself answered); the app also says when a request's body is in (`hold`). The bytes
+that came after the head and are not the body are the next request's head, and count against it.
 """
 
 from __future__ import annotations
@@ -120,6 +122,11 @@ class Connection(asyncio.Protocol):
         self._tail = b""
         self._pauses = 0
         self._holding = False
+        # Since the current request's head ended: the bytes read, the last read (the next head may
+        # have begun in it), and the count at the moment its body was in.
+        self._after_head = 0
+        self._last: bytes = b""
+        self._after_head_at_hold = 0
 
     @property
     def in_request(self) -> bool:
@@ -140,12 +147,14 @@ class Connection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self._inner is None:
             return  # refused; the socket is closing
-        if self._state is _State.IDLE or self._state is _State.WAITING:
-            if self._state is _State.IDLE:
-                self._arm(self._guard.header_timeout)
+        if self._state is _State.IDLE:
+            self._next_head()
+        elif self._state is _State.WAITING:
             self._state = _State.HEAD
-            self._head_bytes, self._tail = 0, b""
-        if self._state is _State.HEAD and not self._count_head(data):
+        if self._state is _State.REQUEST:
+            self._after_head += len(data)
+            self._last = data
+        elif not self._count_head(data):
             self._refuse(_HEAD_TOO_LARGE, m.HEADER_TOO_LARGE)
             return
         if self._holding:
@@ -178,22 +187,38 @@ class Connection(asyncio.Protocol):
 
     # --- told by the app -----------------------------------------------------------------
 
-    def request_started(self) -> None:
-        self._state = _State.REQUEST
-        self._disarm()
-
     def hold(self) -> None:
-        """The request's body is in: read nothing more until it is answered (`request_finished`).
+        """The request's body is in: read nothing more until it is answered (`answered`).
 
         Reading stops only once more data comes: a client that waits for its answer (every real one)
         costs no pause and resume of the socket.
         """
         self._holding = True
+        self._after_head_at_hold = self._after_head
 
-    def request_finished(self) -> None:
-        """The answer is written (aiohttp writes it before it reads again); idle until the next head."""
+    def answered(self, body_bytes: int | None) -> None:
+        """The request is answered and its body of `body_bytes` (None: chunked, length unknown) was read.
+
+        Whatever came after that body is the next request's head: it is counted, and its deadline runs,
+        from now. Without bytes after the body the connection is idle until the next head begins.
+        """
+        if self._state is not _State.REQUEST:
+            return
+        if body_bytes is None:  # only what came after the body was in is known to be more
+            beyond, last = self._after_head - self._after_head_at_hold, b""
+        else:
+            beyond, last = self._after_head - body_bytes, self._last
         self._state = _State.IDLE
         self._holding = False
+        self._after_head, self._last = 0, b""
+        if beyond > 0:
+            self._next_head()
+            # The head's end can be looked for in the last read; what came before it is only counted.
+            seen = last[max(0, len(last) - beyond):]
+            self._head_bytes = beyond - len(seen)
+            if not self._count_head(seen):
+                self._refuse(_HEAD_TOO_LARGE, m.HEADER_TOO_LARGE)
+                return
         self.resume(_HELD)
 
     def close(self) -> None:
@@ -221,6 +246,12 @@ class Connection(asyncio.Protocol):
 
     # --- internals ---------------------------------------------------------------------------
 
+    def _next_head(self) -> None:
+        """A new request head begins (its first byte is in): it has `header_timeout` from now."""
+        self._state = _State.HEAD
+        self._head_bytes, self._tail = 0, b""
+        self._arm(self._guard.header_timeout)
+
     def _count_head(self, data: bytes) -> bool:
         """Count request-head bytes up to the blank line; False once over the limit."""
         end = data.find(_HEAD_END)
@@ -229,7 +260,11 @@ class Connection(asyncio.Protocol):
             end = straddling - len(self._tail) if straddling >= 0 else -1
         if end >= 0:
             self._head_bytes += end
-            self._state = _State.REQUEST  # the head is complete; the app takes over
+            # The head is complete: no deadline until it is answered; what follows is its body, or more.
+            self._state = _State.REQUEST
+            self._disarm()
+            self._after_head, self._last = len(data) - (end + len(_HEAD_END)), data
+            self._after_head_at_hold = 0
             return self._head_bytes <= MAX_HEADER_BYTES
         self._head_bytes += len(data)
         self._tail = (self._tail + data)[-3:] if len(data) < 3 else data[-3:]

@@ -33,6 +33,8 @@ BODY_TIMEOUT = "body_timeout"
 UNSUPPORTED_ENCODING = "unsupported_content_encoding"
 OVERLOADED = "overloaded"
 BAD_REQUEST = "bad_request"
+# The client hung up before its request was in: its doing, not ours (answered 499, as nginx logs it).
+CLIENT_CLOSED = "client_closed"
 HTTP_REFUSALS = (
     CONNECTION_LIMIT,
     HEADER_TIMEOUT,
@@ -41,6 +43,7 @@ HTTP_REFUSALS = (
     UNSUPPORTED_ENCODING,
     OVERLOADED,
     BAD_REQUEST,
+    CLIENT_CLOSED,
 )
 
 # Why spans were dropped on their way to the collector (bridge.otel).

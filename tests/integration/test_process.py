@@ -212,3 +212,31 @@ async def test_the_worst_case_the_limits_allow_fits_the_stated_bound_and_memory_
     assert max(afters) - idle < 12, (idle, peaks, afters)
     assert afters[-1] - afters[0] < 4, "waves must not leave more and more behind"
     assert (await bridge.deliver(sample("role.created")))[0] == 201
+
+
+async def test_a_get_of_the_root_does_not_unguard_the_connection_for_the_heads_behind_it(
+    bridge_process, kafka_bootstrap
+):
+    """Every connection the cap allows sends `GET /` and then ~485 KiB of a head that never ends (aiohttp's own
+    limits would buffer that much): each gets its 200 and then 431 at 16 KiB, and RSS stays within the
+    README's worst case (72 MiB over idle). Unguarded, the same took `serve` from 60 to 555 MiB."""
+    bridge = bridge_process("serve", KAFKA_BOOTSTRAP_SERVERS=kafka_bootstrap, BRIDGE_HEADER_TIMEOUT="5")
+    await bridge.wait_for_readiness(200, timeout=30)
+    idle = rss_mib(bridge.process.pid)
+    pads = b"".join(b"x-pad-%d: %s\r\n" % (n, b"p" * 7_700) for n in range(63))
+    unending = b"POST /webhooks/scalekit HTTP/1.1\r\n" + pads
+    clients = []
+    for _ in range(512):
+        reader, writer = await asyncio.open_connection("127.0.0.1", bridge.port)
+        writer.write(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n" + unending)
+        clients.append((reader, writer))
+    await asyncio.sleep(1.0)
+    peak = rss_mib(bridge.process.pid)
+    await until_all_closed(clients)
+
+    print(f"RSS idle {idle:.1f} MiB; with 512 connections past GET / {peak:.1f} MiB")
+    assert len(unending) > 480_000
+    assert peak - idle < 72, (idle, peak)
+    metrics = await bridge.metrics()
+    assert 'scalekit_bridge_http_refusals_total{reason="header_too_large"} 512.0' in metrics
+    assert 'scalekit_bridge_http_refusals_total{reason="header_timeout"} 0.0' in metrics

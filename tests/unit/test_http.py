@@ -135,7 +135,10 @@ async def test_a_load_balancer_health_check_on_the_public_root_gets_200_and_no_m
         answer = await method("/")
         assert answer.status == 200 and answer.headers["Server"] == "scalekit-bridge"
     assert await (await client.get("/")).json() == {"status": "serving"}
-    assert (await client.post("/", data=b"{}")).status == 404
+    not_get = await client.post("/", data=b"{}")
+    assert (not_get.status, not_get.headers["Allow"], (await not_get.json())["error"]) == (
+        405, "GET,HEAD", "method_not_allowed"
+    )
     assert (await client.get("/healthz")).status == 404  # the admin port's endpoints stay there
     assert bridge.publisher.attempts == []
 
