@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import json
 import logging
 import sys
@@ -22,13 +23,14 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, TextIO
 
 from bridge.config import BackfillSettings
-from bridge.core import Outcome, Sender
-from bridge.envelope import Recovered, organization_of, topic_for
-from bridge.errors import ApiError, MalformedDelivery, PublishFailed
+from bridge.core import Outcome, Sender, StoredRecord
+from bridge.envelope import Recovered, event_id_of_record, organization_of, topic_for
+from bridge.errors import ApiError, MalformedDelivery, PublishFailed, VerificationFailed
 from bridge.eventsapi import EventQuery, EventsApi, Page, occurred_at
 from bridge.pipeline import Plan, Sent, Writer
 from bridge.progress import Progress, Writing, stop_within, stopped_by_sigterm, traced_run
-from bridge.publish import KafkaPublisher, event_ids_since, latest_value, put_value
+from bridge.publish import KafkaPublisher, event_ids_since, latest_value, put_value, records_since
+from bridge.verify import Verifier
 from bridge.window import parse_time
 
 log = logging.getLogger(__name__)
@@ -179,13 +181,13 @@ async def _backfill(
     margin = timedelta(seconds=settings.timestamp_tolerance)
     since_ms = int((request.query.start - margin).timestamp() * 1000)
     present, read = await event_ids_since(
-        settings.kafka,
-        _where_records_are(settings, request.query, deadletters=not request.include_dead_lettered),
-        since_ms,
-        timeout=settings.publish_timeout,
+        settings.kafka, _where_records_are(settings, request.query), since_ms, timeout=settings.publish_timeout
     )
+    dead = _DeadLetters()
+    if not request.include_dead_lettered:
+        read += await _read_dead_letters(settings, since_ms, present, dead)
     progress.update("scanned", read, final=True)
-    missing = await _fetch_missing(api, request.query, present, progress, tally)
+    missing = await _fetch_missing(api, request.query, present, progress, tally, dead)
 
     publisher = KafkaPublisher(
         settings.kafka, timeout=settings.publish_timeout, max_record_bytes=settings.max_body_bytes
@@ -210,9 +212,11 @@ async def _backfill(
 
 
 async def _fetch_missing(
-    api: EventsApi, query: EventQuery, present: set[str], progress: Progress, tally: Tally
+    api: EventsApi, query: EventQuery, present: set[str], progress: Progress, tally: Tally,
+    dead: _DeadLetters | None = None,
 ) -> list[dict[str, Any]]:
-    """The window's events not in `present`, each once, oldest first (the API's page order is not relied on)."""
+    """The window's events neither in `present` nor dead letters as Scalekit's API gives them now (`dead`),
+    each once, oldest first (the API's page order is not relied on)."""
     pages: Iterator[Page] = api.pages(query)
     seen: set[str] = set()
     missing: dict[str, dict[str, Any]] = {}
@@ -221,8 +225,9 @@ async def _fetch_missing(
         for event in page.envelopes:
             if query.matches(event) and event["id"] not in seen:
                 seen.add(event["id"])
-                if event["id"] not in present:
-                    missing[event["id"]] = event
+                if event["id"] in present or (dead is not None and dead.holds(event)):
+                    continue
+                missing[event["id"]] = event
         for bad in page.unreadable:
             if bad.event_id not in present and bad.event_id not in unreadable:
                 unreadable[bad.event_id] = bad.reason
@@ -235,11 +240,8 @@ async def _fetch_missing(
     return sorted(missing.values(), key=lambda event: (occurred_at(event) or query.start, event["id"]))
 
 
-def _where_records_are(
-    settings: BackfillSettings, query: EventQuery, *, deadletters: bool = True
-) -> Callable[[str], bool]:
-    """Which topics can hold the window's records: the types' topics (all under the prefix) and, unless
-    `deadletters` is false, the dead-letter topic."""
+def _where_records_are(settings: BackfillSettings, query: EventQuery) -> Callable[[str], bool]:
+    """Which event topics can hold the window's records: the types' topics, or all under the prefix."""
     prefix, deadletter = settings.topic_prefix, settings.deadletter_topic
     wanted = set()
     for event_type in query.types:
@@ -248,15 +250,70 @@ def _where_records_are(
 
     def holds(topic: str) -> bool:
         if topic == deadletter:
-            return deadletters
+            return False
         return topic in wanted if query.types else topic.startswith(prefix)
 
     return holds
 
 
+class _DeadLetters:
+    """The dead letters whose signature did not verify, by event id: each counts as its event being in Kafka
+    only when it holds the event as Scalekit's API gives it now (backfill's own dead letters), compared as JSON
+    documents (the API's `data` comes back with its keys in any order). A record anyone could write names an
+    id, not the event: it keeps nothing from being written."""
+
+    def __init__(self) -> None:
+        self._digests: dict[str, set[bytes]] = {}
+
+    def add(self, event_id: str, document: Any) -> None:
+        self._digests.setdefault(event_id, set()).add(_digest(document))
+
+    def holds(self, event: dict[str, Any]) -> bool:
+        digests = self._digests.get(event["id"])
+        return digests is not None and _digest(event) in digests
+
+
+def _digest(document: Any) -> bytes:
+    canonical = json.dumps(document, ensure_ascii=False, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode("utf-8")).digest()
+
+
+async def _read_dead_letters(
+    settings: BackfillSettings, since_ms: int, present: set[str], dead: _DeadLetters
+) -> int:
+    """Add to `present` the events whose dead letter's kept webhook signature verifies against the webhook
+    secrets (when backfill has them), and to `dead` every other dead letter's body; how many were read."""
+    verifier = Verifier(settings.signing_keys, settings.timestamp_tolerance) if settings.signing_keys else None
+
+    def keep(record: StoredRecord) -> None:
+        body = record.message.value or b""
+        found = event_id_of_record((), body)  # None unless the body is a JSON object with a string id
+        if found is None:
+            return
+        if verifier is not None:
+            headers = {name.lower(): raw.decode("utf-8", "replace")
+                       for name, raw in record.message.headers if isinstance(raw, bytes)}
+            try:
+                verifier.verify_kept(headers, body)
+            except VerificationFailed:
+                pass
+            else:
+                present.add(found)
+                return
+        dead.add(found, json.loads(body))
+
+    return await records_since(
+        settings.kafka, settings.deadletter_topic, since_ms, keep, timeout=settings.publish_timeout
+    )
+
+
+def _body_of(event: dict[str, Any]) -> bytes:
+    """The bytes backfill writes for an event from Scalekit's API (and keeps in its dead letter)."""
+    return json.dumps(event, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+
+
 def _recovered(event: dict[str, Any], backfilled_at: str) -> Recovered:
-    body = json.dumps(event, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
-    return Recovered(event_id=event["id"], body=body, backfilled_at=backfilled_at)
+    return Recovered(event_id=event["id"], body=_body_of(event), backfilled_at=backfilled_at)
 
 
 @dataclass(frozen=True)

@@ -99,6 +99,12 @@ def command_line() -> argparse.ArgumentParser:
     _filters(again)
     again.add_argument("--reason", help="only dead letters whose reason contains this text")
     again.add_argument(
+        "--max-age",
+        default="7d",
+        help="publish no event Scalekit signed longer ago than this (default 7d, the chart's topic retention: "
+        "an older event's record may be gone from its topic, so that it is already there cannot be checked)",
+    )
+    again.add_argument(
         "--dry-run", action="store_true",
         help="print what would be published (type, id, topic, key) and what stays a dead letter; write nothing",
     )
@@ -136,7 +142,14 @@ def _settings(env: Mapping[str, str], read: Callable[[Mapping[str, str]], S]) ->
         return None
 
 
+# Kafka's time index counts milliseconds from 1970; a window cannot start before it (or a margin before it).
+_EARLIEST = datetime(1970, 1, 2, tzinfo=UTC)
+
+
 def _check_window(parser: argparse.ArgumentParser, start: datetime, end: datetime) -> None:
+    if start < _EARLIEST:
+        parser.error(f"--since ({start.isoformat()}) must be after {_EARLIEST.date().isoformat()}: Kafka keeps no "
+                     "earlier time")
     if start >= end:
         parser.error(f"--since ({start.isoformat()}) must be before --until ({end.isoformat()})")
 
@@ -179,7 +192,10 @@ def _backfill(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         lookback = parse_duration(args.max_lookback)
         if not lookback:
             raise ValueError("--max-lookback must be longer than 0")
-        start = parse_moment(args.since, now) if args.since else end - lookback
+        floor = end - lookback  # also where a resumed run may start at the earliest
+        start = parse_moment(args.since, now) if args.since else floor
+    except OverflowError:
+        parser.error(f"--max-lookback {args.max_lookback} reaches back before the year 1")
     except ValueError as exc:
         parser.error(str(exc))
     _check_window(parser, start, end)
@@ -201,12 +217,13 @@ def _backfill(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
 def _replay(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     from bridge import logs, replay
     from bridge.config import ReplaySettings
-    from bridge.window import parse_moment
+    from bridge.window import parse_duration, parse_moment
 
     now = datetime.now(UTC)
     try:
         start = parse_moment(args.since, now)
         end = parse_moment(args.until, now) if args.until else now
+        max_age = parse_duration(args.max_age)
     except ValueError as exc:
         parser.error(str(exc))
     _check_window(parser, start, end)
@@ -215,7 +232,8 @@ def _replay(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         return EXIT_CONFIG
     logs.configure(settings.log_level, settings.log_format)
     selection = replay.Selection(
-        start=start, end=end, types=tuple(args.types), organization_id=args.organization, reason=args.reason
+        start=start, end=end, types=tuple(args.types), organization_id=args.organization, reason=args.reason,
+        max_age=max_age,
     )
     return replay.main(settings, replay.Request(selection=selection, dry_run=args.dry_run))
 

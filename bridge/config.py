@@ -252,11 +252,13 @@ class ScalekitApi:
 class BackfillSettings(RecordShaping):
     """Everything `backfill` runs on: API credentials, Kafka, and the settings that shape records.
 
-    No webhook secret: a backfill verifies no signatures, so its CronJob needs none.
+    The webhook secrets are optional: with them, a dead letter whose kept signature verifies counts as
+    the event being in Kafka already; without them (or for one that does not verify) it does not.
     """
 
     api: ScalekitApi
     kafka: KafkaSettings
+    signing_keys: tuple[SigningKey, ...] = ()
     # A small compacted topic: the end of each environment's last successful window (`--resume`).
     backfill_state_topic: str = "scalekit-bridge.backfill-state"
 
@@ -267,9 +269,12 @@ class BackfillSettings(RecordShaping):
         state_topic = reader.text("BRIDGE_BACKFILL_STATE_TOPIC", _defaults(cls)["backfill_state_topic"])
         if not _TOPIC_CHARS.fullmatch(state_topic) or len(state_topic) > MAX_TOPIC_LENGTH:
             raise ConfigError("BRIDGE_BACKFILL_STATE_TOPIC", "must be a legal Kafka topic name")
+        secret_given = reader.raw("SCALEKIT_WEBHOOK_SECRET") is not None
+        secret_given = secret_given or reader.raw("SCALEKIT_WEBHOOK_SECRET_FILE") is not None
         return cls(
             api=_scalekit_api(reader),
             kafka=_kafka_settings(reader),
+            signing_keys=parse_signing_keys(reader.secret("SCALEKIT_WEBHOOK_SECRET")) if secret_given else (),
             backfill_state_topic=state_topic,
             **_record_shaping(reader),
         )

@@ -453,7 +453,7 @@ def event_id_of_record(headers: Iterable[tuple[str, bytes]], value: bytes | None
     for name, raw in headers:
         lowered = name.lower()
         if lowered == "ce_id":
-            return raw.decode("utf-8", "replace")
+            return raw.decode("utf-8", "replace") if isinstance(raw, bytes) else None
         if lowered == "content-type" and raw == STRUCTURED_CONTENT_TYPE.encode():
             structured = True
     if value is None or (not structured and not value.lstrip().startswith(b"{")):

@@ -70,6 +70,9 @@ class Selection:
     types: tuple[str, ...] = ()
     organization_id: str | None = None
     reason: str | None = None
+    # Scalekit signed the delivery at most this long ago (its kept webhook-timestamp), or it is not
+    # replayed: past the event topics' retention, "already in its topic" can no longer be checked.
+    max_age: timedelta = timedelta(days=7)
 
     @property
     def narrowed(self) -> bool:
@@ -93,6 +96,7 @@ class Tally:
     replayed: int = 0
     still_dead: list[str] = field(default_factory=list)  # "<event id>: <current reason>"
     unverified: list[str] = field(default_factory=list)  # "<where>: <why>"
+    unreadable: list[str] = field(default_factory=list)  # "<where>: <why>": records that are no dead letter of ours
     failed: list[str] = field(default_factory=list)  # event ids not written (a broker failure)
     # Acknowledged after an earlier event of their key failed: the next run writes that one after them.
     out_of_order: list[str] = field(default_factory=list)
@@ -101,12 +105,13 @@ class Tally:
         if self.dry_run:
             return (
                 f"dry run: read {self.read}, selected {self.selected}, already in their topics {self.present}, "
-                f"would replay {self.replayed}, still dead {len(self.still_dead)}, unverified {len(self.unverified)}"
+                f"would replay {self.replayed}, still dead {len(self.still_dead)}, unverified {len(self.unverified)}, "
+                f"unreadable {len(self.unreadable)}"
             )
         return (
             f"read {self.read}, selected {self.selected}, already in their topics {self.present}, "
             f"replayed {self.replayed}, still dead {len(self.still_dead)}, unverified {len(self.unverified)}, "
-            f"failed {len(self.failed)}"
+            f"unreadable {len(self.unreadable)}, failed {len(self.failed)}"
         )
 
 
@@ -117,6 +122,7 @@ class _Letter:
     record: StoredRecord
     headers: Mapping[str, str]
     envelope: dict[str, Any] | None  # None: the body is not an envelope
+    moment: datetime  # the event's own time, else when it was dead-lettered: the order replays keep
 
     @property
     def event_id(self) -> str | None:
@@ -124,13 +130,7 @@ class _Letter:
 
     @property
     def where(self) -> str:
-        return f"partition {self.record.partition} offset {self.record.offset}"
-
-    @property
-    def moment(self) -> datetime:
-        """The event's own time, else when it was dead-lettered: the order replays keep."""
-        occurred = _moment(self.envelope.get("occurred_at")) if self.envelope is not None else None
-        return occurred or datetime.fromtimestamp(self.record.timestamp_ms / 1000, UTC)
+        return _where(self.record)
 
 
 @dataclass(frozen=True)
@@ -167,19 +167,28 @@ async def _replay(
     writer = Writer.configured(settings, publisher, writing.metrics, writing.tracing)
 
     routable: list[_Planned] = []
+    oldest_allowed = int((datetime.now(UTC) - selection.max_age).timestamp())
+    signed_since = int(selection.start.timestamp())  # Unix seconds, as Scalekit signs them
     for letter, delivery in _verified(letters, verifier, tally):
         origin = Replayed(delivery, replayed_at)
         planned = _Planned(letter, origin, writer.plan(origin))
+        signed_at = int(delivery.timestamp)
         if planned.plan.receipt.outcome == Outcome.DEADLETTERED:
             tally.still_dead.append(f"{_event_id(planned)}: {planned.plan.reason}")
             _show(planned, out, request.dry_run)
+        elif signed_at < oldest_allowed:
+            tally.still_dead.append(f"{_event_id(planned)}: signed by Scalekit longer ago than --max-age "
+                                    f"(webhook-timestamp {signed_at})")
         else:
             routable.append(planned)
+            signed_since = min(signed_since, signed_at)
 
-    margin = timedelta(seconds=settings.timestamp_tolerance)
+    # An event is looked for in its topic from when Scalekit signed it, not from when its dead letter was
+    # written: a genuine old letter copied into a later window finds the record it once made.
+    since_ms = (signed_since - settings.timestamp_tolerance) * 1000
     topics = {planned.plan.message.topic for planned in routable}
     present, scanned = await event_ids_since(
-        settings.kafka, topics.__contains__, _ms(selection.start - margin), timeout=settings.publish_timeout
+        settings.kafka, topics.__contains__, since_ms, timeout=settings.publish_timeout
     )
     progress.update("scanned", scanned, final=True)
     missing = [planned for planned in routable if planned.plan.receipt.event_id not in present]
@@ -209,7 +218,13 @@ async def _read_letters(settings: ReplaySettings, selection: Selection, tally: T
         if record.timestamp_ms >= end_ms:
             return
         tally.read += 1
-        letter = _letter(record)
+        try:
+            letter = _letter(record)
+        except Unreadable as exc:
+            tally.unreadable.append(f"{_where(record)}: {exc}")
+            log.error("a record of the dead-letter topic cannot be read; it is skipped",
+                      extra={"partition": record.partition, "offset": record.offset, "error": str(exc)})
+            return
         if _taken(letter, selection):
             taken.append(letter)
 
@@ -222,13 +237,31 @@ async def _read_letters(settings: ReplaySettings, selection: Selection, tally: T
     )
 
 
+class Unreadable(Exception):
+    """A record of the dead-letter topic that no bridge wrote as it is (another tool's, or a person's)."""
+
+
 def _letter(record: StoredRecord) -> _Letter:
-    headers = {name.lower(): raw.decode("utf-8", "replace") for name, raw in reversed(record.message.headers)}
+    """The dead letter `record` holds; raises Unreadable for what the bridge never writes."""
+    headers: dict[str, str] = {}
+    for name, raw in reversed(record.message.headers):
+        if not isinstance(raw, bytes):
+            raise Unreadable(f"header {_quoted(name)} has no value")
+        headers[name.lower()] = raw.decode("utf-8", "replace")
     try:
         envelope: dict[str, Any] | None = parse_envelope(record.message.value or b"")
     except MalformedDelivery:
         envelope = None
-    return _Letter(record, headers, envelope)
+    occurred = _moment(envelope.get("occurred_at")) if envelope is not None else None
+    try:
+        moment = occurred or datetime.fromtimestamp(record.timestamp_ms / 1000, UTC)
+    except (OverflowError, ValueError, OSError):
+        raise Unreadable(f"its timestamp {record.timestamp_ms} is not a time") from None
+    return _Letter(record, headers, envelope, moment)
+
+
+def _where(record: StoredRecord) -> str:
+    return f"partition {record.partition} offset {record.offset}"
 
 
 def _taken(letter: _Letter, selection: Selection) -> bool:
@@ -300,6 +333,8 @@ async def _publish(
     settled: set[str] = set()
     failed_keys: set[bytes | None] = set()
     failures = 0
+    # Set as soon as the producer hears a refusal, before anyone waits for that record (as in backfill).
+    refusal = asyncio.Event()
 
     def refused(planned: _Planned, exc: RecordRejected) -> None:
         tally.still_dead.append(f"{_event_id(planned)}: Kafka refused the record: {exc.reason}")
@@ -335,6 +370,12 @@ async def _publish(
     for planned in missing:
         if len(waiting) >= IN_FLIGHT:
             await settle_oldest()
+        if refusal.is_set():
+            # Settle what is in flight to learn whether the refusal was for good (that record stays a dead
+            # letter, the run goes on) or a failed write (the run stops handing over).
+            while waiting:
+                await settle_oldest()
+            refusal.clear()
         if failures:
             break
         if stopping is not None and stopping.is_set():
@@ -351,6 +392,7 @@ async def _publish(
                 break
             refused(planned, exc)
             continue
+        pending.when_failed(refusal.set)
         waiting.append((planned, pending, time.perf_counter(), span))
         await asyncio.sleep(0)  # let the producer send and hear back between hand-overs
     while waiting:
@@ -399,7 +441,7 @@ def _ms(moment: datetime) -> int:
 
 def main(settings: ReplaySettings, request: Request) -> int:
     """Run and report; 0 when every selected dead letter was replayed, skipped or stays one for a reason
-    shown, 1 when one did not verify or could not be written."""
+    shown, 1 when a record could not be read, one did not verify or could not be written."""
     # One line per event would drown the progress; the summary and what went wrong say what matters.
     if settings.log_level != "DEBUG":
         logging.getLogger("bridge.delivery").setLevel(logging.WARNING)
@@ -409,6 +451,7 @@ def main(settings: ReplaySettings, request: Request) -> int:
         print(f"scalekit-bridge replay: {exc}; nothing was written", file=sys.stderr)
         return 1
     for heading, lines in (
+        ("cannot be read and were skipped", tally.unreadable),
         ("did not verify and will not be published", tally.unverified),
         ("are still not routable and stay where they are", tally.still_dead),
     ):
@@ -425,4 +468,4 @@ def main(settings: ReplaySettings, request: Request) -> int:
         print(f"scalekit-bridge replay: {len(tally.out_of_order)} event(s) written after an earlier event of their "
               f"organization that was not (compare ce_time): {late}", file=sys.stderr)
     print(tally.summary(), flush=True)
-    return 1 if tally.failed or tally.unverified else 0
+    return 1 if tally.failed or tally.unverified or tally.unreadable else 0

@@ -579,7 +579,8 @@ BACKFILLED = ("everything", "existing-secret-sasl")
 
 
 @pytest.mark.parametrize("values", BACKFILLED)
-def test_the_backfill_environment_is_one_backfill_accepts_and_has_no_webhook_secret(helm, values, tmp_path):
+def test_the_backfill_environment_is_one_backfill_accepts_with_the_webhook_secret(helm, values, tmp_path):
+    """The webhook secret lets backfill trust a dead letter only when its kept signature verifies."""
     docs = render(helm, values)
     (job,) = backfill_pod(docs)["spec"]["containers"]
     outside = {"scalekit-api-client": {"SCALEKIT_CLIENT_ID": "skc_1", "SCALEKIT_CLIENT_SECRET": "s"}, **OUTSIDE}
@@ -587,7 +588,7 @@ def test_the_backfill_environment_is_one_backfill_accepts_and_has_no_webhook_sec
     settings = BackfillSettings.from_env(env)
     assert settings.api.environment_url == "https://acme.scalekit.example"
     assert settings.topic_prefix == bridge_config(docs)["BRIDGE_TOPIC_PREFIX"]
-    assert "SCALEKIT_WEBHOOK_SECRET" not in env
+    assert settings.signing_keys == Settings.from_env(rendered_env(docs, tmp_path, OUTSIDE)).signing_keys != ()
 
 
 def test_the_backfill_runs_every_15_minutes_over_two_hours_never_twice_at_once(helm):
@@ -686,8 +687,9 @@ def test_the_backfill_pod_is_hardened_like_the_bridge(helm):
     assert job["securityContext"] == container(docs)["securityContext"]
     assert pod["automountServiceAccountToken"] is False
     assert pod["restartPolicy"] == "Never"
-    shared = [mount for mount in container(docs)["volumeMounts"] if mount["name"] in ("kafka-sasl", "kafka-ca")]
-    assert [mount for mount in job["volumeMounts"] if mount["name"] != "scalekit-api"] == shared  # Kafka's
+    shared = [mount for mount in container(docs)["volumeMounts"]
+              if mount["name"] in ("kafka-sasl", "kafka-ca", "webhook-secret")]
+    assert [mount for mount in job["volumeMounts"] if mount["name"] != "scalekit-api"] == shared  # Kafka's, webhook
 
 
 def test_nothing_that_selects_the_bridge_selects_a_backfill_or_helm_test_pod(helm):

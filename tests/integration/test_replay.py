@@ -98,7 +98,8 @@ async def test_events_dead_lettered_for_want_of_a_schema_are_published_once_the_
 
     assert run.returncode == 0, run.stderr
     assert run.summary == (
-        "read 12, selected 12, already in their topics 0, replayed 12, still dead 0, unverified 0, failed 0"
+        "read 12, selected 12, already in their topics 0, replayed 12, still dead 0, unverified 0, unreadable 0, "
+        "failed 0"
     )
     replayed = await kafka.read_all(prefix + NEW_TYPE)
     assert sorted(event_ids(replayed)) == sorted(e["id"] for e in dead)
@@ -133,7 +134,8 @@ async def test_a_second_replay_publishes_nothing(bridge_process, kafka):
 
     assert second.returncode == 0, second.stderr
     assert second.summary == (
-        "read 5, selected 5, already in their topics 5, replayed 0, still dead 0, unverified 0, failed 0"
+        "read 5, selected 5, already in their topics 5, replayed 0, still dead 0, unverified 0, unreadable 0, "
+        "failed 0"
     )
     assert await kafka.read_all(old_release.prefix + NEW_TYPE) == before
 
@@ -149,7 +151,8 @@ async def test_a_dry_run_lists_exactly_what_the_real_run_then_writes(bridge_proc
     assert dry.returncode == real.returncode == 0, dry.stderr + real.stderr
     beta = [e for e in events if organization_of(e) == "org_beta"]
     assert dry.summary == (
-        "dry run: read 9, selected 3, already in their topics 0, would replay 3, still dead 0, unverified 0"
+        "dry run: read 9, selected 3, already in their topics 0, would replay 3, still dead 0, unverified 0, "
+        "unreadable 0"
     )
     assert real.summary.startswith("read 9, selected 3, already in their topics 0, replayed 3,")
     written = await kafka.read_all(old_release.prefix + NEW_TYPE)
@@ -178,7 +181,8 @@ async def test_a_missing_topic_keeps_its_dead_letters_until_the_topic_is_created
 
     assert too_soon.returncode == 0, too_soon.stderr
     assert too_soon.summary == (
-        "read 4, selected 4, already in their topics 0, replayed 0, still dead 4, unverified 0, failed 0"
+        "read 4, selected 4, already in their topics 0, replayed 0, still dead 4, unverified 0, unreadable 0, "
+        "failed 0"
     )
     assert "does not exist" in too_soon.stderr
     assert prefix + OLD_TYPE not in await kafka.topics()
@@ -222,7 +226,8 @@ async def test_forged_and_unverifiable_dead_letters_are_reported_and_never_publi
 
     assert run.returncode == 1
     assert run.summary == (
-        "read 6, selected 5, already in their topics 0, replayed 1, still dead 0, unverified 4, failed 0"
+        "read 6, selected 5, already in their topics 0, replayed 1, still dead 0, unverified 4, unreadable 0, "
+        "failed 0"
     )
     assert f"(event {genuine['id']}): no_matching_signature" in run.stderr
     assert f"(event {forged['id']}): no_matching_signature" in run.stderr
@@ -231,28 +236,114 @@ async def test_forged_and_unverifiable_dead_letters_are_reported_and_never_publi
     assert event_ids(await kafka.read_all(prefix + OLD_TYPE)) == [genuine["id"]]
 
 
+async def write_letters(kafka, topic: str, letters: list[tuple[bytes, list[tuple[str, bytes | None]], int | None]]):
+    """Write (value, headers, timestamp_ms or None for now) records to `topic`, as any producer could."""
+    await kafka.create_topic(topic)
+    producer = AIOKafkaProducer(bootstrap_servers=kafka.bootstrap)
+    await producer.start()
+    try:
+        for value, headers, timestamp_ms in letters:
+            await producer.send_and_wait(topic, value=value, key=b"k", headers=headers, timestamp_ms=timestamp_ms)
+    finally:
+        await producer.stop()
+
+
+def kept(envelope: dict, *, secret: str = SECRET, signed_at: datetime | None = None) -> tuple[bytes, list]:
+    """A dead letter as the bridge keeps one: the body and its webhook headers, signed at `signed_at`."""
+    body = body_of(envelope)
+    stamp = int((signed_at or datetime.now(UTC)).timestamp())
+    signed = signed_headers(secret, body, timestamp=stamp)
+    headers = [(name, signed[name].encode()) for name in ("webhook-id", "webhook-timestamp", "webhook-signature")]
+    return body, [*headers, ("deadletter-reason", b"schema violation: /data: made up")]
+
+
+async def test_a_record_replay_cannot_read_is_named_and_the_rest_of_the_window_is_still_replayed(kafka, unique):
+    """The dead-letter topic is written by other tools and people too: a header without a value, or an
+    occurred_at outside the years a time can have, stops nothing but itself."""
+    prefix = f"u{unique}."
+    genuine, far_past = sample_events(2, start=NOW - timedelta(minutes=10), types=[OLD_TYPE])
+    body, headers = kept(genuine)
+    odd_body, odd_headers = kept(far_past | {"occurred_at": "0001-01-01T00:00:00+01:00"})
+    await write_letters(kafka, prefix + "deadletter", [
+        (body, [*headers, ("x-note", None)], None),  # null-valued header: unreadable
+        (body, headers, None),
+        (odd_body, odd_headers, None),  # readable: ordered by when it was dead-lettered instead
+    ])
+
+    run = ReplayCommand(kafka.bootstrap, prefix)("--since", "1h")
+
+    assert run.returncode == 1
+    assert run.summary == (
+        "read 3, selected 2, already in their topics 0, replayed 2, still dead 0, unverified 0, unreadable 1, "
+        "failed 0"
+    )
+    assert "1 dead letter(s) cannot be read and were skipped:\n  partition 0 offset 0: header x-note has no value" \
+        in run.stderr
+    assert "Traceback" not in run.stderr
+    assert sorted(event_ids(await kafka.read_all(prefix + OLD_TYPE))) == sorted([genuine["id"], far_past["id"]])
+
+
+def test_a_window_start_no_time_can_have_is_a_usage_error_not_a_traceback():
+    for since in ("0001-01-01T00:00:00+01:00", "0001-01-01T00:00:00Z", "99999999999w"):
+        run = ReplayCommand("127.0.0.1:9", "x.")("--since", since)
+        assert run.returncode == 2, (since, run.stderr)
+        assert "Traceback" not in run.stderr and "scalekit-bridge: error: " in run.stderr, run.stderr
+
+
+async def test_a_genuine_old_letter_copied_into_a_new_window_does_not_publish_its_event_again(kafka, unique):
+    """"Already in its topic" is looked for from when Scalekit signed the event, not from the window's start."""
+    prefix = f"c{unique}."
+    (event,) = sample_events(1, start=NOW - timedelta(hours=3), types=[OLD_TYPE])
+    three_hours_ago = NOW - timedelta(hours=3)
+    published_then = int((three_hours_ago + timedelta(seconds=1)).timestamp() * 1000)
+    await write_letters(kafka, prefix + OLD_TYPE, [(body_of(event), [("ce_id", event["id"].encode())], published_then)])
+    body, headers = kept(event, signed_at=three_hours_ago)
+    await write_letters(kafka, prefix + "deadletter", [(body, headers, None)])  # copied in just now
+
+    run = ReplayCommand(kafka.bootstrap, prefix)("--since", "10m")
+
+    assert run.returncode == 0, run.stderr
+    assert run.summary.startswith("read 1, selected 1, already in their topics 1, replayed 0,")
+    assert len(await kafka.read_all(prefix + OLD_TYPE)) == 1
+
+
+async def test_an_event_signed_longer_ago_than_the_max_age_stays_a_dead_letter_and_says_why(kafka, unique):
+    prefix = f"a{unique}."
+    old, recent = sample_events(2, start=NOW - timedelta(days=9), types=[OLD_TYPE])
+    await write_letters(kafka, prefix + "deadletter", [
+        (*kept(old, signed_at=NOW - timedelta(days=8)), None),
+        (*kept(recent, signed_at=NOW - timedelta(hours=1)), None),
+    ])
+
+    run = ReplayCommand(kafka.bootstrap, prefix)("--since", "1h")
+    wider = ReplayCommand(kafka.bootstrap, prefix)("--since", "1h", "--max-age", "9d")
+
+    assert run.returncode == wider.returncode == 0, run.stderr + wider.stderr
+    assert run.summary.startswith("read 2, selected 2, already in their topics 0, replayed 1, still dead 1,")
+    assert f"{old['id']}: signed by Scalekit longer ago than --max-age" in run.stderr
+    assert wider.summary.startswith("read 2, selected 2, already in their topics 1, replayed 1, still dead 0,")
+    assert sorted(event_ids(await kafka.read_all(prefix + OLD_TYPE))) == sorted([old["id"], recent["id"]])
+
+
 async def test_backfill_can_bring_back_what_replay_cannot_verify(kafka, unique):
     """The backfill dead letters replay refuses are written again from Scalekit by backfill
-    --include-dead-lettered; without it, backfill counts them as already in Kafka."""
+    --include-dead-lettered; without it, backfill counts them as already in Kafka, but only a letter that
+    holds the event as Scalekit's API gives it: a record that merely names an event's id hides nothing."""
     pytest.importorskip("grpc")
+    from bridge.eventsapi import envelope_of
     from tests.fake_scalekit import FakeScalekit
 
     prefix = f"b{unique}."
-    (event,) = sample_events(1, start=NOW - timedelta(minutes=30), types=[OLD_TYPE])
+    event, named = sample_events(2, start=NOW - timedelta(minutes=30), types=[OLD_TYPE])
     scalekit = FakeScalekit(page_limit=7)
     scalekit.start()
     try:
-        scalekit.add(event)
-        await kafka.create_topic(prefix + "deadletter")
-        producer = AIOKafkaProducer(bootstrap_servers=kafka.bootstrap)
-        await producer.start()
-        try:
-            await producer.send_and_wait(
-                prefix + "deadletter", value=json.dumps(event).encode(), key=event["id"].encode(),
-                headers=[("backfilled-at", b"2026-11-30T10:00:00Z"), ("deadletter-reason", b"an old bug")],
-            )
-        finally:
-            await producer.stop()
+        as_listed = envelope_of(scalekit.add(event))  # the event as backfill reads it from the API
+        scalekit.add(named)
+        backfills_own = json.dumps(as_listed, ensure_ascii=False, separators=(",", ":")).encode()
+        forged = json.dumps({"id": named["id"], "type": OLD_TYPE, "data": {}}).encode()
+        unsigned = [("backfilled-at", b"2026-11-30T10:00:00Z"), ("deadletter-reason", b"an old bug")]
+        await write_letters(kafka, prefix + "deadletter", [(backfills_own, unsigned, None), (forged, unsigned, None)])
         env = {
             **{k: v for k, v in os.environ.items() if not k.startswith(("SCALEKIT_", "BRIDGE_", "KAFKA_"))},
             **scalekit.env(),
@@ -267,10 +358,11 @@ async def test_backfill_can_bring_back_what_replay_cannot_verify(kafka, unique):
                                   capture_output=True, text=True, timeout=120, check=True)
             return done.stdout.strip().splitlines()[-1]
 
-        assert backfill() == "fetched 1, already in Kafka 1, published 0, dead-lettered 0, failed 0, unreadable 0"
+        assert backfill() == "fetched 2, already in Kafka 1, published 1, dead-lettered 0, failed 0, unreadable 0"
+        assert event_ids(await kafka.read_all(prefix + OLD_TYPE)) == [named["id"]]
         assert backfill("--include-dead-lettered") == (
-            "fetched 1, already in Kafka 0, published 1, dead-lettered 0, failed 0, unreadable 0"
+            "fetched 2, already in Kafka 1, published 1, dead-lettered 0, failed 0, unreadable 0"
         )
     finally:
         scalekit.stop()
-    assert event_ids(await kafka.read_all(prefix + OLD_TYPE)) == [event["id"]]
+    assert sorted(event_ids(await kafka.read_all(prefix + OLD_TYPE))) == sorted([named["id"], event["id"]])

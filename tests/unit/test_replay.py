@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from datetime import UTC, datetime
 
 from bridge.core import StoredRecord
 from bridge.dev.samples import sample
@@ -26,7 +27,8 @@ def planned(producer: RecordingProducer, events: list[tuple[str, str]]) -> list[
         envelope = sample(event_type) | {"id": f"evt_{n:03d}", "organization_id": organization}
         body = json.dumps(envelope).encode()
         origin = Replayed(VerifiedDelivery(f"msg_{n}", "1760000000", body, "v1,c2ln"), STAMP)
-        letter = _Letter(StoredRecord(KafkaMessage(DEADLETTER, None, body, ()), 0, n, 0), {}, envelope)
+        record = StoredRecord(KafkaMessage(DEADLETTER, None, body, ()), 0, n, 0)
+        letter = _Letter(record, {}, envelope, datetime(2026, 11, 30, tzinfo=UTC))
         made.append(_Planned(letter, origin, writer.plan(origin)))
     return made
 
@@ -60,6 +62,22 @@ async def test_the_first_failed_write_stops_the_hand_over_and_names_what_was_not
     assert len(producer.handed) < len(plans)  # no more handed over once the failure was heard
     assert tally.replayed + len(tally.failed) == len(plans)
     assert tally.still_dead == []
+
+
+async def test_a_failed_write_stops_the_hand_over_at_once_however_few_records_are_in_flight():
+    """102 records, far fewer than the in-flight window: the second one's failure is heard before the third
+    is handed over, so nothing of the same organization is written after it, out of order."""
+    refusal = PublishFailed("Kafka refused the write: NotEnoughReplicasError")
+    producer = RecordingProducer(lose={"scalekit.organization.updated": refusal})
+    plans = planned(producer, [("organization.created", "org_a"), ("organization.updated", "org_a")]
+                    + [("organization.created", "org_a")] * 100)
+    tally = Tally()
+
+    await _publish(writer_for(producer), producer, plans, tally)
+
+    assert len(producer.handed) == 2
+    assert tally.replayed == 1 and tally.out_of_order == []
+    assert tally.failed == [f"evt_{n:03d}" for n in range(1, 102)]
 
 
 async def test_sigterm_stops_the_hand_over_and_names_every_event_not_written():
