@@ -64,41 +64,94 @@ _CREATED = {
 # --- mounting -------------------------------------------------------------------------------
 
 
-def setup_webhook(app: web.Application, settings: Settings, *, metrics: m.Metrics | None = None) -> None:
+class Webhook:
+    """One bridge's handlers: its delivery route and its probes and metrics, bound to that bridge.
+
+    `setup_webhook` returns one per call, whose bridge runs while the application does; `serve` makes
+    one around its bridge. Several in one application (one per Scalekit environment, each with its own
+    path, secret, topics and producer) never see each other's deliveries or probes.
+    """
+
+    def __init__(self, bridge: Bridge | None = None, *, path: str = "") -> None:
+        self._bridge = bridge
+        self.path = bridge.settings.webhook_path if bridge is not None else path
+
+    def bind(self, bridge: Bridge) -> None:
+        """The bridge this webhook serves from now on (its application's cleanup context starts it)."""
+        self._bridge = bridge
+
+    @property
+    def bridge(self) -> Bridge:
+        if self._bridge is None:
+            raise RuntimeError(f"the Scalekit webhook on {self.path} is not running: its application has not started")
+        return self._bridge
+
+    async def receive(self, request: web.Request) -> web.Response:
+        """Deliver one webhook: 201 once Kafka has its record; every refusal as JSON (the README's Responses)."""
+        return await _receive(request, self.bridge)
+
+    async def healthz(self, request: web.Request) -> web.Response:
+        """200 while the process can recover by itself; 503 with the reason when only a restart helps."""
+        broken = self.bridge.lifecycle.broken
+        if broken is not None:
+            return web.json_response({"status": "broken", "reason": broken}, status=503)
+        return web.json_response({"status": "ok"})
+
+    async def readyz(self, request: web.Request) -> web.Response:
+        bridge = self.bridge
+        return web.json_response(_readiness(bridge), status=200 if bridge.ready else 503)
+
+    async def metrics(self, request: web.Request) -> web.Response:
+        """Prometheus text, or OpenMetrics (with the latency histograms' trace exemplars) when the scraper
+        asks for it."""
+        body, content_type = self.bridge.metrics.exposition(request.headers.get(hdrs.ACCEPT))
+        return web.Response(body=body, headers={hdrs.CONTENT_TYPE: content_type})
+
+
+# The webhooks set up on an application, for the module-level probe handlers.
+WEBHOOKS = web.AppKey("scalekit webhooks", list[Webhook])
+
+
+def setup_webhook(app: web.Application, settings: Settings, *, metrics: m.Metrics | None = None) -> Webhook:
     """Take Scalekit deliveries into Kafka inside `app`, an aiohttp application of your own.
 
     Adds `POST settings.webhook_path` and a cleanup context that owns the Kafka producer: it
     starts connecting when `app` starts (deliveries and readiness answer 503 until Kafka answers),
-    stops taking deliveries when `app` shuts down, and flushes the producer at cleanup. `healthz`,
-    `readyz` and `metrics` are handlers for wherever `app` exposes them. `metrics` defaults to a
-    registry of the bridge's own; pass `Metrics(your_registry, process_metrics=False)` to share one.
+    stops taking deliveries when `app` shuts down, and flushes the producer at cleanup. Returns the
+    webhook, whose `healthz`, `readyz` and `metrics` are handlers for wherever your service exposes
+    them, on any application. Call it once per Scalekit environment, each with its own path; a second
+    call for a path already taken is refused. `metrics` defaults to a registry of the bridge's own; pass
+    `Metrics(your_registry, process_metrics=False)` to share one (one bridge per registry).
     """
-    app.cleanup_ctx.append(_owner(settings, metrics))
-    app.on_shutdown.append(_stop_taking_deliveries)
-    add_webhook_route(app, settings.webhook_path)
+    path = settings.webhook_path
+    taken = [webhook.path for webhook in app.get(WEBHOOKS, [])]
+    if path in taken:
+        raise ValueError(f"a Scalekit webhook is already set up on {path} in this application; give each "
+                         "one its own BRIDGE_WEBHOOK_PATH")
+    webhook = Webhook(path=path)
+    if WEBHOOKS not in app:
+        app[WEBHOOKS] = []
+    app[WEBHOOKS].append(webhook)
 
-
-def add_webhook_route(app: web.Application, path: str) -> None:
-    """The webhook route alone, for an `app` whose `BRIDGE` is set by its owner (as `serve` does)."""
-    app.router.add_post(path, receive)
-    app.router.add_route(hdrs.METH_ANY, path, _method_not_allowed)
-
-
-def _owner(
-    settings: Settings, metrics: m.Metrics | None
-) -> Callable[[web.Application], contextlib.AbstractAsyncContextManager[None]]:
     @contextlib.asynccontextmanager
     async def own(app: web.Application) -> AsyncIterator[None]:
         async with running(settings, metrics=metrics) as bridge:
-            app[BRIDGE] = bridge
+            webhook.bind(bridge)
             yield
 
-    return own
+    async def stop_taking_deliveries(app: web.Application) -> None:
+        bridge = webhook.bridge
+        bridge.lifecycle.drain(bridge.settings.drain_seconds)
+
+    app.cleanup_ctx.append(own)
+    app.on_shutdown.append(stop_taking_deliveries)
+    _add_route(app, path, webhook)
+    return webhook
 
 
-async def _stop_taking_deliveries(app: web.Application) -> None:
-    bridge = app[BRIDGE]
-    bridge.lifecycle.drain(bridge.settings.drain_seconds)
+def _add_route(app: web.Application, path: str, webhook: Webhook) -> None:
+    app.router.add_post(path, webhook.receive)
+    app.router.add_route(hdrs.METH_ANY, path, _method_not_allowed)
 
 
 # --- the webhook ---------------------------------------------------------------------------
@@ -116,9 +169,7 @@ class PayloadTooLarge(Refused):
     """A body over the limit (413): counted as a delivery refused before verification."""
 
 
-async def receive(request: web.Request) -> web.Response:
-    """Deliver one webhook: 201 once Kafka has its record; every refusal as JSON (see the README's Responses)."""
-    bridge = request.app[BRIDGE]
+async def _receive(request: web.Request, bridge: Bridge) -> web.Response:
     started = time.perf_counter()
     tracing = bridge.tracing
     with tracing.delivery(request.method, bridge.settings.webhook_path, request.headers) as span:
@@ -159,6 +210,8 @@ async def _body(request: web.Request, settings: Settings) -> bytes:
     """The whole body, at most `max_body_bytes`, within `body_timeout` unless it is already in."""
     if request.content.is_eof():  # the usual case: it came with the head
         body = request.content.read_nowait()
+        if len(body) < request.content.total_bytes:
+            body = await _read_before(request)
         if len(body) > settings.max_body_bytes:
             raise _too_large(settings)
         return body
@@ -173,6 +226,17 @@ async def _body(request: web.Request, settings: Settings) -> bytes:
         raise Refused(499, m.CLIENT_CLOSED, "the client closed the connection before its body was in") from None
     except HttpProcessingError:  # a chunk size that is not one, say: the client's framing, not our bug
         raise Refused(400, m.BAD_REQUEST, "the request body is not framed as HTTP/1.1 says") from None
+
+
+async def _read_before(request: web.Request) -> bytes:
+    """The body a middleware of the application read before the handler: aiohttp keeps what `read()`,
+    `text()` and `json()` read; what was read from `request.content` directly is gone."""
+    body = await request.read()
+    if len(body) != request.content.total_bytes:
+        log.error("the request body was read before the webhook handler and not kept; read it with "
+                  "request.read() (aiohttp keeps it) in your middleware, or not at all")
+        raise Refused(500, "body_unavailable", "the request body was read before the webhook handler")
+    return body
 
 
 async def _read_up_to(request: web.Request, settings: Settings) -> bytes:
@@ -212,6 +276,8 @@ def _answer_for(exc: Exception, bridge: Bridge, started: float, span: Span) -> w
             span.ended(Outcome.REJECTED, exc.error)
             if exc.error in m.HTTP_REFUSALS:
                 bridge.metrics.http_refusals.labels(reason=exc.error).inc()
+            elif exc.status >= 500 and not exc.retry:  # the application around the handler is wrong
+                bridge.metrics.internal_errors.inc()
         # Refused before (or while) reading the body: do not read what the client keeps sending.
         return _error_response(exc.status, exc.error, exc.detail, retry=exc.retry, close=True)
     span.ended(Outcome.FAILED, "internal_error")
@@ -232,19 +298,10 @@ def _error_response(status: int, error: str, detail: str, *, retry: bool = False
     return response
 
 
-# --- probes and metrics (the admin port's, or wherever an embedding application puts them) ----
+# --- probes and metrics for an application's webhooks, wherever it mounts them -----------------------
 
 
-async def healthz(request: web.Request) -> web.Response:
-    """200 while the process can recover by itself; 503 with the reason when only a restart helps."""
-    broken = request.config_dict[BRIDGE].lifecycle.broken
-    if broken is not None:
-        return web.json_response({"status": "broken", "reason": broken}, status=503)
-    return web.json_response({"status": "ok"})
-
-
-async def readyz(request: web.Request) -> web.Response:
-    bridge = request.config_dict[BRIDGE]
+def _readiness(bridge: Bridge) -> dict[str, bool | str | list[str]]:
     body: dict[str, bool | str | list[str]] = {
         "ready": bridge.ready,
         "kafka": "reachable" if bridge.publisher.ready else "unreachable",
@@ -252,13 +309,55 @@ async def readyz(request: web.Request) -> web.Response:
     }
     if bridge.publisher.missing_topics:
         body["missing_topics"] = sorted(bridge.publisher.missing_topics)
-    return web.json_response(body, status=200 if bridge.ready else 503)
+    return body
+
+
+def _mounted(request: web.Request) -> list[Webhook]:
+    """The webhooks set up on the request's application or the ones it is mounted in."""
+    return request.config_dict.get(WEBHOOKS, [])
+
+
+def _not_one(found: list[Webhook], handler: str) -> web.Response:
+    if not found:
+        detail = ("no Scalekit webhook is set up on this application or the ones it is mounted in; mount the "
+                  f"{handler} handler of the webhook setup_webhook returned")
+    else:
+        detail = f"several Scalekit webhooks are set up here; mount each one's own {handler} handler"
+    log.error("a webhook probe has no one webhook to answer for", extra={"handler": handler, "webhooks": len(found)})
+    return _error_response(500, "no_single_webhook", detail)
+
+
+async def healthz(request: web.Request) -> web.Response:
+    """The webhook's `healthz` (see `Webhook`); with several webhooks, 503 while any one is broken."""
+    found = _mounted(request)
+    if len(found) == 1:
+        return await found[0].healthz(request)
+    if not found:
+        return _not_one(found, "healthz")
+    broken = {webhook.path: webhook.bridge.lifecycle.broken for webhook in found if webhook.bridge.lifecycle.broken}
+    if broken:
+        return web.json_response({"status": "broken", "reasons": broken}, status=503)
+    return web.json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    """The webhook's `readyz` (see `Webhook`); with several webhooks, 200 only while every one is ready."""
+    found = _mounted(request)
+    if len(found) == 1:
+        return await found[0].readyz(request)
+    if not found:
+        return _not_one(found, "readyz")
+    webhooks = {webhook.path: _readiness(webhook.bridge) for webhook in found}
+    ready = all(webhook.bridge.ready for webhook in found)
+    return web.json_response({"ready": ready, "webhooks": webhooks}, status=200 if ready else 503)
 
 
 async def metrics(request: web.Request) -> web.Response:
-    """Prometheus text, or OpenMetrics (with the latency histograms' trace exemplars) when the scraper asks for it."""
-    body, content_type = request.config_dict[BRIDGE].metrics.exposition(request.headers.get(hdrs.ACCEPT))
-    return web.Response(body=body, headers={hdrs.CONTENT_TYPE: content_type})
+    """The webhook's `metrics` (see `Webhook`); with several webhooks, mount each one's own."""
+    found = _mounted(request)
+    if len(found) == 1:
+        return await found[0].metrics(request)
+    return _not_one(found, "metrics")
 
 
 # --- serve's listeners ------------------------------------------------------------------------
@@ -269,7 +368,7 @@ def create_public_app(bridge: Bridge) -> web.Application:
     and our JSON answer for everything else, aiohttp's own 404s (`OPTIONS *`) and any bug included."""
     app = web.Application(middlewares=[_every_request])
     app[BRIDGE] = bridge
-    add_webhook_route(app, bridge.settings.webhook_path)
+    _add_route(app, bridge.settings.webhook_path, Webhook(bridge))
     if bridge.settings.webhook_path != "/":
         app.router.add_get("/", _serving)
     return app
@@ -278,10 +377,10 @@ def create_public_app(bridge: Bridge) -> web.Application:
 def create_admin_app(bridge: Bridge) -> web.Application:
     """The admin listener: probes and metrics, kept off the public port."""
     app = web.Application()
-    app[BRIDGE] = bridge
-    app.router.add_get("/healthz", healthz)
-    app.router.add_get("/readyz", readyz)
-    app.router.add_get("/metrics", metrics)
+    webhook = Webhook(bridge)
+    app.router.add_get("/healthz", webhook.healthz)
+    app.router.add_get("/readyz", webhook.readyz)
+    app.router.add_get("/metrics", webhook.metrics)
     return app
 
 

@@ -8,7 +8,7 @@ import os
 
 from aiohttp import web
 
-from bridge.app import metrics, readyz, setup_webhook
+from bridge.app import setup_webhook
 from bridge.config import Settings
 
 
@@ -21,9 +21,9 @@ def make_app() -> web.Application:
     app.router.add_get("/", hello)  # your routes, as before
     # POST /webhooks/scalekit (BRIDGE_WEBHOOK_PATH): 201 only once Kafka has the record. The Kafka
     # producer starts with the app, and is flushed and closed when the app stops.
-    setup_webhook(app, Settings.from_env())
-    app.router.add_get("/scalekit/readyz", readyz)  # 200 while Kafka answers; 503 otherwise
-    app.router.add_get("/scalekit/metrics", metrics)  # the bridge's Prometheus metrics
+    webhook = setup_webhook(app, Settings.from_env())
+    app.router.add_get("/scalekit/readyz", webhook.readyz)  # 200 while Kafka answers; 503 otherwise
+    app.router.add_get("/scalekit/metrics", webhook.metrics)  # the bridge's Prometheus metrics
     return app
 
 
