@@ -146,6 +146,12 @@ class Metrics:
             ("reason",),
             registry=self.registry,
         )
+        self.trace_headers_ignored = Counter(
+            "scalekit_bridge_trace_headers_ignored",
+            "Incoming trace-context headers (BRIDGE_TRACING=true) that OpenTelemetry could not use, such as a "
+            "malformed tracestate member; its log line, which quotes the header, is not written.",
+            registry=self.registry,
+        )
         self.build_info = Info(
             "scalekit_bridge_build",
             "Version of the running bridge.",
@@ -198,6 +204,10 @@ class Metrics:
     def observe_request(self, status: int, seconds: float, trace_id: str | None = None) -> None:
         """One webhook request answered with `status` after `seconds`; its trace, if sampled, as the exemplar."""
         self._request_child(status).observe(seconds, {"trace_id": trace_id} if trace_id is not None else None)
+
+    def ignore_trace_header(self) -> None:
+        """One incoming trace header the tracer could not use (its text is never logged)."""
+        self.trace_headers_ignored.inc()
 
     def drop_spans(self, reason: str, count: int) -> None:
         """`count` spans the tracer could not hand to the collector (`reason` is one of SPANS_DROPPED)."""

@@ -9,7 +9,12 @@ back to a default with a warning.
 
 Spans leave through a batch processor: a bounded queue and a background thread, so a collector
 that is down or slow never holds up a delivery. Spans it cannot hand over (a full queue, an export
-that failed) are counted, and the SDK's one warning per dropped span is not logged.
+that failed) are counted, and the SDK's one warning per dropped span is not logged; nor are
+OpenTelemetry's lines about a malformed incoming trace header, which quote it (they are counted).
+
+One provider per process and configuration, however often a bridge starts (embedding, the test kit):
+its export thread is a daemon and no exit handler waits for it, so the process exits within its drain
+whatever the collector does; `shutdown` flushes for at most its share of the grace, then abandons it.
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from types import TracebackType
 
 from opentelemetry import context as otel_context
@@ -56,27 +61,72 @@ _SAMPLERS = (
 _W3C = TraceContextTextMapPropagator()
 _PRODUCER = {"messaging.system": "kafka", "messaging.operation.type": "send", "messaging.operation.name": "send"}
 _SDK_LOGGERS = ("opentelemetry.sdk._shared_internal", "opentelemetry.sdk.trace.export")
+# They log a malformed traceparent or tracestate with its text: a stranger's header, once per request.
+_HEADER_LOGGERS = ("opentelemetry.trace.span", "opentelemetry.trace.propagation.tracecontext")
 
 
-def configure(dropped: DroppedSpans, *, exporter: SpanExporter | None = None) -> Tracing:
+class _Counts:
+    """Where a provider's drops are counted: the metrics of the bridge configured last in this process."""
+
+    def __init__(self, dropped: DroppedSpans) -> None:
+        self.dropped = dropped
+
+    def __call__(self, reason: str, count: int) -> None:
+        self.dropped(reason, count)
+
+
+class _Shared:
+    """A provider of this process, where its drops are counted, and its flush under way (one at a time)."""
+
+    def __init__(self, provider: TracerProvider, counts: _Counts) -> None:
+        self.provider, self.counts = provider, counts
+        self.flushing: threading.Thread | None = None
+
+    def flush(self, timeout: float) -> None:
+        # The exporter may retry a collector that is down for its whole OTEL_EXPORTER_OTLP_TIMEOUT: flush on a
+        # daemon thread and wait only `timeout`, so the drain keeps its deadline and the process can exit. A
+        # flush still running from an earlier stop is waited for, not joined by another.
+        if self.flushing is None or not self.flushing.is_alive():
+            self.flushing = threading.Thread(target=self.provider.force_flush, name="trace-flush", daemon=True)
+            self.flushing.start()
+        self.flushing.join(timeout)
+
+
+# One provider per configuration (the OTEL_* variables, or a test's exporter): `configure` again reuses it.
+_PROVIDERS: dict[tuple[object, ...], _Shared] = {}
+
+
+def configure(
+    dropped: DroppedSpans, *, ignored: Callable[[], None] | None = None, exporter: SpanExporter | None = None
+) -> Tracing:
     """A tracer exporting as the `OTEL_*` variables say (the SDK reads them from the process environment);
     raises ConfigError naming a bad one.
 
     `exporter`, when given, replaces the one OTEL_TRACES_EXPORTER names (a test's in-memory one).
     """
     env = os.environ
-    exporters = _exporters(env) if exporter is None else [exporter]
-    _check_sampler(env)
-    provider = TracerProvider(resource=_resource())
-    for chosen in exporters:
-        provider.add_span_processor(BatchSpanProcessor(_Counted(chosen, dropped)))
-    counter = _QueueFull(dropped)
-    for name in _SDK_LOGGERS:
+    key = (exporter, *sorted((name, value) for name, value in env.items() if name.startswith("OTEL_")))
+    shared = _PROVIDERS.get(key)
+    if shared is None:
+        exporters = _exporters(env) if exporter is None else [exporter]
+        _check_sampler(env)
+        provider = TracerProvider(resource=_resource(), shutdown_on_exit=False)
+        counts = _Counts(dropped)
+        for chosen in exporters:
+            provider.add_span_processor(BatchSpanProcessor(_Counted(chosen, counts)))
+        _PROVIDERS[key] = shared = _Shared(provider, counts)
+    shared.counts.dropped = dropped
+    _filter(_SDK_LOGGERS, _QueueFull(dropped))
+    _filter(_HEADER_LOGGERS, _HeaderNotes(ignored))
+    return _Tracer(shared)
+
+
+def _filter(names: tuple[str, ...], counter: logging.Filter) -> None:
+    for name in names:
         logger = logging.getLogger(name)
         # One counter per process (the last tracer's), ahead of the SDK's own filter, which lets through
         # only the first of a run of equal warnings.
-        logger.filters = [counter, *(kept for kept in logger.filters if not isinstance(kept, _QueueFull))]
-    return _Tracer(provider)
+        logger.filters = [counter, *(kept for kept in logger.filters if type(kept) is not type(counter))]
 
 
 def _exporters(env: Mapping[str, str]) -> list[SpanExporter]:
@@ -160,6 +210,19 @@ class _QueueFull(logging.Filter):
         return True
 
 
+class _HeaderNotes(logging.Filter):
+    """OpenTelemetry's lines about an incoming trace header quote it: counted, never written."""
+
+    def __init__(self, ignored: Callable[[], None] | None) -> None:
+        super().__init__()
+        self._ignored = ignored
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno >= logging.WARNING and self._ignored is not None:
+            self._ignored()
+        return False
+
+
 class _Span:
     """An SDK span, as `bridge.tracing.Span`; `current` spans are attached while their `with` block runs."""
 
@@ -222,9 +285,10 @@ class _Span:
 class _Tracer:
     enabled = True
 
-    def __init__(self, provider: TracerProvider) -> None:
-        self._provider = provider
-        self._tracer = provider.get_tracer("scalekit-bridge", __version__)
+    def __init__(self, shared: _Shared) -> None:
+        self._shared = shared
+        self._provider = shared.provider
+        self._tracer = shared.provider.get_tracer("scalekit-bridge", __version__)
 
     def delivery(self, method: str, route: str, headers: Mapping[str, str]) -> _Span:
         attributes = {"http.request.method": method, "http.route": route}
@@ -256,11 +320,8 @@ class _Tracer:
         return format(context.trace_id, "032x"), format(context.span_id, "016x")
 
     def shutdown(self, timeout: float) -> None:
-        # The exporter may retry a collector that is down for its whole OTEL_EXPORTER_OTLP_TIMEOUT: flush on a
-        # daemon thread and wait only `timeout`, so the drain keeps its deadline and the process can exit.
-        flushing = threading.Thread(target=self._provider.force_flush, name="trace-flush", daemon=True)
-        flushing.start()
-        flushing.join(timeout)
+        """Flush for at most `timeout` seconds; the provider stays for the process's next bridge."""
+        self._shared.flush(timeout)
 
 
 def _context_of(span: trace.Span) -> TraceContext | None:

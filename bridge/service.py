@@ -190,7 +190,8 @@ async def running(
             required_topics=(settings.deadletter_topic,),
         )
     metrics = metrics if metrics is not None else m.Metrics()
-    bridge = Bridge.assemble(settings, publisher, metrics, start_tracing(settings.tracing, metrics.drop_spans))
+    tracing = start_tracing(settings.tracing, metrics.drop_spans, metrics.ignore_trace_header)
+    bridge = Bridge.assemble(settings, publisher, metrics, tracing)
     connecting = asyncio.create_task(publisher.start_when_reachable(), name="kafka-connect")
     connecting.add_done_callback(lambda task: _note_a_dead_connect_loop(task, bridge.lifecycle))
     secrets = _secret_files(settings, bridge, publisher)

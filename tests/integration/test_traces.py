@@ -236,7 +236,10 @@ async def test_a_dead_letter_is_one_trace_from_the_delivery_to_the_process_span_
     process_span(provider.get_tracer("dead-letter-reader"), letter, created).end()
     provider.shutdown()
 
-    spans = await jaeger.until_trace_has(trace_id, {"POST /webhooks/scalekit", f"send {deadletter}"})
+    # The reader's span comes through an exporter of its own: wait for it too, not only the bridge's.
+    spans = await jaeger.until_trace_has(
+        trace_id, {"POST /webhooks/scalekit", f"send {deadletter}", f"process {deadletter}"}
+    )
     server = one(spans, name="POST /webhooks/scalekit")
     send = one(spans, name=f"send {deadletter}")
     process = one(spans, name=f"process {deadletter}")
@@ -246,3 +249,37 @@ async def test_a_dead_letter_is_one_trace_from_the_delivery_to_the_process_span_
     assert server["attrs"]["scalekit_bridge.outcome"] == "deadlettered"
     assert server["status"].get("code") == 2  # STATUS_CODE_ERROR: someone has to look at a dead letter
     assert [(link["traceId"], link["spanId"]) for link in process["links"]] == [(trace_id, send_id)]
+
+
+async def test_a_collector_that_never_answers_does_not_hold_the_exit_past_the_grace(bridge_process, kafka_bootstrap):
+    """Spans stuck in an export to a collector that accepts and never answers are abandoned at the end of the
+    drain: no exit handler of OpenTelemetry's waits out the exporter's timeout (10 s) after it."""
+    held: list[asyncio.StreamWriter] = []
+
+    async def never_answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        held.append(writer)
+        await reader.read(1 << 20)
+
+    silent = await asyncio.start_server(never_answer, "127.0.0.1", 0)
+    port = silent.sockets[0].getsockname()[1]
+    try:
+        bridge = bridge_process(
+            "serve", KAFKA_BOOTSTRAP_SERVERS=kafka_bootstrap, BRIDGE_TRACING="on", BRIDGE_SHUTDOWN_GRACE="3",
+            OTEL_EXPORTER_OTLP_ENDPOINT=f"http://127.0.0.1:{port}", OTEL_BSP_SCHEDULE_DELAY="50",
+        )
+        await bridge.wait_for_readiness(200, 60)
+        assert (await bridge.deliver(sample("role.created")))[0] == 201
+        async with asyncio.timeout(10):
+            while not held:  # the export is under way, and stuck
+                await asyncio.sleep(0.05)
+        started = time.monotonic()
+        bridge.process.terminate()
+        code, output = await asyncio.to_thread(bridge.output_after_exit, 30)
+        took = time.monotonic() - started
+    finally:
+        silent.close()
+        for writer in held:
+            writer.close()
+
+    assert code == 0, output
+    assert took < 4.0, f"exit took {took:.1f}s after SIGTERM with a 3 s grace"

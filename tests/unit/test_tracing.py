@@ -11,6 +11,7 @@ import base64
 import json
 import socket
 import threading
+from datetime import UTC, datetime
 
 import pytest
 from cloudevents.core.bindings import kafka as ce_kafka
@@ -274,7 +275,8 @@ async def test_a_replay_run_is_one_span_and_each_replayed_record_carries_its_own
     for n in range(2):
         body = body_of(ENVELOPE | {"id": f"evt_{n}"})
         origin = Replayed(VerifiedDelivery(f"msg_{n}", "1760000000", body, "v1,c2ln"), "2026-11-30T12:00:00Z")
-        letter = _Letter(StoredRecord(KafkaMessage("scalekit.deadletter", None, body, ()), 0, n, 0), {}, None)
+        record = StoredRecord(KafkaMessage("scalekit.deadletter", None, body, ()), 0, n, 0)
+        letter = _Letter(record, {}, None, datetime(2026, 11, 30, tzinfo=UTC))
         plans.append(_Planned(letter, origin, writer.plan(origin)))
     with tracing.run("replay"):
         await _publish(writer, producer, plans, Tally(dry_run=False))
@@ -404,3 +406,44 @@ def test_tracing_off_writes_records_without_any_trace_header():
 
     assert OFF.producer().context is None
     assert json.dumps(OFF.current_ids()) == "null"
+
+
+async def test_a_malformed_tracestate_is_counted_and_its_text_never_reaches_the_log(caplog):
+    """OpenTelemetry logs a malformed tracestate member with its text, at WARNING, once per request: a
+    stranger's header in the log and a log flood for anyone. The bridge counts it instead."""
+    traced = Traced()
+    traced.tracing = otel.configure(traced.metrics.drop_spans, ignored=traced.metrics.ignore_trace_header,
+                                    exporter=traced.spans)
+    body = body_of(ENVELOPE)
+    headers = {"traceparent": INCOMING, "tracestate": "vendor=ok,not a member: c2VjcmV0"}
+    caplog.set_level("DEBUG")
+
+    async with serving(traced.bridge) as (public, _):
+        for _ in range(3):
+            assert (await public.post(PATH, data=body, headers=headers | signed_headers(SECRET, body))).status == 201
+
+    logged = "\n".join(record.getMessage() for record in caplog.records)
+    assert "c2VjcmV0" not in logged and "not a member" not in logged
+    assert traced.metrics.trace_headers_ignored._value.get() == 3
+
+
+def test_one_provider_per_process_however_often_a_bridge_starts_and_no_exit_handler_waits_for_it(monkeypatch):
+    """Embedding and the test kit start and stop bridges many times: each start must not leave an export
+    thread and an exit handler behind (the handler would hold the exit on a collector that does not answer)."""
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", f"http://127.0.0.1:{closed_port()}")
+    monkeypatch.setenv("OTEL_SERVICE_NAME", f"provider-reuse-{closed_port()}")  # a configuration of its own
+
+    def started() -> object:
+        tracing = otel.configure(lambda reason, count: None)
+        with tracing.run("work"):
+            pass
+        tracing.shutdown(0.1)
+        return tracing._provider  # type: ignore[attr-defined]
+
+    first = started()
+    threads = threading.active_count()
+    later = [started() for _ in range(5)]
+
+    assert all(provider is first for provider in later)
+    assert threading.active_count() <= threads  # no export or flush thread more than the first start left
+    assert first._atexit_handler is None  # type: ignore[attr-defined]
