@@ -33,7 +33,7 @@ from bridge import metrics as m
 from bridge.config import Settings
 from bridge.core import Outcome
 from bridge.errors import PublishFailed, VerificationFailed, where
-from bridge.guard import RETRY_AFTER_SECONDS, ConnectionGuard, connection_of
+from bridge.guard import RETRY_AFTER_SECONDS, ConnectionGuard, Linger, connection_of
 from bridge.pipeline import Receipt
 from bridge.process import (
     freeze_startup_objects,
@@ -469,7 +469,8 @@ def _public_limits(settings: Settings, bridge: Bridge) -> dict[str, Any]:
         "keepalive_timeout": settings.keepalive_timeout,
         # Bodies are refused, never decompressed, when they come compressed (415).
         "auto_decompress": False,
-        # A refused body is not read on for seconds after the answer.
+        # aiohttp's own lingering reads a refused body through its parser; the guard's lingering close
+        # throws the bytes away unparsed, within its own bounds, once aiohttp closes.
         "lingering_time": 0,
         "max_headers": 64,
         "logger": _ServerLog(bridge.metrics, public=True),
@@ -500,17 +501,22 @@ class Listeners:
         self.guard.close_idle()
         for runner in self.runners:
             await runner.cleanup()
+        self.guard.abort_lingering()  # the drain is over: closing connections get no more time
 
 
 async def listen(bridge: Bridge, *, cleanup_timeout: float = 1.0) -> Listeners:
     """Open both listeners for `bridge` with the public port's limits in force."""
     settings = bridge.settings
+    metrics = bridge.metrics
     guard = ConnectionGuard(
         max_connections=settings.max_connections,
         header_timeout=settings.header_timeout,
-        on_refusal=lambda reason: bridge.metrics.http_refusals.labels(reason=reason).inc(),
+        on_refusal=lambda reason: metrics.http_refusals.labels(reason=reason).inc(),
+        linger=Linger(settings.linger_timeout, settings.linger_bytes, settings.max_lingering),
+        on_close=lambda how: metrics.closed_connections.labels(how=how).inc(),
     )
-    bridge.metrics.open_connections.set_function(lambda: float(guard.open_connections))
+    metrics.open_connections.set_function(lambda: float(guard.open_connections))
+    metrics.lingering_connections.set_function(lambda: float(guard.lingering_connections))
     public = web.AppRunner(
         create_public_app(bridge), shutdown_timeout=cleanup_timeout, **_public_limits(settings, bridge)
     )

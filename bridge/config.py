@@ -157,6 +157,12 @@ class Settings(RecordShaping):
     body_timeout: float = 10.0
     # Longer than the usual load balancer's 60 s idle timeout, so the balancer closes first.
     keepalive_timeout: float = 75.0
+    # After an answer that closes the connection, what the client still sends is read and discarded for
+    # this long and this many bytes (a refused 1 MiB body included), so it reads the answer instead of
+    # a reset; at most `max_lingering` connections at once, beyond which one is closed at once.
+    linger_timeout: float = 2.0
+    linger_bytes: int = 2 * 1024 * 1024
+    max_lingering: int = 512
     redelivery_cache_size: int = 100_000
     redelivery_cache_ttl: float = 1800.0
     # None: publish timeout + 5 s, room for every in-flight publish to reach its own deadline.
@@ -188,6 +194,9 @@ class Settings(RecordShaping):
             keepalive_timeout=reader.number(
                 "BRIDGE_KEEPALIVE_TIMEOUT", d["keepalive_timeout"], float, low=0.0, high=3600.0
             ),
+            linger_timeout=reader.number("BRIDGE_LINGER_TIMEOUT", d["linger_timeout"], float, low=0.0, high=60.0),
+            linger_bytes=reader.number("BRIDGE_LINGER_BYTES", d["linger_bytes"], int, low=0, high=1 << 30),
+            max_lingering=reader.number("BRIDGE_MAX_LINGERING", d["max_lingering"], int, low=0, high=1_000_000),
             redelivery_cache_size=reader.number(
                 "BRIDGE_REDELIVERY_CACHE_SIZE", d["redelivery_cache_size"], int, low=0, high=10_000_000
             ),

@@ -12,6 +12,13 @@ and knows no HTTP beyond counting head bytes up to the blank line:
   request whose body is in is still being answered: a client that pipelines or stops reading is not
   read from until it has its answers, so what it makes us hold stays one request.
 
+- every answer after which the connection closes (the three below, and aiohttp's, such as a 413) is
+  followed by a bounded lingering close: the write side is shut after the answer, what the client still
+  sends is read and thrown away for at most `Linger.seconds` and `Linger.max_bytes`, and the socket is
+  closed at the client's own end of stream (graceful) or when a bound is reached (reset). Closing with
+  unread bytes instead makes the kernel reset the connection, and the client never reads its answer.
+  At most `Linger.max_at_once` connections linger, apart from the connection cap.
+
 The three fixed answers are the only bytes this module writes; everything else aiohttp frames.
 A connection is in a request from the end of its head until the app says it is answered
 (`connection_of(request.transport).answered(...)`, from the server's end-of-response hook, whatever
@@ -25,6 +32,7 @@ import asyncio
 import enum
 import json
 from collections.abc import Callable
+from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Any, cast
 
@@ -52,6 +60,20 @@ _HEAD_TOO_LARGE = _fixed_answer(HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE, m.HE
                                 "the request head is too big")
 
 
+@dataclass(frozen=True)
+class Linger:
+    """The bounds of a lingering close (see the module's docstring); `seconds=0` closes at once."""
+
+    seconds: float = 2.0
+    max_bytes: int = 2 * 1024 * 1024
+    max_at_once: int = 512
+
+
+# How a lingering close ended, the `how` label of the closed-connections metric.
+GRACEFUL = "graceful"
+RESET = "reset"
+
+
 class _State(enum.Enum):
     WAITING = "waiting for a request head"
     HEAD = "reading a request head"
@@ -68,15 +90,45 @@ _NOT_READING_ANSWERS = 4  # the socket's send buffer is full: the client does no
 class ConnectionGuard:
     """Owns every open connection of one listener and the limits on them."""
 
-    def __init__(self, *, max_connections: int, header_timeout: float, on_refusal: Callable[[str], None]) -> None:
+    def __init__(
+        self,
+        *,
+        max_connections: int,
+        header_timeout: float,
+        on_refusal: Callable[[str], None],
+        linger: Linger | None = None,
+        on_close: Callable[[str], None] | None = None,
+    ) -> None:
         self._max_connections = max_connections
         self.header_timeout = header_timeout
         self.refused = on_refusal
+        self.linger = linger if linger is not None else Linger()
+        self.closed = on_close if on_close is not None else (lambda how: None)
         self._open: set[Connection] = set()
+        self._lingering: set[Connection] = set()
 
     @property
     def open_connections(self) -> int:
         return len(self._open)
+
+    @property
+    def lingering_connections(self) -> int:
+        return len(self._lingering)
+
+    def may_linger(self, connection: Connection) -> bool:
+        """Count a connection in among the lingering ones; False when lingering is off or at its cap."""
+        if self.linger.seconds <= 0 or len(self._lingering) >= self.linger.max_at_once:
+            return False
+        self._lingering.add(connection)
+        return True
+
+    def stop_lingering(self, connection: Connection) -> None:
+        self._lingering.discard(connection)
+
+    def abort_lingering(self) -> None:
+        """For the end of a drain: reset every connection still lingering."""
+        for connection in list(self._lingering):
+            connection.end_linger(RESET)
 
     def wrap(self, factory: Callable[[], asyncio.Protocol]) -> Callable[[], asyncio.Protocol]:
         """A protocol factory for `loop.create_server` that guards what `factory` (aiohttp's server) makes."""
@@ -127,6 +179,9 @@ class Connection(asyncio.Protocol):
         self._after_head = 0
         self._last: bytes = b""
         self._after_head_at_hold = 0
+        # While lingering: the bytes still to be thrown away before a reset, and the time bound's timer.
+        self._linger_left: int | None = None
+        self._linger_timer: asyncio.TimerHandle | None = None
 
     @property
     def in_request(self) -> bool:
@@ -138,15 +193,20 @@ class Connection(asyncio.Protocol):
         self._transport = cast("asyncio.Transport", transport)  # a stream transport (asyncio's or uvloop's)
         if not self._guard.admit(self):
             self._transport.write(_TOO_MANY)
-            self._transport.close()
+            self.linger()
             return
         self._inner = self._factory()
         self._inner.connection_made(_TransportView(self._transport, self))
         self._arm(self._guard.header_timeout)
 
     def data_received(self, data: bytes) -> None:
+        if self._linger_left is not None:
+            self._linger_left -= len(data)  # thrown away
+            if self._linger_left < 0:
+                self.end_linger(RESET)
+            return
         if self._inner is None:
-            return  # refused; the socket is closing
+            return  # closing
         if self._state is _State.IDLE:
             self._next_head()
         elif self._state is _State.WAITING:
@@ -163,6 +223,9 @@ class Connection(asyncio.Protocol):
         self._inner.data_received(data)
 
     def eof_received(self) -> bool | None:
+        if self._linger_left is not None:
+            self.end_linger(GRACEFUL)  # the client has read its answer and closed its side
+            return None
         return self._inner.eof_received() if self._inner is not None else None
 
     def pause_writing(self) -> None:
@@ -180,6 +243,8 @@ class Connection(asyncio.Protocol):
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        if self._linger_left is not None:  # the client closed or reset before our bounds did
+            self._stop_lingering(GRACEFUL if exc is None else RESET)
         self._guard.forget(self)
         if self._inner is not None:
             self._inner.connection_lost(exc)
@@ -224,6 +289,50 @@ class Connection(asyncio.Protocol):
     def close(self) -> None:
         if self._transport is not None:
             self._transport.close()
+
+    @property
+    def lingering(self) -> bool:
+        return self._linger_left is not None
+
+    def linger(self) -> None:
+        """Close after an answer: shut the write side once the answer is out, throw away what the client still
+        sends within the guard's bounds, and close at its end of stream (see the module's docstring)."""
+        transport = self._transport
+        if transport is None or transport.is_closing() or self._linger_left is not None:
+            return
+        self._disarm()
+        self._state = _State.REQUEST  # answered: no head timer refuses it again
+        inner, self._inner = self._inner, None
+        if inner is not None:  # aiohttp is done with this connection: it must not parse what follows
+            asyncio.get_running_loop().call_soon(inner.connection_lost, None)
+        if not transport.can_write_eof() or not self._guard.may_linger(self):
+            self._guard.closed(RESET)  # closed at once: what the client still sends resets it
+            transport.close()
+            return
+        self._linger_left = self._guard.linger.max_bytes
+        transport.write_eof()
+        self._pauses = 0
+        transport.resume_reading()
+        self._linger_timer = asyncio.get_running_loop().call_later(self._guard.linger.seconds, self.end_linger, RESET)
+
+    def end_linger(self, how: str) -> None:
+        """End a lingering close: `GRACEFUL` at the client's end of stream, `RESET` at a bound."""
+        if self._linger_left is None:
+            return
+        self._stop_lingering(how)
+        if self._transport is not None:
+            if how == RESET:
+                self._transport.abort()
+            else:
+                self._transport.close()
+
+    def _stop_lingering(self, how: str) -> None:
+        self._linger_left = None
+        if self._linger_timer is not None:
+            self._linger_timer.cancel()
+            self._linger_timer = None
+        self._guard.stop_lingering(self)
+        self._guard.closed(how)
 
     # --- reading ---------------------------------------------------------------------------
 
@@ -296,15 +405,9 @@ class Connection(asyncio.Protocol):
 
     def _refuse(self, answer: bytes, reason: str) -> None:
         self._guard.refused(reason)
-        self._disarm()
-        self._state = _State.REQUEST  # answered: no timer refuses it again
         if self._transport is not None:
             self._transport.write(answer)
-            self._transport.close()
-        # aiohttp must not parse what follows.
-        inner, self._inner = self._inner, None
-        if inner is not None:
-            inner.connection_lost(None)
+        self.linger()
 
 
 class _TransportView(asyncio.Transport):
@@ -349,10 +452,11 @@ class _TransportView(asyncio.Transport):
         return self._transport.get_extra_info(name, default)
 
     def is_closing(self) -> bool:
-        return self._transport.is_closing()
+        return self.connection.lingering or self._transport.is_closing()
 
     def close(self) -> None:
-        self._transport.close()
+        """aiohttp closes after an answer (a refusal, `Connection: close`, keep-alive's end): lingering."""
+        self.connection.linger()
 
     def abort(self) -> None:
         self._transport.abort()

@@ -46,6 +46,9 @@ HTTP_REFUSALS = (
     CLIENT_CLOSED,
 )
 
+# How a connection closed after its last answer (bridge.guard's lingering close).
+CLOSES = ("graceful", "reset")
+
 # Why spans were dropped on their way to the collector (bridge.otel).
 SPANS_DROPPED = ("queue_full", "export_failed")
 
@@ -104,6 +107,18 @@ class Metrics:
         self.open_connections = Gauge(
             "scalekit_bridge_open_connections",
             "Connections open on the public port.",
+            registry=self.registry,
+        )
+        self.lingering_connections = Gauge(
+            "scalekit_bridge_lingering_connections",
+            "Public-port connections answered and closing: their unread bytes are being read and thrown away.",
+            registry=self.registry,
+        )
+        self.closed_connections = Counter(
+            "scalekit_bridge_closed_connections",
+            "Public-port connections closed after their last answer, by how: graceful (the client closed its side "
+            "while lingering) or reset (a lingering bound, or the lingering cap, was reached first).",
+            ("how",),
             registry=self.registry,
         )
         self.publish_duration = Histogram(
@@ -169,6 +184,8 @@ class Metrics:
         for refusal in HTTP_REFUSALS:
             self.http_refusals.labels(reason=refusal)
         self.unknown_event_types.labels(event_type=OTHER_TYPE)
+        for how in CLOSES:
+            self.closed_connections.labels(how=how)
         for reason in SPANS_DROPPED:
             self.trace_spans_dropped.labels(reason=reason)
         # The statuses the delivery alerts divide by; a first 503 then counts as an increase.

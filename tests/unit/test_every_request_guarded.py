@@ -218,3 +218,35 @@ def test_only_parser_errors_are_counted_as_malformed_requests_and_anything_else_
     assert metrics.registry.get_sample_value("scalekit_bridge_internal_errors_total") == 1
     (line,) = [r for r in caplog.records if r.levelno >= logging.ERROR]
     assert line.error == "RuntimeError"
+
+
+def sample_value(bridge: Bridge, name: str, labels: dict[str, str] | None = None) -> float:
+    return bridge.metrics.registry.get_sample_value(name, labels or {}) or 0.0
+
+
+async def test_lingering_connections_are_capped_apart_and_bounded_in_time(start):
+    """Past BRIDGE_MAX_LINGERING a refused connection is closed at once; a lingering one whose client never
+    closes is reset at BRIDGE_LINGER_TIMEOUT. Both are counted, and the gauge follows."""
+    bridge = await start(BRIDGE_MAX_CONNECTIONS="1", BRIDGE_MAX_LINGERING="1", BRIDGE_LINGER_TIMEOUT="0.5",
+                         BRIDGE_HEADER_TIMEOUT="30")
+    port = bridge.settings.port
+    held = await asyncio.open_connection("127.0.0.1", port)  # the cap, full
+    await asyncio.sleep(0.1)
+    first = await asyncio.open_connection("127.0.0.1", port)  # refused, lingers: its client never closes
+    async with asyncio.timeout(2):
+        assert statuses(await first[0].read()) == [503]  # the answer, then our end of stream
+    assert sample_value(bridge, "scalekit_bridge_lingering_connections") == 1
+
+    second = await asyncio.open_connection("127.0.0.1", port)  # refused, no room to linger: closed at once
+    async with asyncio.timeout(2):
+        assert statuses(await second[0].read()) == [503]
+    resets = {"how": "reset"}
+    assert sample_value(bridge, "scalekit_bridge_closed_connections_total", resets) == 1
+
+    async with asyncio.timeout(3):  # the first one's time is up
+        while sample_value(bridge, "scalekit_bridge_lingering_connections") != 0:
+            await asyncio.sleep(0.02)
+    assert sample_value(bridge, "scalekit_bridge_closed_connections_total", resets) == 2
+    assert sample_value(bridge, "scalekit_bridge_closed_connections_total", {"how": "graceful"}) == 0
+    for _, writer in (held, first, second):
+        writer.close()
