@@ -267,8 +267,8 @@ class Connection(asyncio.Protocol):
         Whatever came after that body is the next request's head: it is counted, and its deadline runs,
         from now. Without bytes after the body the connection is idle until the next head begins.
         """
-        if self._state is not _State.REQUEST:
-            return
+        if self._state is not _State.REQUEST or self._linger_left is not None:
+            return  # not in a request, or closing after an answer already
         if body_bytes is None:  # only what came after the body was in is known to be more
             beyond, last = self._after_head - self._after_head_at_hold, b""
         else:
