@@ -63,6 +63,15 @@ def test_a_bound_that_is_neither_or_has_no_zone_is_refused(text):
         parse_moment(text, NOW)
 
 
+@pytest.mark.parametrize(
+    "text", ["0001-01-01T00:00:00+01:00", "9999-12-31T23:59:59-01:00", "99999999999w", "999999999d"]
+)
+def test_a_bound_no_time_can_reach_is_a_value_error_never_an_overflow(text):
+    """Whatever the text, parsing raises ValueError (a usage error, exit 2), not OverflowError (a traceback)."""
+    with pytest.raises(ValueError, match=r"outside the years|longer than any window|before the year 1"):
+        parse_moment(text, NOW)
+
+
 def test_the_window_includes_its_start_and_excludes_its_end():
     query = EventQuery(start=NOW - timedelta(hours=1), end=NOW)
     at = {"type": "role.created", "id": "evt_1"}
