@@ -78,7 +78,7 @@ async def test_a_body_a_middleware_read_with_request_read_is_the_body_verified(
 ):
     @web.middleware
     async def audit(request: web.Request, handler):
-        assert await request.read()  # the host logs or checks the body first
+        await request.read()  # the host logs or checks the body first
         return await handler(request)
 
     app = web.Application(middlewares=[audit])
