@@ -65,22 +65,16 @@ _SDK_LOGGERS = ("opentelemetry.sdk._shared_internal", "opentelemetry.sdk.trace.e
 _HEADER_LOGGERS = ("opentelemetry.trace.span", "opentelemetry.trace.propagation.tracecontext")
 
 
-class _Counts:
-    """Where a provider's drops are counted: the metrics of the bridge configured last in this process."""
-
-    def __init__(self, dropped: DroppedSpans) -> None:
-        self.dropped = dropped
-
-    def __call__(self, reason: str, count: int) -> None:
-        self.dropped(reason, count)
-
-
 class _Shared:
-    """A provider of this process, where its drops are counted, and its flush under way (one at a time)."""
+    """A provider of this process, where its drops are counted (the metrics of the bridge configured last),
+    and its flush under way (one at a time)."""
 
-    def __init__(self, provider: TracerProvider, counts: _Counts) -> None:
-        self.provider, self.counts = provider, counts
+    def __init__(self, provider: TracerProvider, dropped: DroppedSpans) -> None:
+        self.provider, self.dropped = provider, dropped
         self.flushing: threading.Thread | None = None
+
+    def count(self, reason: str, count: int) -> None:
+        self.dropped(reason, count)
 
     def flush(self, timeout: float) -> None:
         # The exporter may retry a collector that is down for its whole OTEL_EXPORTER_OTLP_TIMEOUT: flush on a
@@ -110,12 +104,10 @@ def configure(
     if shared is None:
         exporters = _exporters(env) if exporter is None else [exporter]
         _check_sampler(env)
-        provider = TracerProvider(resource=_resource(), shutdown_on_exit=False)
-        counts = _Counts(dropped)
+        _PROVIDERS[key] = shared = _Shared(TracerProvider(resource=_resource(), shutdown_on_exit=False), dropped)
         for chosen in exporters:
-            provider.add_span_processor(BatchSpanProcessor(_Counted(chosen, counts)))
-        _PROVIDERS[key] = shared = _Shared(provider, counts)
-    shared.counts.dropped = dropped
+            shared.provider.add_span_processor(BatchSpanProcessor(_Counted(chosen, shared.count)))
+    shared.dropped = dropped
     _filter(_SDK_LOGGERS, _QueueFull(dropped))
     _filter(_HEADER_LOGGERS, _HeaderNotes(ignored))
     return _Tracer(shared)
@@ -287,7 +279,6 @@ class _Tracer:
 
     def __init__(self, shared: _Shared) -> None:
         self._shared = shared
-        self._provider = shared.provider
         self._tracer = shared.provider.get_tracer("scalekit-bridge", __version__)
 
     def delivery(self, method: str, route: str, headers: Mapping[str, str]) -> _Span:

@@ -438,7 +438,7 @@ def test_one_provider_per_process_however_often_a_bridge_starts_and_no_exit_hand
         with tracing.run("work"):
             pass
         tracing.shutdown(0.1)
-        return tracing._provider  # type: ignore[attr-defined]
+        return tracing._shared.provider  # type: ignore[attr-defined]
 
     first = started()
     threads = threading.active_count()
