@@ -72,9 +72,9 @@ class Webhook:
     path, secret, topics and producer) never see each other's deliveries or probes.
     """
 
-    def __init__(self, bridge: Bridge | None = None, *, path: str = "") -> None:
+    def __init__(self, path: str, bridge: Bridge | None = None) -> None:
+        self.path = path
         self._bridge = bridge
-        self.path = bridge.settings.webhook_path if bridge is not None else path
 
     def bind(self, bridge: Bridge) -> None:
         """The bridge this webhook serves from now on (its application's cleanup context starts it)."""
@@ -128,7 +128,7 @@ def setup_webhook(app: web.Application, settings: Settings, *, metrics: m.Metric
     if path in taken:
         raise ValueError(f"a Scalekit webhook is already set up on {path} in this application; give each "
                          "one its own BRIDGE_WEBHOOK_PATH")
-    webhook = Webhook(path=path)
+    webhook = Webhook(path)
     if WEBHOOKS not in app:
         app[WEBHOOKS] = []
     app[WEBHOOKS].append(webhook)
@@ -167,6 +167,13 @@ class Refused(Exception):
 
 class PayloadTooLarge(Refused):
     """A body over the limit (413): counted as a delivery refused before verification."""
+
+
+class BodyUnavailable(Refused):
+    """The application around the handler consumed the body (500): its bug, counted as an internal error."""
+
+    def __init__(self) -> None:
+        super().__init__(500, "body_unavailable", "the request body was read before the webhook handler")
 
 
 async def _receive(request: web.Request, bridge: Bridge) -> web.Response:
@@ -235,7 +242,7 @@ async def _read_before(request: web.Request) -> bytes:
     if len(body) != request.content.total_bytes:
         log.error("the request body was read before the webhook handler and not kept; read it with "
                   "request.read() (aiohttp keeps it) in your middleware, or not at all")
-        raise Refused(500, "body_unavailable", "the request body was read before the webhook handler")
+        raise BodyUnavailable
     return body
 
 
@@ -276,11 +283,16 @@ def _answer_for(exc: Exception, bridge: Bridge, started: float, span: Span) -> w
             span.ended(Outcome.REJECTED, exc.error)
             if exc.error in m.HTTP_REFUSALS:
                 bridge.metrics.http_refusals.labels(reason=exc.error).inc()
-            elif exc.status >= 500 and not exc.retry:  # the application around the handler is wrong
+            elif isinstance(exc, BodyUnavailable):
                 bridge.metrics.internal_errors.inc()
         # Refused before (or while) reading the body: do not read what the client keeps sending.
         return _error_response(exc.status, exc.error, exc.detail, retry=exc.retry, close=True)
     span.ended(Outcome.FAILED, "internal_error")
+    return _internal_error(exc, bridge)
+
+
+def _internal_error(exc: Exception, bridge: Bridge) -> web.Response:
+    """A bug, on any route: counted, logged by class and code line (never its message), answered 500."""
     bridge.metrics.internal_errors.inc()
     log.error("unexpected error while handling a request", extra={"error": type(exc).__name__, "at": where(exc)})
     return _error_response(500, "internal_error", "the bridge failed unexpectedly; this is a bug", close=True)
@@ -368,8 +380,9 @@ def create_public_app(bridge: Bridge) -> web.Application:
     and our JSON answer for everything else, aiohttp's own 404s (`OPTIONS *`) and any bug included."""
     app = web.Application(middlewares=[_every_request])
     app[BRIDGE] = bridge
-    _add_route(app, bridge.settings.webhook_path, Webhook(bridge))
-    if bridge.settings.webhook_path != "/":
+    path = bridge.settings.webhook_path
+    _add_route(app, path, Webhook(path, bridge))
+    if path != "/":
         app.router.add_get("/", _serving)
     return app
 
@@ -377,7 +390,7 @@ def create_public_app(bridge: Bridge) -> web.Application:
 def create_admin_app(bridge: Bridge) -> web.Application:
     """The admin listener: probes and metrics, kept off the public port."""
     app = web.Application()
-    webhook = Webhook(bridge)
+    webhook = Webhook(bridge.settings.webhook_path, bridge)
     app.router.add_get("/healthz", webhook.healthz)
     app.router.add_get("/readyz", webhook.readyz)
     app.router.add_get("/metrics", webhook.metrics)
@@ -416,9 +429,7 @@ async def _every_request(request: web.Request, handler: Handler) -> web.StreamRe
             response.headers[hdrs.ALLOW] = exc.headers[hdrs.ALLOW]
         return response
     except Exception as exc:  # noqa: BLE001 - the public port's error boundary for every route but the webhook
-        request.app[BRIDGE].metrics.internal_errors.inc()
-        log.error("unexpected error while handling a request", extra={"error": type(exc).__name__, "at": where(exc)})
-        return _error_response(500, "internal_error", "the bridge failed unexpectedly; this is a bug", close=True)
+        return _internal_error(exc, request.app[BRIDGE])
 
 
 class _Answered(AbstractAccessLogger):
