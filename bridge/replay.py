@@ -167,7 +167,7 @@ async def _replay(
     writer = Writer.configured(settings, publisher, writing.metrics, writing.tracing)
 
     routable: list[_Planned] = []
-    oldest_allowed = int((datetime.now(UTC) - selection.max_age).timestamp())
+    oldest_allowed = time.time() - selection.max_age.total_seconds()  # seconds: any --max-age is in range
     signed_since = int(selection.start.timestamp())  # Unix seconds, as Scalekit signs them
     for letter, delivery in _verified(letters, verifier, tally):
         origin = Replayed(delivery, replayed_at)

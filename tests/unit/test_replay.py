@@ -99,3 +99,4 @@ async def test_sigterm_stops_the_hand_over_and_names_every_event_not_written():
     assert len(producer.handed) == 11
     assert tally.replayed == 11
     assert tally.failed == [f"evt_{n:03d}" for n in range(11, 40)]
+
