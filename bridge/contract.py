@@ -23,6 +23,13 @@ from jsonschema_rs import ValidationErrorKind as Kind
 
 from bridge.errors import MalformedDelivery
 
+# Annotations of our own on a schema's fields (validators ignore them): what kind of personal data a field
+# holds, and why a field is a secret. Platform teams set ACLs and retention per topic from them.
+PERSONAL_DATA_MARK = "x-personal-data"
+SECRET_MARK = "x-secret"  # noqa: S105 - the name of an annotation, not a secret
+# How deep `Contract.fields` follows nested objects; the schemas nest a handful of levels.
+_MAX_FIELD_DEPTH = 12
+
 SCHEMA_ROOT: Traversable = resources.files("bridge") / "schemas"
 ENVELOPE_SCHEMA = "envelope.json"
 OBJECTS_SCHEMA = "objects.json"
@@ -60,6 +67,17 @@ class Verdict:
         return "invalid" if self.violation is not None else "valid"
 
 
+@dataclass(frozen=True)
+class Field:
+    """A field the contract declares for an event type, by its dotted path in the envelope (`[]`: each item)."""
+
+    path: str
+    personal_data: str | None = None
+    """What kind of personal data it holds (the schema's `x-personal-data`), if any."""
+    secret: str | None = None
+    """Why it is a secret (the schema's `x-secret`), if it is one."""
+
+
 class Contract:
     """Compiled schemas for the envelope and for the data of every documented event type."""
 
@@ -67,6 +85,8 @@ class Contract:
         """Compile `documents` (schema path → schema, as `read_schemas` yields them)."""
         for document in documents.values():
             jsonschema_rs.meta.validate(document)
+        self._documents = {str(document["$id"]): document for document in documents.values()}
+        self._envelope_id = str(documents[ENVELOPE_SCHEMA]["$id"])
         registry = jsonschema_rs.Registry([(str(document["$id"]), document) for document in documents.values()])
         envelope_id = documents[ENVELOPE_SCHEMA]["$id"]
         self._data_ids: dict[str, str] = {
@@ -94,6 +114,16 @@ class Contract:
     def dataschema(self, event_type: str) -> str | None:
         return self._data_ids.get(event_type)
 
+    def fields(self, event_type: str) -> dict[str, Field]:
+        """Every field the envelope and `event_type`'s data schema declare, by path; KeyError if undocumented."""
+        found: dict[str, Field] = {}
+        envelope = self._documents[self._envelope_id]
+        _collect(self._documents, envelope, envelope, "", found, 0)
+        data_id = self._data_ids[event_type]
+        data = self._documents[data_id]
+        _collect(self._documents, data, data, "data", found, 0)
+        return found
+
     def check(self, envelope: Mapping[str, Any], *, validate: bool) -> Verdict:
         """Judge an envelope; with `validate`, check it and its data against their schemas."""
         event_type = envelope.get("type")
@@ -118,6 +148,44 @@ def read_schemas(root: Traversable = SCHEMA_ROOT) -> Iterator[tuple[str, dict[st
     for entry in sorted((root / DATA_DIR).iterdir(), key=lambda entry: entry.name):
         if entry.name.endswith(".json"):
             yield f"{DATA_DIR}/{entry.name}", _read(entry)
+
+
+def _collect(
+    documents: Mapping[str, dict[str, Any]],
+    base: dict[str, Any],
+    node: Any,
+    path: str,
+    found: dict[str, Field],
+    depth: int,
+) -> None:
+    """Walk `node` (a schema inside document `base`) through references, recording declared fields."""
+    if not isinstance(node, dict) or depth > _MAX_FIELD_DEPTH:
+        return
+    if path and (PERSONAL_DATA_MARK in node or SECRET_MARK in node):
+        seen = found.get(path, Field(path))
+        found[path] = Field(path, node.get(PERSONAL_DATA_MARK, seen.personal_data), node.get(SECRET_MARK, seen.secret))
+    if "$ref" in node:
+        target, target_base = _resolve(documents, base, str(node["$ref"]))
+        _collect(documents, target_base, target, path, found, depth + 1)
+    for name, child in (node.get("properties") or {}).items():
+        child_path = f"{path}.{name}" if path else name
+        found.setdefault(child_path, Field(child_path))
+        _collect(documents, base, child, child_path, found, depth + 1)
+    if "items" in node:
+        _collect(documents, base, node["items"], f"{path}[]", found, depth + 1)
+    for keyword in ("allOf", "anyOf", "oneOf"):
+        for branch in node.get(keyword) or ():
+            _collect(documents, base, branch, path, found, depth + 1)
+
+
+def _resolve(documents: Mapping[str, dict[str, Any]], base: dict[str, Any], ref: str) -> tuple[Any, dict[str, Any]]:
+    """The schema `ref` points at (`<$id>#/$defs/Name` or `#/$defs/Name`), and the document holding it."""
+    uri, _, pointer = ref.partition("#")
+    document = documents[uri] if uri else base
+    node: Any = document
+    for step in filter(None, pointer.split("/")):
+        node = node[step]
+    return node, document
 
 
 def _read(entry: Traversable) -> dict[str, Any]:

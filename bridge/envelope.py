@@ -71,9 +71,11 @@ ORGANIZATION_PATHS: tuple[tuple[str, ...], ...] = (
     ("organization_id",),
     ("data", "organization_id"),
     ("data", "organization", "id"),
-    ("data", "user", "membership", "organization_id"),
+    ("data", "user", "membership", "organization_id"),  # user.* deliveries before 2025-11
+    ("data", "user_session", "organization_id"),  # user.login and user.logout since
 )
-# Environment-wide events (roles, permissions) are keyed by their environment instead.
+# Events of no organization (roles, permissions, connected accounts unless the delivery names one) are keyed by
+# their environment instead.
 _KEY_PATHS = (*ORGANIZATION_PATHS, ("environment_id",))
 
 Headers = tuple[tuple[str, bytes], ...]

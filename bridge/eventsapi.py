@@ -30,10 +30,11 @@ from bridge.errors import ApiError
 
 # The API's ceiling (its protobufs document a default of 10).
 PAGE_SIZE = 100
-# A webhook envelope's fields in the order Scalekit sends them; `display_name` is the API's
-# own (no webhook carries it), so a recovered envelope leaves it out.
-_ENVELOPE_ORDER = ("spec_version", "id", "object", "environment_id", "occurred_at", "organization_id", "type", "data")
-_API_ONLY = ("display_name",)
+# A webhook envelope's fields in the order Scalekit's current examples send them (API reference of 2026-08).
+# `display_name` is in webhook deliveries too since then, so a recovered envelope keeps it like any field.
+_ENVELOPE_ORDER = (
+    "spec_version", "id", "type", "object", "occurred_at", "environment_id", "organization_id", "data", "display_name"
+)
 # A protobuf Struct holds every number as a double: integers up to 2**53 survive exactly.
 _EXACT_INTEGERS = 2**53
 
@@ -131,8 +132,6 @@ def _page(events: Iterable[ScalekitEvent]) -> Page:
 def envelope_of(event: ScalekitEvent) -> dict[str, Any]:
     """A listed event as the envelope its webhook delivery carries (see the README on numbers and time)."""
     fields = json_format.MessageToDict(event, preserving_proto_field_name=True)
-    for name in _API_ONLY:
-        fields.pop(name, None)
     # Protobuf cannot tell an empty string from a missing one; documented webhooks leave such fields out.
     fields = {name: value for name, value in fields.items() if value != ""}
     if "data" in fields:

@@ -100,7 +100,7 @@ def document(contract: Contract | None = None) -> dict[str, Any]:
             topic_for(prefix, event_type), event_type, f"Every `{event_type}` delivery, as a CloudEvent."
         )
         operations[f"send.{event_type}"] = _operation(event_type)
-        messages[event_type] = _event_message(event_type, contract.dataschema(event_type) or "")
+        messages[event_type] = _event_message(event_type, contract)
     channels[DEADLETTER] = _channel(
         deadletter_topic,
         DEADLETTER,
@@ -166,26 +166,43 @@ def _operation(channel: str) -> dict[str, Any]:
     }
 
 
-def _event_message(event_type: str, schema_id: str) -> dict[str, Any]:
+def _event_message(event_type: str, contract: Contract) -> dict[str, Any]:
     source = partition_key_source(sample(event_type))
     if source is None or source[0] == "environment_id":
-        key = "The environment id (`environment_id`): these events belong to no organization."
+        key = (
+            "The environment id (`environment_id`): this type's documented deliveries name no organization. A "
+            "delivery that does carry a top-level `organization_id` is keyed by it."
+        )
     else:
         key = f"The organization id, from `{source[0]}` in this type's documented deliveries."
     headers = {
         "allOf": [
             {"$ref": f"#/components/schemas/{HEADERS_SCHEMA}"},
-            {"properties": {"ce_type": {"const": event_type}, "ce_dataschema": {"const": schema_id}}},
+            {
+                "properties": {
+                    "ce_type": {"const": event_type},
+                    "ce_dataschema": {"const": contract.dataschema(event_type)},
+                }
+            },
         ]
     }
+    fields = contract.fields(event_type).values()
+    personal = sorted({field.personal_data for field in fields if field.personal_data})
+    secrets = sorted(field.path for field in fields if field.secret)
     return {
         "name": event_type,
         "title": event_type,
+        "summary": (
+            f"Personal data: {', '.join(personal) if personal else 'none declared'}. "
+            f"Secrets: {', '.join(f'`{path}`' for path in secrets) if secrets else 'none'}."
+        ),
         "contentType": JSON_CONTENT_TYPE,
         "headers": headers,
         "payload": {"$ref": f"#/components/schemas/{event_type}"},
         "correlationId": {"location": "$message.header#/ce_id"},
         "bindings": {"kafka": {"key": {"type": "string", "description": key}, "bindingVersion": BINDING_VERSION}},
+        "x-personal-data": personal,
+        "x-secrets": secrets,
     }
 
 

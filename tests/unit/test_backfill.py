@@ -93,7 +93,7 @@ def test_type_and_organization_narrow_the_query():
 
 
 def api_event(envelope: dict) -> ScalekitEvent:
-    fields = ("spec_version", "id", "type", "environment_id", "organization_id", "object")
+    fields = ("spec_version", "id", "type", "environment_id", "organization_id", "object", "display_name")
     event = ScalekitEvent(**{name: envelope[name] for name in fields if name in envelope})
     event.occurred_at.FromJsonString(envelope["occurred_at"])
     if "data" in envelope:
@@ -101,11 +101,17 @@ def api_event(envelope: dict) -> ScalekitEvent:
     return event
 
 
-@pytest.mark.parametrize("event_type", ["organization.directory.user_created", "role.created", "user.login"])
+@pytest.mark.parametrize("event_type", sample_types())
 def test_an_api_event_becomes_the_envelope_its_webhook_carries(event_type):
     envelope = sample(event_type)
     assert envelope_of(api_event(envelope)) == envelope
-    assert list(envelope_of(api_event(envelope))) == list(envelope)  # the webhook's field order
+
+
+# Samples written from the API reference of 2026-08, in the order its examples send the fields.
+@pytest.mark.parametrize("event_type", ["user.login", "organization.domain_created", "connected_account.created"])
+def test_a_recovered_envelope_has_the_fields_in_the_order_webhooks_send_them_now(event_type):
+    envelope = sample(event_type)
+    assert list(envelope_of(api_event(envelope))) == list(envelope)
 
 
 def test_whole_numbers_come_back_as_integers_where_a_double_holds_them_exactly():
@@ -117,12 +123,12 @@ def test_whole_numbers_come_back_as_integers_where_a_double_holds_them_exactly()
     assert data["list"] == [1, 2.5] and isinstance(data["list"][0], int)
 
 
-def test_the_api_only_display_name_and_empty_fields_are_left_out():
+def test_the_display_name_webhooks_carry_is_kept_and_empty_fields_are_left_out():
     envelope = sample("role.created")
     event = api_event(envelope)
-    event.display_name = "Role created"
+    event.display_name = "Role Created"
     event.organization_id = ""  # set, but empty: the webhook has no such field
-    assert envelope_of(event) == envelope
+    assert envelope_of(event) == envelope | {"display_name": "Role Created"}
 
 
 def test_time_is_the_same_instant_in_protobufs_rendering():
@@ -259,10 +265,11 @@ def test_an_organization_query_finds_its_events_of_every_type_where_the_key_rule
     wanted = EventQuery(start=NOW - timedelta(hours=1), end=NOW, organization_id="org_wanted")
     other = EventQuery(start=NOW - timedelta(hours=1), end=NOW, organization_id="org_other")
 
-    belongs = partition_key(event) == "org_wanted"  # environment-wide types (roles, permissions) belong to none
+    # environment-wide types (roles, permissions, connected accounts as documented) belong to none
+    belongs = partition_key(event) == "org_wanted"
     assert wanted.matches(event) is belongs
     assert not other.matches(event)
-    assert belongs is not event_type.startswith(("role.", "permission."))
+    assert belongs is not event_type.startswith(("role.", "permission.", "connected_account."))
 
 
 def test_an_event_the_sdk_cannot_read_is_set_aside_by_id_and_the_page_goes_on():

@@ -8,6 +8,7 @@ import pytest
 from cloudevents.core.bindings import kafka as ce_kafka
 from cloudevents.core.formats.json import JSONFormat
 
+from bridge.contract import Contract
 from bridge.dev.samples import sample, sample_types
 from bridge.dev.tail import describe
 from bridge.envelope import (
@@ -20,19 +21,21 @@ from bridge.envelope import (
 from bridge.errors import MalformedDelivery
 from bridge.verify import VerifiedDelivery
 
-# Where CATALOG.md says each family keeps its organization id.
+# Where Scalekit's documented examples of each family keep the organization id (the README's key rules).
 EXPECTED_KEY_SOURCE = {
     "organization.directory": ("organization_id",),
     "organization.sso": ("organization_id",),
+    "organization.domain_": ("organization_id",),
     "organization.created": ("organization_id",),
     "organization.updated": ("organization_id",),
     "organization.deleted": ("organization_id",),
     "user.signup": ("data", "organization", "id"),
-    "user.login": ("data", "user", "membership", "organization_id"),
-    "user.logout": ("data", "user", "membership", "organization_id"),
+    "user.login": ("organization_id",),
+    "user.logout": ("organization_id",),
     "user.organization": ("data", "organization", "id"),
     "role.": ("environment_id",),
     "permission.": ("environment_id",),
+    "connected_account.": ("environment_id",),
 }
 
 
@@ -62,6 +65,28 @@ def test_every_sample_is_keyed_by_its_organization_or_environment(event_type):
     (path,) = [p for prefix, p in EXPECTED_KEY_SOURCE.items() if event_type.startswith(prefix)]
     assert partition_key(envelope) == lookup(envelope, path)
     assert partition_key(envelope).startswith("env_" if path == ("environment_id",) else "org_")
+
+
+@pytest.mark.parametrize("event_type", ["user.login", "user.logout"])
+def test_a_session_event_without_the_top_level_organization_is_keyed_by_its_session(event_type):
+    envelope = sample(event_type)
+    del envelope["organization_id"]
+    assert partition_key(envelope) == envelope["data"]["user_session"]["organization_id"]
+
+
+@pytest.mark.parametrize("event_type", ["user.login", "user.logout"])
+def test_a_session_event_of_the_shape_before_2025_11_is_keyed_by_the_membership(event_type):
+    envelope = sample(event_type)
+    del envelope["organization_id"], envelope["display_name"]
+    envelope["data"] = {"user": {"id": "usr_1", "membership": {"organization_id": "org_member"}}}
+    assert partition_key(envelope) == "org_member"
+    assert Contract.load().check(envelope, validate=True).violation is None
+
+
+@pytest.mark.parametrize("event_type", [t for t in sample_types() if t.startswith(("connected_account.", "role."))])
+def test_an_environment_level_event_that_names_an_organization_is_keyed_by_it(event_type):
+    envelope = sample(event_type) | {"organization_id": "org_named"}
+    assert partition_key(envelope) == "org_named"
 
 
 @pytest.mark.parametrize("event_type", sample_types())
