@@ -59,9 +59,11 @@ bench-replay: $(VENV)/.installed
 bench-tracing: $(VENV)/.installed
 	$(BIN)/python bench/tracing.py
 
-# schemas/asyncapi.yaml is generated; a test fails when it is out of date.
+# schemas/asyncapi.yaml and the README's personal-data table are generated from schemas/; a test fails
+# when either is out of date.
 asyncapi: $(VENV)/.installed
 	$(BIN)/python -m bridge.dev.asyncapi schemas/asyncapi.yaml
+	$(BIN)/python -m bridge.dev.catalogue readme README.md
 
 # BROKERS=3 starts three brokers and one controller.
 BROKERS ?= 1

@@ -1,11 +1,12 @@
 """Command line: `serve` (production), `backfill` and `replay` (recover events); `dev`, `send-test` and `tail` for
-local use."""
+local use; `catalogue check` for maintainers (where PyYAML is installed, so not in the image)."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 import base64
+import importlib.util
 import os
 import secrets
 import shlex
@@ -37,6 +38,12 @@ def main(argv: Sequence[str] | None = None) -> None:
         sys.exit(_dev())
     if args.command == "tail":
         sys.exit(_tail(args.type_pattern, args.from_beginning, args.count))
+    if args.command == "catalogue":
+        from pathlib import Path
+
+        from bridge.dev.catalogue import check
+
+        sys.exit(check(Path(args.openapi)))
     sys.exit(_send_test(args.event_type, args.url))
 
 
@@ -122,7 +129,24 @@ def command_line() -> argparse.ArgumentParser:
                         help="only event types matching this pattern, e.g. 'organization.directory.*' (default: all)")
     follow.add_argument("--from-beginning", action="store_true", help="print what the topics already hold first")
     follow.add_argument("--count", type=int, help="exit after printing this many events")
+    if development_tools():
+        catalogue = commands.add_parser(
+            "catalogue", help="compare this release's event types with Scalekit's published catalogue"
+        ).add_subparsers(dest="action", required=True)
+        compare = catalogue.add_parser(
+            "check",
+            help="report where Scalekit's OpenAPI document and this release's schemas part (exit 1), 0 if they agree",
+            description="Reads the OpenAPI document of Scalekit's API reference (YAML or JSON) and reports types "
+            "only one side knows, fields Scalekit requires that our schemas do not declare, and organizations its "
+            "examples carry where our key rule does not look. Exit 0: they agree; 1: they differ; 2: unreadable.",
+        )
+        compare.add_argument("openapi", metavar="OPENAPI-FILE", help="Scalekit's OpenAPI document, downloaded")
     return parser
+
+
+def development_tools() -> bool:
+    """Whether the maintainers' commands can run here: they need PyYAML, which the image leaves out."""
+    return importlib.util.find_spec("yaml") is not None
 
 
 def _filters(command: argparse.ArgumentParser) -> None:

@@ -130,7 +130,7 @@ class FakeScalekit:
 
     def add(self, envelope: dict[str, Any]) -> events_pb2.ScalekitEvent:
         """Keep a webhook-shaped envelope as the API's `ScalekitEvent`."""
-        fields = ("spec_version", "id", "type", "environment_id", "organization_id", "object")
+        fields = ("spec_version", "id", "type", "environment_id", "organization_id", "object", "display_name")
         event = events_pb2.ScalekitEvent(**{name: envelope[name] for name in fields if name in envelope})
         event.occurred_at.FromJsonString(envelope["occurred_at"])
         if "data" in envelope:

@@ -136,7 +136,7 @@ async def test_a_backfilled_record_is_the_record_the_webhook_would_have_written(
     Only the provenance differs (ce_webhookid against ce_backfilledat), and ce_time's text
     where Scalekit's differs from the protobuf Timestamp's rendering of the same instant.
     """
-    events = seed(scalekit, 28)
+    events = seed(scalekit, len(sample_types()))
     events[0]["occurred_at"] = _with_offset(events[0]["occurred_at"])  # same instant, other text
     bridge = await start_bridge(BRIDGE_CLOUDEVENTS_MODE=mode)  # topics t<unique>.
     for envelope in events:
@@ -145,8 +145,10 @@ async def test_a_backfilled_record_is_the_record_the_webhook_would_have_written(
     run = backfill("--since", "2h", BRIDGE_TOPIC_PREFIX=f"b{unique}.", BRIDGE_DEADLETTER_TOPIC=f"b{unique}.deadletter",
                    BRIDGE_CLOUDEVENTS_MODE=mode)
 
-    assert run.summary == "fetched 28, already in Kafka 0, published 28, dead-lettered 0, failed 0, unreadable 0"
+    n = len(events)
+    assert run.summary == f"fetched {n}, already in Kafka 0, published {n}, dead-lettered 0, failed 0, unreadable 0"
     types = {e["type"] for e in events}
+    assert types == set(sample_types())
     delivered = await records_by_event(kafka, bridge.prefix, types)
     backfilled = await records_by_event(kafka, f"b{unique}.", types)
     for envelope in events:
