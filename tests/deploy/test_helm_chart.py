@@ -622,6 +622,25 @@ def test_the_subscribed_types_narrow_the_backfill_and_the_topics(helm):
     assert topics == {"scalekit.deadletter", "scalekit-bridge.backfill-state", *(f"scalekit.{t}" for t in types)}
 
 
+def test_without_event_types_every_documented_type_gets_its_kafka_topic(helm):
+    """Under kafkaTopics the bridge creates no topic: a type without a KafkaTopic would be dead-lettered."""
+    docs = render(helm, "existing-secret-sasl")
+    topics = {doc["spec"]["topicName"] for doc in docs if doc["kind"] == "KafkaTopic"}
+    documented = {f"scalekit.{t}" for t in Contract.load().event_types}
+    assert topics - {"scalekit-bridge.backfill-state"} == {"scalekit.deadletter", *documented}
+
+
+def test_event_types_name_the_newest_families_and_a_type_this_release_does_not_know_yet(helm):
+    types = ["connected_account.token_refresh_failed", "organization.domain_dns_verification_failed",
+             "organization.widget_created"]
+    sets = [arg for n, t in enumerate(types) for arg in ("--set", f"eventTypes[{n}]={t}")]
+    docs = render(helm, "existing-secret-sasl", *sets)
+    topics = {doc["spec"]["topicName"] for doc in docs if doc["kind"] == "KafkaTopic"}
+    assert topics - {"scalekit-bridge.backfill-state"} == {"scalekit.deadletter", *(f"scalekit.{t}" for t in types)}
+    names = {doc["metadata"]["name"] for doc in docs if doc["kind"] == "KafkaTopic"}
+    assert "scalekit.connected-account.token-refresh-failed" in names  # Kubernetes names have no '_'
+
+
 def test_every_rendered_backfill_command_is_one_the_cli_accepts(helm):
     for values in BACKFILLED:
         (job,) = backfill_pod(render(helm, values))["spec"]["containers"]

@@ -196,6 +196,52 @@ async def test_a_missing_topic_keeps_its_dead_letters_until_the_topic_is_created
     assert sorted(event_ids(await kafka.read_all(prefix + OLD_TYPE))) == sorted(e["id"] for e in events)
 
 
+async def test_the_day_scalekit_adds_a_type_its_deliveries_are_kept_alerted_and_replayed_once_in_order(
+    bridge_process, kafka, unique
+):
+    """A release that does not know a type Scalekit now sends, with topic creation off as under the chart's
+    KafkaTopics: each delivery is answered 201, dead-lettered and counted in the series the
+    ScalekitBridgeUnknownEventType alert reads. Once the topic exists, a release that knows the type replays
+    them: each event once, in each organization's order, now with its ce_dataschema."""
+    added = "connected_account.created"
+    prefix = f"n{unique}."
+    no_creation = {"BRIDGE_CREATE_TOPICS": "false"}
+    await kafka.create_topic(prefix + "deadletter")
+    events = sample_events(6, start=NOW - timedelta(minutes=20), types=[added])
+    for number, envelope in enumerate(events):  # two accounts named by organization, the rest by environment
+        if number % 3 == 0:
+            envelope["organization_id"] = "org_named"
+    old_release = bridge_process(
+        "serve", prefix=prefix, program=("-m", "tests.integration.release_without_schema", added),
+        KAFKA_BOOTSTRAP_SERVERS=kafka.bootstrap, **no_creation,
+    )
+    await old_release.wait_for_readiness(200, timeout=60)
+    answers = [await old_release.deliver(envelope, webhook_id=f"msg_{envelope['id']}") for envelope in events]
+
+    assert [(status, body["outcome"]) for status, body in answers] == [(201, "deadlettered")] * len(events)
+    series = f'scalekit_bridge_unknown_event_types_total{{event_type="{added}"}}'
+    assert f"{series} {float(len(events))}" in (await old_release.metrics()).splitlines()
+    old_release.kill()
+    letters = await kafka.read_all(prefix + "deadletter")
+    assert [r.header("webhook-id").decode() for r in letters] == [f"msg_{e['id']}" for e in events]
+    assert all("does not exist" in r.header("deadletter-reason").decode() for r in letters)
+
+    await kafka.create_topic(prefix + added, partitions=3)
+    replay = ReplayCommand(kafka.bootstrap, prefix, **no_creation)  # this release: it knows the type
+    first, second = replay("--since", "1h", "--type", added), replay("--since", "1h", "--type", added)
+
+    assert first.returncode == second.returncode == 0, first.stderr + second.stderr
+    assert first.summary.startswith("read 6, selected 6, already in their topics 0, replayed 6, still dead 0,")
+    assert second.summary.startswith("read 6, selected 6, already in their topics 6, replayed 0,")
+    published = await kafka.read_all(prefix + added)
+    assert sorted(event_ids(published)) == sorted(e["id"] for e in events)
+    keys = {e["id"]: e.get("organization_id", e["environment_id"]) for e in events}
+    assert per_organization(published) == {
+        key: [e["id"] for e in events if keys[e["id"]] == key] for key in dict.fromkeys(keys.values())
+    }
+    assert {r.header("ce_dataschema") for r in published} == {f"urn:scalekit-bridge:schema:v1:data:{added}".encode()}
+
+
 async def test_forged_and_unverifiable_dead_letters_are_reported_and_never_published(kafka, unique):
     """Write access to the dead-letter topic is not a way in: without a signature that verifies against the
     webhook secrets, nothing is published, however well-formed the envelope."""
