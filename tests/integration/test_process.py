@@ -16,7 +16,10 @@ from collections.abc import Iterator
 import pytest
 
 from bridge.dev.kafka import LocalKafka
-from bridge.dev.samples import sample
+from bridge.dev.samples import sample, sample_types
+from bridge.dev.sendtest import send
+from bridge.envelope import partition_key
+from bridge.verify import SigningKey
 from tests.conftest import KafkaTool
 from tests.integration.conftest import SECRET
 
@@ -91,6 +94,23 @@ async def test_send_test_signs_a_sample_that_reaches_its_topic(bridge_process, k
     (record,) = await kafka.read_all(bridge.prefix + "user.signup")
     assert record.key == sample("user.signup")["data"]["organization"]["id"].encode()
     assert record.header("ce_id").decode().startswith("evt_test_")
+
+
+async def test_send_test_takes_every_documented_type_and_each_reaches_its_own_topic_with_its_key(
+    bridge_process, kafka_bootstrap, kafka
+):
+    """What `send-test --type T` sends (the same function), for every type of the contract."""
+    bridge = bridge_process("serve", KAFKA_BOOTSTRAP_SERVERS=kafka_bootstrap)
+    await bridge.wait_for_readiness(200, timeout=30)
+    key = SigningKey.from_secret(SECRET)
+
+    answers = [await asyncio.to_thread(send, bridge.url, key, event_type) for event_type in sample_types()]
+
+    assert [status for status, _ in answers] == [201] * len(sample_types())
+    for event_type in sample_types():
+        (record,) = await kafka.read_all(bridge.prefix + event_type)
+        assert record.key == partition_key(sample(event_type)).encode()
+        assert record.header("ce_dataschema") == f"urn:scalekit-bridge:schema:v1:data:{event_type}".encode()
 
 
 async def test_dev_brings_up_kafka_and_the_bridge_and_ctrl_c_stops_both(bridge_process):
