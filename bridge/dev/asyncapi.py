@@ -127,7 +127,10 @@ def document(contract: Contract | None = None) -> dict[str, Any]:
                 "the one the webhook would have written, with `ce_backfilledat` in place of `ce_webhookid`. "
                 "Dead letters whose cause was fixed are published by `scalekit-bridge replay` once their webhook "
                 "signature verifies again: such a record is the one the webhook writes now, with `ce_replayedat` "
-                "beside `ce_webhookid`."
+                "beside `ce_webhookid`. Fields that hold personal data carry `x-personal-data` (what kind) and fields "
+                "that hold secrets `x-secret` in the bundled schemas; each message sums them up in its `summary`, "
+                "`x-personal-data` and `x-secrets`, for ACLs and retention per topic. The dead-letter topic holds "
+                "whole deliveries of every type."
             ),
             "license": {"name": "Apache-2.0"},
         },
