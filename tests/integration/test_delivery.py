@@ -199,7 +199,7 @@ async def test_structured_mode_writes_whole_cloudevents(start_bridge, kafka):
     )
     assert record.header("content-type") == b"application/cloudevents+json"
     assert event.get_id() == delivery["id"]
-    assert record.key == delivery["data"]["user"]["membership"]["organization_id"].encode()
+    assert record.key == delivery["organization_id"].encode()
     assert rebuild_delivery(record.headers, record.value) == delivery
 
 
