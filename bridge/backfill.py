@@ -52,12 +52,15 @@ class Request:
     """What one run was asked to do.
 
     With `resume`, the window starts at the last recorded end (less the timestamp tolerance), or at
-    `query.start` when none is recorded; never further back than `max_lookback` from its end.
+    `query.start` when none is recorded or when `since_given` and it is earlier (an operator reaching back
+    over an outage, or the CronJob's --since re-checking a margin); never further back than `max_lookback`
+    from its end.
     """
 
     query: EventQuery
     dry_run: bool = False
     resume: bool = False
+    since_given: bool = True
     max_lookback: timedelta = DEFAULT_MAX_LOOKBACK
     # Count an event whose only copy is a dead letter as missing (its cause fixed, and not replayable).
     include_dead_lettered: bool = False
@@ -99,6 +102,8 @@ async def backfill(settings: BackfillSettings, request: Request, progress: Progr
     """
     key = _state_key(settings, request.query)
     recorded = await _recorded_end(settings, key) if key is not None else None
+    if key is not None and recorded is None:  # recorded before the key named its topics (0.1.0)
+        recorded = await _recorded_end(settings, _state_key(settings, request.query, legacy=True) or key)
     if request.resume and key is not None:
         request = _resumed(settings, request, recorded)
     with traced_run("backfill", settings.tracing) as (writing, run):
@@ -115,18 +120,29 @@ async def backfill(settings: BackfillSettings, request: Request, progress: Progr
     return tally
 
 
-def _state_key(settings: BackfillSettings, query: EventQuery) -> bytes | None:
-    """Whose window end a run records and resumes: the environment's, per set of types (the CronJob's
-    `--type`s); None for an `--organization` run, which covers one organization only."""
+def _state_key(settings: BackfillSettings, query: EventQuery, *, legacy: bool = False) -> bytes | None:
+    """Whose window end a run records and resumes: the environment's, for the topics under one prefix, per set
+    of types (the CronJob's `--type`s); None for an `--organization` run, which covers one organization only.
+
+    The prefix names the topic set the window covers, so two installs sharing a state topic never resume
+    from each other's window; `legacy` gives the key without it, which 0.1.0 wrote.
+    """
     if query.organization_id is not None:
         return None
     scope = ",".join(sorted(query.types))
-    return (settings.environment + (f" types={scope}" if scope else "")).encode()
+    topics = "" if legacy else f" topics={settings.topic_prefix}*"
+    return (settings.environment + topics + (f" types={scope}" if scope else "")).encode()
 
 
 def _resumed(settings: BackfillSettings, request: Request, recorded: datetime | None) -> Request:
     """`request` with its window starting where the last recorded run ended (`recorded`), if any."""
-    start = request.query.start if recorded is None else recorded - timedelta(seconds=settings.timestamp_tolerance)
+    start, message = request.query.start, "no recorded run to resume from; using --since"
+    if recorded is not None:
+        resume_at = recorded - timedelta(seconds=settings.timestamp_tolerance)
+        if not request.since_given or resume_at < start:
+            start, message = resume_at, "resuming"
+        else:
+            message = "--since starts before the recorded end; starting there"
     floor = request.query.end - request.max_lookback
     if start < floor:
         log.warning(
@@ -135,7 +151,7 @@ def _resumed(settings: BackfillSettings, request: Request, recorded: datetime | 
         )
         start = floor
     log.info(
-        "resuming" if recorded is not None else "no recorded run to resume from; using --since",
+        message,
         extra={"recorded_end": recorded.isoformat() if recorded else None, "start": start.isoformat()},
     )
     return replace(request, query=replace(request.query, start=start))

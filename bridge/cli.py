@@ -68,7 +68,7 @@ def command_line() -> argparse.ArgumentParser:
         "--resume",
         action="store_true",
         help="start where the last successful run's window ended (less BRIDGE_TIMESTAMP_TOLERANCE), recorded in "
-        "BRIDGE_BACKFILL_STATE_TOPIC; --since when nothing is recorded (else --max-lookback)",
+        "BRIDGE_BACKFILL_STATE_TOPIC, or at --since when that is earlier or nothing is recorded (else --max-lookback)",
     )
     recover.add_argument(
         "--max-lookback",
@@ -232,6 +232,7 @@ def _backfill(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         query=query,
         dry_run=args.dry_run,
         resume=args.resume,
+        since_given=args.since is not None,
         max_lookback=lookback,
         include_dead_lettered=args.include_dead_lettered,
     )

@@ -110,6 +110,13 @@ class KafkaSettings:
         return replication, min_insync, warning
 
 
+# A release's own topics are named after its topic prefix unless set, so that two releases on one Kafka
+# (prefixes `staging.scalekit.` and `prod.scalekit.`) share no topic: `<prefix>deadletter`, and backfill's
+# `<prefix>backfill-state`. No event type can collide with either: types have no '-' and at least one '.'.
+DEADLETTER_SUFFIX = "deadletter"
+BACKFILL_STATE_SUFFIX = "backfill-state"
+
+
 @dataclass(frozen=True, kw_only=True)
 class RecordShaping:
     """The settings `serve` and `backfill` share: what a record looks like and where it goes.
@@ -118,7 +125,7 @@ class RecordShaping:
     """
 
     topic_prefix: str = "scalekit."
-    deadletter_topic: str = "scalekit.deadletter"
+    deadletter_topic: str = "scalekit." + DEADLETTER_SUFFIX  # the prefix's, whatever the prefix
     publish_timeout: float = 8.0
     # Scalekit's largest documented delivery is about 1.5 KB; 256 KiB leaves two orders of
     # magnitude for big directory users and groups while keeping the worst case small.
@@ -238,7 +245,7 @@ def _record_shaping(reader: _Reader) -> dict[str, Any]:
 def _topic_names(reader: _Reader) -> tuple[str, str]:
     d = _defaults(RecordShaping)
     prefix = reader.text("BRIDGE_TOPIC_PREFIX", d["topic_prefix"])
-    deadletter_topic = reader.text("BRIDGE_DEADLETTER_TOPIC", d["deadletter_topic"])
+    deadletter_topic = reader.text("BRIDGE_DEADLETTER_TOPIC", prefix + DEADLETTER_SUFFIX)
     _check_topics(prefix, deadletter_topic)
     return prefix, deadletter_topic
 
@@ -268,14 +275,15 @@ class BackfillSettings(RecordShaping):
     api: ScalekitApi
     kafka: KafkaSettings
     signing_keys: tuple[SigningKey, ...] = ()
-    # A small compacted topic: the end of each environment's last successful window (`--resume`).
-    backfill_state_topic: str = "scalekit-bridge.backfill-state"
+    # A small compacted topic: the end of each environment's last successful window (`--resume`); the prefix's.
+    backfill_state_topic: str = "scalekit." + BACKFILL_STATE_SUFFIX
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> BackfillSettings:
         """Build settings from `env` (default: `os.environ`); raise ConfigError on the first problem."""
         reader = _Reader(os.environ if env is None else env)
-        state_topic = reader.text("BRIDGE_BACKFILL_STATE_TOPIC", _defaults(cls)["backfill_state_topic"])
+        shaping = _record_shaping(reader)
+        state_topic = reader.text("BRIDGE_BACKFILL_STATE_TOPIC", shaping["topic_prefix"] + BACKFILL_STATE_SUFFIX)
         if not _TOPIC_CHARS.fullmatch(state_topic) or len(state_topic) > MAX_TOPIC_LENGTH:
             raise ConfigError("BRIDGE_BACKFILL_STATE_TOPIC", "must be a legal Kafka topic name")
         secret_given = reader.raw("SCALEKIT_WEBHOOK_SECRET") is not None
@@ -285,7 +293,7 @@ class BackfillSettings(RecordShaping):
             kafka=_kafka_settings(reader),
             signing_keys=parse_signing_keys(reader.secret("SCALEKIT_WEBHOOK_SECRET")) if secret_given else (),
             backfill_state_topic=state_topic,
-            **_record_shaping(reader),
+            **shaping,
         )
 
     @property

@@ -157,8 +157,7 @@ class BridgeProcess:
             "BRIDGE_HOST": "127.0.0.1",
             "BRIDGE_PORT": str(self.port),
             "BRIDGE_ADMIN_PORT": str(self.admin_port),
-            "BRIDGE_TOPIC_PREFIX": self.prefix,
-            "BRIDGE_DEADLETTER_TOPIC": self.prefix + "deadletter",
+            "BRIDGE_TOPIC_PREFIX": self.prefix,  # the dead-letter topic follows: <prefix>deadletter
             **env,
         }
         # A file, not a pipe: a chatty bridge must never block on a pipe nobody reads.

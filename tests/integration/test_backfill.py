@@ -18,8 +18,10 @@ import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
+from aiokafka import AIOKafkaProducer
 
 from bridge.dev.kafka import LocalKafka
 from bridge.dev.samples import sample_types
@@ -469,3 +471,32 @@ def _comparable(record: Record, provenance: str) -> dict[str, Any]:
     event.pop(provenance)
     event["time"] = datetime.fromisoformat(event["time"].replace("Z", "+00:00"))
     return event
+
+
+async def test_two_installs_sharing_a_state_topic_resume_each_from_its_own_window(scalekit, backfill, kafka, unique):
+    """0.1.0 named the state topic alike for every prefix: its records now name the prefix they cover, and the
+    record 0.1.0 wrote (without one) is still where a resumed run starts."""
+    shared = {"BRIDGE_BACKFILL_STATE_TOPIC": f"shared{unique}.backfill-state"}
+    legacy_end = (datetime.now(UTC) - timedelta(hours=3)).isoformat().replace("+00:00", "Z")
+    host = urlsplit(scalekit.env()["SCALEKIT_ENVIRONMENT_URL"]).hostname or ""
+    legacy_key = host.encode()  # the environment alone, as 0.1.0 keyed it
+    await kafka.create_topic(shared["BRIDGE_BACKFILL_STATE_TOPIC"], configs={"cleanup.policy": "compact"})
+    producer = AIOKafkaProducer(bootstrap_servers=kafka.bootstrap)
+    await producer.start()
+    try:
+        await producer.send_and_wait(shared["BRIDGE_BACKFILL_STATE_TOPIC"], key=legacy_key,
+                                     value=json.dumps({"until": legacy_end, "key": host}).encode())
+    finally:
+        await producer.stop()
+    seed(scalekit, 4, start=datetime.now(UTC) - timedelta(hours=5), step=timedelta(hours=1), types=["role.created"])
+
+    staging = backfill("--resume", "--until", "0m", BRIDGE_TOPIC_PREFIX=f"st{unique}.", **shared)
+    prod = backfill("--resume", "--since", "30m", "--until", "0m", BRIDGE_TOPIC_PREFIX=f"pr{unique}.", **shared)
+
+    assert staging.returncode == prod.returncode == 0, staging.stderr + prod.stderr
+    assert "resuming" in staging.stderr and "resuming" in prod.stderr  # both found 0.1.0's record
+    records = {r.key: json.loads(r.value) for r in await kafka.read_all(shared["BRIDGE_BACKFILL_STATE_TOPIC"])}
+    assert set(records) == {legacy_key, f"{host} topics=st{unique}.*".encode(), f"{host} topics=pr{unique}.*".encode()}
+    # Each install's next run resumes from its own record, not from the other's or 0.1.0's.
+    again = backfill("--resume", "--until", "0m", BRIDGE_TOPIC_PREFIX=f"st{unique}.", **shared)
+    assert again.summary.startswith("fetched 0,"), again.stderr

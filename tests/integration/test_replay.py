@@ -38,8 +38,7 @@ class ReplayCommand:
             **{k: v for k, v in os.environ.items() if not k.startswith(("SCALEKIT_", "BRIDGE_", "KAFKA_"))},
             "SCALEKIT_WEBHOOK_SECRET": SECRET,
             "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap,
-            "BRIDGE_TOPIC_PREFIX": prefix,
-            "BRIDGE_DEADLETTER_TOPIC": prefix + "deadletter",
+            "BRIDGE_TOPIC_PREFIX": prefix,  # and so <prefix>deadletter
             **env,
         }
 
@@ -240,6 +239,31 @@ async def test_the_day_scalekit_adds_a_type_its_deliveries_are_kept_alerted_and_
         key: [e["id"] for e in events if keys[e["id"]] == key] for key in dict.fromkeys(keys.values())
     }
     assert {r.header("ce_dataschema") for r in published} == {f"urn:scalekit-bridge:schema:v1:data:{added}".encode()}
+
+
+async def test_two_installs_on_one_kafka_keep_their_dead_letters_and_replays_apart(bridge_process, kafka, unique):
+    """Prefixes `st<unique>.` and `pr<unique>.`, nothing else named: each bridge dead-letters into its own
+    prefix's topic, and each replay publishes its own install's letters only, verified with its own secret."""
+    installs = {name: f"{name}{unique}." for name in ("st", "pr")}
+    events = {name: sample_events(3, start=NOW - timedelta(minutes=10), types=[NEW_TYPE]) for name in installs}
+    for name, prefix in installs.items():
+        old = bridge_process("serve", prefix=prefix, program=WITHOUT_SCHEMA, KAFKA_BOOTSTRAP_SERVERS=kafka.bootstrap,
+                             **STRICT)
+        await old.wait_for_readiness(200, timeout=60)
+        for envelope in events[name]:
+            assert (await old.deliver(envelope, webhook_id=f"msg_{envelope['id']}"))[0] == 201
+        old.kill()
+
+    runs = {name: ReplayCommand(kafka.bootstrap, prefix, **STRICT)("--since", "1h")
+            for name, prefix in installs.items()}
+
+    for name, prefix in installs.items():
+        letters = await kafka.read_all(prefix + "deadletter")
+        delivered = sorted(f"msg_{e['id']}" for e in events[name])
+        assert sorted(r.header("webhook-id").decode() for r in letters) == delivered
+        assert runs[name].returncode == 0, runs[name].stderr
+        assert runs[name].summary.startswith("read 3, selected 3, already in their topics 0, replayed 3,")
+        assert sorted(event_ids(await kafka.read_all(prefix + NEW_TYPE))) == sorted(e["id"] for e in events[name])
 
 
 async def test_forged_and_unverifiable_dead_letters_are_reported_and_never_published(kafka, unique):

@@ -321,13 +321,27 @@ def test_a_cancelled_call_is_one_line_naming_its_status():
 # --- --resume ------------------------------------------------------------------------------------------
 
 
-def resumed(recorded: str | None, *, since: timedelta, lookback: timedelta) -> EventQuery:
-    """The window a --resume run would use, with `recorded` as the last run's recorded end."""
+def resumed(recorded: str | None, *, since: timedelta | None, lookback: timedelta) -> EventQuery:
+    """The window a --resume run would use, with `recorded` as the last run's recorded end (as the CLI builds
+    the request: without --since, the window's start is the lookback's limit)."""
     from bridge.backfill import Request, _resumed
 
     settings = BackfillSettings.from_env(API_ENV)
-    request = Request(EventQuery(start=NOW - since, end=NOW), resume=True, max_lookback=lookback)
+    start = NOW - (since if since is not None else lookback)
+    request = Request(EventQuery(start=start, end=NOW), resume=True, since_given=since is not None,
+                      max_lookback=lookback)
     return _resumed(settings, request, None if recorded is None else datetime.fromisoformat(recorded)).query
+
+
+def test_a_since_before_the_recorded_end_wins_so_a_longer_outage_is_covered():
+    """The outage recipe: the CronJob's --resume run with its --since moved back to the outage's start."""
+    query = resumed("2026-11-26T06:00:00Z", since=NOW - datetime(2026, 11, 22, tzinfo=UTC), lookback=timedelta(days=7))
+    assert query.start == datetime(2026, 11, 22, tzinfo=UTC)
+
+
+def test_without_since_resume_starts_at_the_recorded_end_however_far_back_the_lookback_reaches():
+    query = resumed("2026-11-26T06:00:00Z", since=None, lookback=timedelta(days=7))
+    assert query.start == datetime(2026, 11, 26, 5, 55, tzinfo=UTC)
 
 
 def test_resume_starts_at_the_recorded_end_less_the_timestamp_tolerance():
@@ -351,7 +365,12 @@ def test_a_window_end_is_kept_per_environment_and_set_of_types_and_never_for_one
 
     settings = BackfillSettings.from_env(API_ENV)
     window = EventQuery(start=NOW - timedelta(hours=2), end=NOW)
-    assert _state_key(settings, window) == b"acme.scalekit.example"
+    assert _state_key(settings, window) == b"acme.scalekit.example topics=scalekit.*"
     typed = EventQuery(start=window.start, end=NOW, types=("role.created", "organization.created"))
-    assert _state_key(settings, typed) == b"acme.scalekit.example types=organization.created,role.created"
+    assert _state_key(settings, typed) == (
+        b"acme.scalekit.example topics=scalekit.* types=organization.created,role.created"
+    )
+    assert _state_key(settings, typed, legacy=True) == b"acme.scalekit.example types=organization.created,role.created"
+    staging = BackfillSettings.from_env({**API_ENV, "BRIDGE_TOPIC_PREFIX": "staging.scalekit."})
+    assert _state_key(staging, window) == b"acme.scalekit.example topics=staging.scalekit.*"
     assert _state_key(settings, EventQuery(start=window.start, end=NOW, organization_id="org_1")) is None

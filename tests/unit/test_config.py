@@ -69,6 +69,20 @@ def test_every_default_is_the_one_the_readme_documents():
     assert s.drain_seconds == s.publish_timeout + 5.0
 
 
+def test_a_release_s_own_topics_follow_its_prefix_unless_named():
+    """Two installs on one Kafka with their own prefixes share neither dead letters nor backfill state."""
+    api = {"SCALEKIT_ENVIRONMENT_URL": "https://acme.scalekit.example", "SCALEKIT_CLIENT_ID": "c",
+           "SCALEKIT_CLIENT_SECRET": "s"}
+    staging = BackfillSettings.from_env({**api, "BRIDGE_TOPIC_PREFIX": "staging.scalekit."})
+    assert (staging.deadletter_topic, staging.backfill_state_topic) == (
+        "staging.scalekit.deadletter", "staging.scalekit.backfill-state"
+    )
+    assert settings(BRIDGE_TOPIC_PREFIX="prod.scalekit.").deadletter_topic == "prod.scalekit.deadletter"
+    named = BackfillSettings.from_env({**api, "BRIDGE_TOPIC_PREFIX": "prod.", "BRIDGE_DEADLETTER_TOPIC": "dl",
+                                       "BRIDGE_BACKFILL_STATE_TOPIC": "scalekit-bridge.backfill-state"})
+    assert (named.deadletter_topic, named.backfill_state_topic) == ("dl", "scalekit-bridge.backfill-state")
+
+
 def test_the_drain_follows_the_publish_timeout_unless_a_grace_is_given():
     assert settings(BRIDGE_PUBLISH_TIMEOUT="20").drain_seconds == 25.0
     assert settings(BRIDGE_PUBLISH_TIMEOUT="20", BRIDGE_SHUTDOWN_GRACE="30").drain_seconds == 30.0
