@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import copy
+import hashlib
 import json
 import re
 import shutil
@@ -254,6 +255,8 @@ OUTSIDE = {
     "scalekit-webhook": {"signing-secret": "whsec_" + base64.b64encode(b"k" * 32).decode()},
     "kafka-credentials": {"username": "u", "password": "p"},
     "otel-collector-auth": {"headers": "authorization=Bearer not-a-real-token"},
+    # As Strimzi's User Operator writes a scram-sha-512 KafkaUser's Secret: no username in it.
+    "scalekit-bridge-prod": {"password": "p", "sasl.jaas.config": "org.apache.kafka...ScramLoginModule required;"},
 }
 
 
@@ -309,6 +312,98 @@ def test_a_strimzi_kafkausers_certificate_is_mounted_and_named_for_the_bridge(he
     assert "kafka-client" in [mount["name"] for mount in backfill["spec"]["containers"][0]["volumeMounts"]]
     refused = run_helm(helm, "template", "bridge", "-f", str(VALUES["minimal"]), "--set", "kafka.clientCertSecret=u")
     assert refused.returncode != 0 and "kafka.clientCertSecret needs kafka.securityProtocol SSL" in refused.stderr
+
+
+def test_a_strimzi_scram_users_secret_is_read_as_strimzi_writes_it(helm, tmp_path):
+    """Its Secret holds `password` (and `sasl.jaas.config`); the user is the KafkaUser's name, from the values."""
+    docs = render(helm, "existing-secret-sasl", "--set", "kafka.sasl.existingSecret=scalekit-bridge-prod",
+                  "--set", "kafka.sasl.passwordKey=password", "--set", "kafka.sasl.username=scalekit-bridge-prod")
+    pod = one(docs, "Deployment")["spec"]["template"]["spec"]
+    (sasl,) = [v["secret"] for v in pod["volumes"] if v["secret"]["secretName"] == "scalekit-bridge-prod"]
+    assert sasl["items"] == [{"key": "password", "path": "password"}]
+    kafka = Settings.from_env(rendered_env(docs, tmp_path, OUTSIDE)).kafka
+    assert (kafka.sasl_username, kafka.sasl_password.reveal() if kafka.sasl_password else None) == (
+        "scalekit-bridge-prod", "p"
+    )
+
+
+def test_the_chart_s_kafka_user_is_strimzis_and_its_secret_is_what_every_pod_reads(helm, tmp_path):
+    docs = render(helm, "strimzi-user")
+    user = one(docs, "KafkaUser")
+    assert user["metadata"]["name"] == "scalekit-bridge-prod"
+    assert user["spec"]["authentication"]["type"] == "scram-sha-512"
+    assert "namespace" not in user["metadata"]  # the release's: where its pods can mount the Secret
+    acls = [(acl["resource"].get("name"), acl["resource"].get("patternType"))
+            for acl in user["spec"]["authorization"]["acls"]]
+    assert acls == [("prod.scalekit.", "prefix"), (None, None)]  # the dead-letter topic is under the prefix
+    assert "scalekit-bridge-prod" not in {doc["metadata"]["name"] for doc in docs if doc["kind"] == "Secret"}
+    kafka = Settings.from_env(rendered_env(docs, tmp_path, OUTSIDE)).kafka
+    assert kafka.sasl_username == "scalekit-bridge-prod" and kafka.sasl_mechanism == "SCRAM-SHA-512"
+
+
+def test_the_chart_s_tls_kafka_user_gives_every_pod_its_certificate(helm, tmp_path):
+    docs = render(helm, "strimzi-user", "--set", "kafka.securityProtocol=SSL", "--set", "kafka.sasl.mechanism=")
+    assert one(docs, "KafkaUser")["spec"]["authentication"]["type"] == "tls"
+    issued = trustme.CA().issue_cert("scalekit-bridge-prod")
+    secret = {  # as Strimzi writes a tls user's Secret
+        "user.crt": issued.cert_chain_pems[0].bytes().decode(), "user.key": issued.private_key_pem.bytes().decode(),
+        "ca.crt": "", "user.p12": "", "user.password": "",
+    }
+    kafka = Settings.from_env(rendered_env(docs, tmp_path, {"scalekit-bridge-prod": secret})).kafka
+    assert Path(kafka.ssl_certfile or "").read_text() == secret["user.crt"]
+
+
+@pytest.mark.parametrize(
+    ("sets", "says"),
+    [
+        (["kafka.sasl.mechanism=SCRAM-SHA-256"], "needs kafka.sasl.mechanism SCRAM-SHA-512"),
+        (["kafka.sasl.existingSecret=mine"], "leave kafka.sasl.username, password and existingSecret empty"),
+        (["kafka.securityProtocol=PLAINTEXT"], "kafkaUser.enabled needs kafka.securityProtocol SSL"),
+        (["kafkaTopics.clusterName="], "kafkaUser.enabled needs kafkaUser.clusterName"),
+    ],
+)
+def test_a_kafka_user_the_chart_cannot_wire_is_refused_naming_the_value(helm, sets, says):
+    refused = run_helm(helm, "template", "bridge", "-f", str(VALUES["strimzi-user"]),
+                       *[arg for value in sets for arg in ("--set", value)])
+    assert refused.returncode != 0 and says in refused.stderr
+
+
+def test_a_secret_of_ones_own_named_like_the_chart_s_is_refused(helm):
+    refused = run_helm(helm, "template", "bridge", "-f", str(VALUES["minimal"]), "--set",
+                       "kafka.caSecret=bridge-scalekit-bridge-credentials", "--set", "kafka.securityProtocol=SSL")
+    assert refused.returncode != 0 and "bridge-scalekit-bridge-credentials is the name of the Secret" in refused.stderr
+
+
+def release(helm: Path, name: str, namespace: str, values: str, *extra: str) -> list[dict[str, Any]]:
+    done = run_helm(helm, "template", name, "--namespace", namespace, "-f", str(VALUES[values]), *extra)
+    assert done.returncode == 0, done.stderr
+    return [doc for doc in yaml.safe_load_all(done.stdout) if doc]
+
+
+def test_two_releases_with_their_own_prefixes_share_no_name_in_one_namespace_and_one_kafka(helm):
+    common = ("--set", "backfill.enabled=true", "--set", "backfill.environmentUrl=https://acme.scalekit.example",
+              "--set", "backfill.clientId=c", "--set", "backfill.clientSecret=s",
+              "--set", "grafanaDashboard.enabled=true", "--set", "prometheusRule.enabled=true")
+    staging = release(helm, "staging", "scalekit", "strimzi-user", "--set", "config.topicPrefix=staging.scalekit.",
+                      "--set", "kafkaUser.name=", *common)
+    prod = release(helm, "prod", "scalekit", "strimzi-user", "--set", "kafkaUser.name=", *common)
+
+    def names(docs: list[dict[str, Any]]) -> set[tuple[str, str, str]]:
+        return {(d["kind"], d["metadata"].get("namespace", "scalekit"), d["metadata"]["name"]) for d in docs}
+
+    def topics(docs: list[dict[str, Any]]) -> set[str]:
+        return {d["spec"]["topicName"] for d in docs if d["kind"] == "KafkaTopic"}
+
+    def dashboard(docs: list[dict[str, Any]]) -> str:
+        (board,) = [d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"].endswith("-dashboard")]
+        return str(json.loads(board["data"]["scalekit-bridge-dashboard.json"])["uid"])
+
+    assert names(staging) & names(prod) == set()
+    assert topics(staging) & topics(prod) == set()
+    assert {"staging.scalekit.deadletter", "staging.scalekit.backfill-state"} <= topics(staging)
+    assert {"prod.scalekit.deadletter", "prod.scalekit.backfill-state"} <= topics(prod)
+    assert dashboard(staging) != dashboard(prod) and len(dashboard(prod)) <= 40
+    assert bridge_config(staging)["BRIDGE_DEADLETTER_TOPIC"] == "staging.scalekit.deadletter"
 
 
 def test_no_secret_value_is_written_outside_the_secret(helm):
@@ -452,11 +547,18 @@ def test_the_alerts_and_dashboard_are_the_observability_files_not_copies(helm):
         doc for doc in docs if doc["kind"] == "ConfigMap" and doc["metadata"]["name"].endswith("-dashboard")
     ]
     dashboard = json.loads((ROOT / "deploy" / "grafana" / "scalekit-bridge-dashboard.json").read_text())
-    assert json.loads(dashboard_map["data"]["scalekit-bridge-dashboard.json"]) == dashboard
+    rendered = json.loads(dashboard_map["data"]["scalekit-bridge-dashboard.json"])
+    assert (rendered.pop("uid"), rendered.pop("title")) == ("scalekit-bridge-" + release_digest("prod", "bridge"),
+                                                          "scalekit-bridge (prod/bridge)")  # the release's own
+    assert rendered == {key: value for key, value in dashboard.items() if key not in ("uid", "title")}
     assert dashboard_map["metadata"]["namespace"] == "monitoring"
     assert dashboard_map["metadata"]["labels"]["grafana_dashboard"] == "1"
     for name in ("scalekit-bridge-rules.yaml", "scalekit-bridge-dashboard.json", "asyncapi.yaml"):
         assert (CHART / "files" / name).is_symlink(), name
+
+
+def release_digest(namespace: str, name: str) -> str:
+    return hashlib.sha256(f"{namespace}/{name}".encode()).hexdigest()[:12]
 
 
 def test_kafka_topics_cover_every_documented_type_and_the_dead_letter_topic(helm):
@@ -514,11 +616,40 @@ def test_kafka_topics_are_kept_and_go_where_strimzi_watches(helm):
     assert {topic["metadata"]["namespace"] for topic in in_release} == {"prod"}
 
 
-def test_kafka_topics_follow_a_custom_prefix_and_api_version(helm):
+def test_kafka_topics_follow_a_custom_prefix(helm):
     docs = render(helm, "existing-secret-sasl", "--set", "config.topicPrefix=acme.scalekit.")
     topics = [doc for doc in docs if doc["kind"] == "KafkaTopic"]
-    assert {t["apiVersion"] for t in topics} == {"kafka.strimzi.io/v1"}
     assert "acme.scalekit.organization.directory.user_created" in {t["spec"]["topicName"] for t in topics}
+
+
+def strimzi_versions(docs: list[dict[str, Any]]) -> set[str]:
+    return {doc["apiVersion"] for doc in docs if doc["apiVersion"].startswith("kafka.strimzi.io/")}
+
+
+@pytest.mark.parametrize(
+    ("cluster_serves", "expected"),
+    [
+        ((), "kafka.strimzi.io/v1"),  # helm template: no cluster to ask
+        (("kafka.strimzi.io/v1",), "kafka.strimzi.io/v1"),  # Strimzi 1.x
+        (("kafka.strimzi.io/v1", "kafka.strimzi.io/v1beta2"), "kafka.strimzi.io/v1"),  # 0.49-0.52: v1 lasts
+        (("kafka.strimzi.io/v1beta2",), "kafka.strimzi.io/v1beta2"),  # before 0.49
+    ],
+)
+def test_strimzi_resources_render_the_api_the_cluster_serves(helm, cluster_serves, expected):
+    served = [arg for version in cluster_serves for arg in ("--api-versions", version)]
+    assert strimzi_versions(render(helm, "everything", *served)) == {expected}
+
+
+def test_an_api_version_set_in_the_values_wins(helm):
+    docs = render(helm, "everything", "--api-versions", "kafka.strimzi.io/v1",
+                  "--set", "kafkaTopics.apiVersion=kafka.strimzi.io/v1beta2")
+    assert strimzi_versions(docs) == {"kafka.strimzi.io/v1beta2"}
+
+
+def test_strimzi_resources_asked_for_as_v1beta2_are_valid_for_a_strimzi_before_0_49(helm, crd_models):
+    docs = render(helm, "everything", "--set", "kafkaTopics.apiVersion=kafka.strimzi.io/v1beta2")
+    custom = [doc for doc in docs if doc["apiVersion"].startswith("kafka.strimzi.io/")]
+    assert custom and validate_custom(crd_models, custom) == [None] * len(custom)
 
 
 def named(docs: list[dict[str, Any]], kind: str, name: str) -> dict[str, Any]:
@@ -619,7 +750,7 @@ def test_the_subscribed_types_narrow_the_backfill_and_the_topics(helm):
     args = command_line().parse_args(job["command"][1:])
     assert (args.command, args.types, args.organization, args.until) == ("backfill", types, "org_1", "25m")
     topics = {doc["spec"]["topicName"] for doc in docs if doc["kind"] == "KafkaTopic"}
-    assert topics == {"scalekit.deadletter", "scalekit-bridge.backfill-state", *(f"scalekit.{t}" for t in types)}
+    assert topics == {"scalekit.deadletter", "scalekit.backfill-state", *(f"scalekit.{t}" for t in types)}
 
 
 def test_without_event_types_every_documented_type_gets_its_kafka_topic(helm):
@@ -627,7 +758,7 @@ def test_without_event_types_every_documented_type_gets_its_kafka_topic(helm):
     docs = render(helm, "existing-secret-sasl")
     topics = {doc["spec"]["topicName"] for doc in docs if doc["kind"] == "KafkaTopic"}
     documented = {f"scalekit.{t}" for t in Contract.load().event_types}
-    assert topics - {"scalekit-bridge.backfill-state"} == {"scalekit.deadletter", *documented}
+    assert topics - {"scalekit.backfill-state"} == {"scalekit.deadletter", *documented}
 
 
 def test_event_types_name_the_newest_families_and_a_type_this_release_does_not_know_yet(helm):
@@ -636,7 +767,7 @@ def test_event_types_name_the_newest_families_and_a_type_this_release_does_not_k
     sets = [arg for n, t in enumerate(types) for arg in ("--set", f"eventTypes[{n}]={t}")]
     docs = render(helm, "existing-secret-sasl", *sets)
     topics = {doc["spec"]["topicName"] for doc in docs if doc["kind"] == "KafkaTopic"}
-    assert topics - {"scalekit-bridge.backfill-state"} == {"scalekit.deadletter", *(f"scalekit.{t}" for t in types)}
+    assert topics - {"scalekit.backfill-state"} == {"scalekit.deadletter", *(f"scalekit.{t}" for t in types)}
     names = {doc["metadata"]["name"] for doc in docs if doc["kind"] == "KafkaTopic"}
     assert "scalekit.connected-account.token-refresh-failed" in names  # Kubernetes names have no '_'
 
@@ -933,8 +1064,8 @@ def boundaries() -> list[tuple[str, object, bool]]:
             cases += [(path, node["maximum"], True), (path, round(node["maximum"] + step, 3), False)]
         for value in node.get("enum", []):
             cases.append((path, value, True))
-        if "pattern" in node:
-            cases.append((path, "", False))
+        if "pattern" in node:  # the empty string: refused, or (a name derived when unset) rendered and taken
+            cases.append((path, "", re.search(node["pattern"], "") is not None))
     return cases
 
 

@@ -46,9 +46,17 @@ app.kubernetes.io/part-of: scalekit-bridge
 {{- end }}
 {{- end }}
 
+{{/*
+The Secret the chart creates for the secrets given as values: "<fullname>-credentials", so that a Secret
+named after the release (a Strimzi KafkaUser called like it, say) never clashes with it.
+*/}}
+{{- define "scalekit-bridge.credentialsSecretName" -}}
+{{- printf "%s-credentials" (include "scalekit-bridge.fullname" .) | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
 {{/* The Secret holding the webhook signing secret(s). */}}
 {{- define "scalekit-bridge.webhookSecretName" -}}
-{{- default (include "scalekit-bridge.fullname" .) .Values.webhook.existingSecret }}
+{{- default (include "scalekit-bridge.credentialsSecretName" .) .Values.webhook.existingSecret }}
 {{- end }}
 
 {{- define "scalekit-bridge.webhookSecretKey" -}}
@@ -59,8 +67,43 @@ app.kubernetes.io/part-of: scalekit-bridge
 {{- if hasPrefix "SASL_" .Values.kafka.securityProtocol }}true{{ end }}
 {{- end }}
 
+{{/* The KafkaUser the chart renders (kafkaUser.enabled); Strimzi names its Secret and SCRAM user after it. */}}
+{{- define "scalekit-bridge.kafkaUserName" -}}
+{{- default (include "scalekit-bridge.fullname" .) .Values.kafkaUser.name }}
+{{- end }}
+
 {{- define "scalekit-bridge.saslSecretName" -}}
-{{- default (include "scalekit-bridge.fullname" .) .Values.kafka.sasl.existingSecret }}
+{{- if .Values.kafkaUser.enabled }}
+{{- include "scalekit-bridge.kafkaUserName" . }}
+{{- else }}
+{{- default (include "scalekit-bridge.credentialsSecretName" .) .Values.kafka.sasl.existingSecret }}
+{{- end }}
+{{- end }}
+
+{{/* The password's key in that Secret: Strimzi writes a SCRAM user's password under `password`. */}}
+{{- define "scalekit-bridge.saslPasswordKey" -}}
+{{- if .Values.kafkaUser.enabled }}password{{ else }}{{ .Values.kafka.sasl.passwordKey }}{{ end }}
+{{- end }}
+
+{{/*
+The SASL user when it is not in the Secret: the KafkaUser's name, or kafka.sasl.username beside an
+existing Secret (a Strimzi SCRAM user's Secret holds only the password). Empty: the Secret holds it.
+*/}}
+{{- define "scalekit-bridge.saslUsernameValue" -}}
+{{- if .Values.kafkaUser.enabled }}
+{{- include "scalekit-bridge.kafkaUserName" . }}
+{{- else if .Values.kafka.sasl.existingSecret }}
+{{- .Values.kafka.sasl.username }}
+{{- end }}
+{{- end }}
+
+{{/* The Secret with the TLS client certificate: the KafkaUser's (authentication tls) or the one named. */}}
+{{- define "scalekit-bridge.clientCertSecretName" -}}
+{{- if and .Values.kafkaUser.enabled (eq .Values.kafka.securityProtocol "SSL") }}
+{{- include "scalekit-bridge.kafkaUserName" . }}
+{{- else }}
+{{- .Values.kafka.clientCertSecret }}
+{{- end }}
 {{- end }}
 
 {{/*
@@ -76,8 +119,14 @@ effect without a restart. `files` lists the pieces a container gets: webhook, sa
   value: /etc/scalekit-bridge/webhook/secret
 {{- end }}
 {{- if and (has "sasl" $files) (include "scalekit-bridge.sasl" .) }}
+{{- $username := include "scalekit-bridge.saslUsernameValue" . }}
+{{- if $username }}
+- name: KAFKA_SASL_USERNAME
+  value: {{ $username | quote }}
+{{- else }}
 - name: KAFKA_SASL_USERNAME_FILE
   value: /etc/scalekit-bridge/kafka-sasl/username
+{{- end }}
 - name: KAFKA_SASL_PASSWORD_FILE
   value: /etc/scalekit-bridge/kafka-sasl/password
 {{- end }}
@@ -122,7 +171,7 @@ volumeMounts:
     mountPath: /etc/scalekit-bridge/kafka-ca
     readOnly: true
   {{- end }}
-  {{- if .Values.kafka.clientCertSecret }}
+  {{- if include "scalekit-bridge.clientCertSecretName" . }}
   - name: kafka-client
     mountPath: /etc/scalekit-bridge/kafka-client
     readOnly: true
@@ -147,9 +196,11 @@ volumes:
     secret:
       secretName: {{ include "scalekit-bridge.saslSecretName" . }}
       items:
+        {{- if not (include "scalekit-bridge.saslUsernameValue" .) }}
         - key: {{ .Values.kafka.sasl.usernameKey }}
           path: username
-        - key: {{ .Values.kafka.sasl.passwordKey }}
+        {{- end }}
+        - key: {{ include "scalekit-bridge.saslPasswordKey" . }}
           path: password
   {{- end }}
   {{- if has "api" $files }}
@@ -167,10 +218,11 @@ volumes:
     secret:
       secretName: {{ .Values.kafka.caSecret }}
   {{- end }}
-  {{- if .Values.kafka.clientCertSecret }}
+  {{- $clientCert := include "scalekit-bridge.clientCertSecretName" . }}
+  {{- if $clientCert }}
   - name: kafka-client
     secret:
-      secretName: {{ .Values.kafka.clientCertSecret }}
+      secretName: {{ $clientCert }}
       items:
         - key: {{ .Values.kafka.clientCertKey }}
           path: tls.crt
@@ -283,8 +335,32 @@ which must last at least the publish timeout so every in-flight delivery gets it
 {{- if not .Values.kafka.sasl.mechanism }}
 {{- fail (printf "kafka.securityProtocol=%s needs kafka.sasl.mechanism (PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512)" .Values.kafka.securityProtocol) }}
 {{- end }}
-{{- if and (not .Values.kafka.sasl.existingSecret) (or (not .Values.kafka.sasl.username) (not .Values.kafka.sasl.password)) }}
+{{- if .Values.kafkaUser.enabled }}
+{{- if ne .Values.kafka.sasl.mechanism "SCRAM-SHA-512" }}
+{{- fail (printf "kafkaUser.enabled with kafka.securityProtocol=%s needs kafka.sasl.mechanism SCRAM-SHA-512, the one Strimzi's scram-sha-512 users have" .Values.kafka.securityProtocol) }}
+{{- end }}
+{{- if or .Values.kafka.sasl.existingSecret .Values.kafka.sasl.username .Values.kafka.sasl.password }}
+{{- fail "kafkaUser.enabled takes the credentials from the KafkaUser's Secret: leave kafka.sasl.username, password and existingSecret empty" }}
+{{- end }}
+{{- else if and (not .Values.kafka.sasl.existingSecret) (or (not .Values.kafka.sasl.username) (not .Values.kafka.sasl.password)) }}
 {{- fail (printf "kafka.securityProtocol=%s needs kafka.sasl.username and kafka.sasl.password, or kafka.sasl.existingSecret" .Values.kafka.securityProtocol) }}
+{{- end }}
+{{- end }}
+{{- if .Values.kafkaUser.enabled }}
+{{- if not (has .Values.kafka.securityProtocol (list "SSL" "SASL_SSL" "SASL_PLAINTEXT")) }}
+{{- fail "kafkaUser.enabled needs kafka.securityProtocol SSL (a tls user) or SASL_SSL / SASL_PLAINTEXT (a scram-sha-512 user)" }}
+{{- end }}
+{{- if and (eq .Values.kafka.securityProtocol "SSL") .Values.kafka.clientCertSecret }}
+{{- fail "kafkaUser.enabled takes the client certificate from the KafkaUser's Secret: leave kafka.clientCertSecret empty" }}
+{{- end }}
+{{- if not (default .Values.kafkaTopics.clusterName .Values.kafkaUser.clusterName) }}
+{{- fail "kafkaUser.enabled needs kafkaUser.clusterName (or kafkaTopics.clusterName): the Strimzi Kafka cluster's name" }}
+{{- end }}
+{{- end }}
+{{- $own := include "scalekit-bridge.credentialsSecretName" . }}
+{{- range $name := list .Values.webhook.existingSecret .Values.kafka.sasl.existingSecret .Values.kafka.clientCertSecret .Values.kafka.caSecret }}
+{{- if eq $name $own }}
+{{- fail (printf "%s is the name of the Secret this chart creates for values it is given: name your own Secret otherwise" $own) }}
 {{- end }}
 {{- end }}
 {{- if and .Values.kafka.clientCertSecret (not (has .Values.kafka.securityProtocol (list "SSL" "SASL_SSL"))) }}
@@ -316,4 +392,33 @@ which must last at least the publish timeout so every in-flight delivery gets it
 {{- fail "backfill.enabled needs backfill.clientId and backfill.clientSecret (a Scalekit API client), or backfill.existingSecret" }}
 {{- end }}
 {{- end }}
+{{- end }}
+
+{{/*
+The Strimzi API to render: the value, else v1 (Strimzi 0.49+, and the only one 1.0+ serves) unless the
+cluster serves v1beta2 alone (Strimzi before 0.49). Rendering v1beta2 on a 0.49-0.52 cluster would leave
+the release unable to upgrade once Strimzi 1.0 stops serving it.
+*/}}
+{{- define "scalekit-bridge.strimziApiVersion" -}}
+{{- if .Values.kafkaTopics.apiVersion }}
+{{- .Values.kafkaTopics.apiVersion }}
+{{- else if and (.Capabilities.APIVersions.Has "kafka.strimzi.io/v1beta2") (not (.Capabilities.APIVersions.Has "kafka.strimzi.io/v1")) }}
+{{- "kafka.strimzi.io/v1beta2" }}
+{{- else }}
+{{- "kafka.strimzi.io/v1" }}
+{{- end }}
+{{- end }}
+
+{{/* The release's own topics: named after its topic prefix unless set (the bridge derives them the same way). */}}
+{{- define "scalekit-bridge.deadletterTopic" -}}
+{{- default (printf "%sdeadletter" .Values.config.topicPrefix) .Values.config.deadletterTopic }}
+{{- end }}
+
+{{- define "scalekit-bridge.stateTopic" -}}
+{{- default (printf "%sbackfill-state" .Values.config.topicPrefix) .Values.backfill.stateTopic }}
+{{- end }}
+
+{{/* A Kubernetes name for a topic (no '_', at most 253 characters). */}}
+{{- define "scalekit-bridge.topicResourceName" -}}
+{{- . | lower | replace "_" "-" | trunc 253 | trimSuffix "-" | trimSuffix "." }}
 {{- end }}
