@@ -37,13 +37,15 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.command == "dev":
         sys.exit(_dev())
     if args.command == "tail":
-        sys.exit(_tail(args.type_pattern, args.from_beginning, args.count))
+        sys.exit(_tail(args.type_pattern, args.from_beginning, args.count, args.show_data))
     if args.command == "catalogue":
         from pathlib import Path
 
         from bridge.dev.catalogue import check
 
         sys.exit(check(Path(args.openapi)))
+    if args.probe:
+        sys.exit(_probe(args.event_type, args.url, args.ready_url))
     sys.exit(_send_test(args.event_type, args.url))
 
 
@@ -119,16 +121,25 @@ def command_line() -> argparse.ArgumentParser:
     send = commands.add_parser("send-test", help="sign a sample delivery with SCALEKIT_WEBHOOK_SECRET and POST it")
     send.add_argument("--type", required=True, dest="event_type", help="a documented Scalekit event type")
     send.add_argument("--url", help="webhook URL (default: this machine's BRIDGE_PORT and BRIDGE_WEBHOOK_PATH)")
+    send.add_argument(
+        "--probe", action="store_true",
+        help="write nothing: sign with a random key and expect the bridge's 401 no_matching_signature (with "
+        "--ready-url, first its readiness); needs no secret. The chart's helm test",
+    )
+    send.add_argument("--ready-url", help="with --probe: the bridge's /readyz, which must answer 200")
     follow = commands.add_parser(
         "tail",
         help="follow the bridge's topics and print each event on one line as it lands",
         description="Follow the topics under BRIDGE_TOPIC_PREFIX (and the dead-letter topic) on "
-        "KAFKA_BOOTSTRAP_SERVERS; one line per event: time, type, key, id, a short data summary.",
+        "KAFKA_BOOTSTRAP_SERVERS; one line per event: time, type, key, id (and with --show-data a short excerpt of "
+        "its data, which is personal data for many types).",
     )
     follow.add_argument("--type", default="*", dest="type_pattern", metavar="PATTERN",
                         help="only event types matching this pattern, e.g. 'organization.directory.*' (default: all)")
     follow.add_argument("--from-beginning", action="store_true", help="print what the topics already hold first")
     follow.add_argument("--count", type=int, help="exit after printing this many events")
+    follow.add_argument("--show-data", action="store_true",
+                        help="print a short excerpt of each event's data (personal data: off unless asked)")
     if development_tools():
         catalogue = commands.add_parser(
             "catalogue", help="compare this release's event types with Scalekit's published catalogue"
@@ -321,7 +332,7 @@ def _dev() -> int:
             kafka.stop()
 
 
-def _tail(type_pattern: str, from_beginning: bool, count: int | None) -> int:
+def _tail(type_pattern: str, from_beginning: bool, count: int | None, show_data: bool) -> int:
     from bridge.config import KafkaSettings, topic_names_from_env
     from bridge.dev.tail import Tail, follow
 
@@ -331,7 +342,7 @@ def _tail(type_pattern: str, from_beginning: bool, count: int | None) -> int:
     except ConfigError as exc:
         print(f"scalekit-bridge: configuration error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
-    tail = Tail(kafka, prefix, deadletter_topic, type_pattern, from_beginning)
+    tail = Tail(kafka, prefix, deadletter_topic, type_pattern, from_beginning, show_data)
     try:
         asyncio.run(follow(tail, sys.stdout, count=count))
     except KeyboardInterrupt:
@@ -349,6 +360,23 @@ def _this_command() -> str:
         path = os.path.relpath(program)
         return shlex.quote(path if os.sep in path else "./" + path)
     return f"{shlex.quote(os.path.relpath(sys.executable))} -m bridge"
+
+
+def _probe(event_type: str, url: str | None, ready_url: str | None) -> int:
+    from bridge.dev.samples import sample_types
+    from bridge.dev.sendtest import probe
+
+    if event_type not in sample_types() or url is None:
+        print("scalekit-bridge: --probe needs --url and a documented --type", file=sys.stderr)
+        return EXIT_CONFIG
+    try:
+        checks = probe(url, ready_url, event_type)
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        print(f"scalekit-bridge: could not reach the bridge: {exc}", file=sys.stderr)
+        return 1
+    for passed, seen in checks:
+        print(f"{'ok  ' if passed else 'FAIL'} {seen}")
+    return 0 if all(passed for passed, _ in checks) else 1
 
 
 def _send_test(event_type: str, url: str | None) -> int:

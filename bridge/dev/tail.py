@@ -36,6 +36,8 @@ class Tail:
     deadletter_topic: str
     type_pattern: str = "*"
     from_beginning: bool = False
+    show_data: bool = False
+    """Print a short excerpt of each event's data: personal data, so only when asked (`--show-data`)."""
 
     def follows(self, topic: str) -> bool:
         if topic == self.deadletter_topic:
@@ -46,8 +48,9 @@ class Tail:
 
 
 def describe(topic: str, deadletter_topic: str, timestamp_ms: int, key: bytes | None,
-             headers: list[tuple[str, bytes]] | tuple[tuple[str, bytes], ...], value: bytes | None) -> str:
-    """One readable line for one record: time, type, key, id and a short summary of the data."""
+             headers: list[tuple[str, bytes]] | tuple[tuple[str, bytes], ...], value: bytes | None,
+             *, show_data: bool = False) -> str:
+    """One readable line for one record: time, type, key, id and, with `show_data`, a short excerpt of the data."""
     key_text = key.decode("utf-8", "replace") if key is not None else "-"
     if topic == deadletter_topic:
         reason = dict(headers).get("deadletter-reason", b"").decode("utf-8", "replace")
@@ -57,7 +60,7 @@ def describe(topic: str, deadletter_topic: str, timestamp_ms: int, key: bytes | 
     except (KeyError, ValueError):
         return f"{_iso(timestamp_ms)}  {topic}  key={key_text}  (not a CloudEvent record)"
     when = envelope.get("occurred_at", _iso(timestamp_ms))
-    summary = _summary(envelope.get("data"))
+    summary = _summary(envelope.get("data")) if show_data else ""
     return f"{when}  {envelope['type']}  key={key_text}  id={envelope['id']}  {summary}".rstrip()
 
 
@@ -97,7 +100,7 @@ async def follow(
             records = sorted((r for batch in batches.values() for r in batch), key=lambda r: r.timestamp)
             for record in records:
                 line = describe(record.topic, tail.deadletter_topic, record.timestamp, record.key,
-                                record.headers, record.value)
+                                record.headers, record.value, show_data=tail.show_data)
                 print(line, file=out, flush=True)
                 printed += 1
                 if count is not None and printed >= count:

@@ -152,7 +152,7 @@ def test_the_runbooks_links_to_each_other_land_on_a_section():
 
 def test_the_runbooks_name_replay_and_backfill_where_they_are_the_fix():
     sections = runbook_sections()
-    assert "scalekit-bridge replay" in sections["ScalekitBridgeDeadLetters"]
+    assert "create job --from=cronjob/scalekit-bridge-replay" in sections["ScalekitBridgeDeadLetters"]
     assert "replay" in sections["ScalekitBridgeInternalError"]
     for name in ("ScalekitBridgeAllInstancesNotReady", "ScalekitBridgeHigh503Ratio", "ScalekitBridgeBackfillFailing"):
         assert "backfill" in sections[name]

@@ -222,6 +222,7 @@ def kinds(docs: list[dict[str, Any]]) -> list[str]:
 def test_a_minimal_install_is_the_core_and_nothing_optional(helm):
     assert kinds(render(helm, "minimal")) == [
         "ConfigMap",
+        "CronJob",  # the replay's, suspended: the runbooks' tools run as its Jobs
         "Deployment",
         "Pod",
         "PodDisruptionBudget",
@@ -790,11 +791,13 @@ def test_the_backfill_has_room_for_a_documented_catch_up(helm):
 # --- the replay CronJob ------------------------------------------------------------------------------
 
 
-def test_the_replay_never_runs_by_itself_and_is_off_by_default(helm):
-    assert [doc for doc in render(helm, "minimal") if doc["metadata"]["name"].endswith("-replay")] == []
-    cron = cronjob(render(helm, "everything"), "replay")
-    assert cron["spec"]["suspend"] is True
-    assert cron["spec"]["jobTemplate"]["spec"]["backoffLimit"] == 0
+def test_the_replay_never_runs_by_itself_and_is_there_by_default_for_the_runbooks_jobs(helm):
+    for values in ("minimal", "everything"):
+        cron = cronjob(render(helm, values), "replay")
+        assert cron["spec"]["suspend"] is True
+        assert cron["spec"]["jobTemplate"]["spec"]["backoffLimit"] == 0
+        assert cron["spec"]["failedJobsHistoryLimit"] >= 2  # the run before the last failed one's list too
+    assert [d for d in render(helm, "minimal", "--set", "replay.enabled=false") if d["kind"] == "CronJob"] == []
 
 
 @pytest.mark.parametrize("values", ["everything", "existing-secret-sasl"])
@@ -862,18 +865,26 @@ def test_nothing_that_selects_the_bridge_selects_a_backfill_or_helm_test_pod(hel
     assert {"port": 443, "protocol": "TCP"} in [p for rule in backfill_policy["egress"] for p in rule["ports"]]
 
 
-def test_helm_test_sends_a_signed_sample_through_the_service(helm):
-    docs = render(helm, "minimal")
+@pytest.mark.parametrize("mode", ["probe", "publish"])
+def test_helm_test_reaches_the_bridge_through_the_service_and_writes_only_when_asked(helm, mode):
+    """By default it proves the install without writing an event into a topic consumers read."""
+    docs = render(helm, "everything", "--set", f"tests.mode={mode}")
     (pod,) = [doc for doc in docs if doc["kind"] == "Pod"]
     assert pod["metadata"]["annotations"]["helm.sh/hook"] == "test"
     command = pod["spec"]["containers"][0]["command"]
-    assert command[:2] == ["scalekit-bridge", "send-test"]
-    assert command[command.index("--type") + 1] in sample_types()
-    service = webhook_service(docs)
-    assert command[command.index("--url") + 1] == (
-        f"http://{service['metadata']['name']}:{service['spec']['ports'][0]['port']}/webhooks/scalekit"
-    )
+    args = command_line().parse_args(command[1:])
+    assert (command[0], args.command, args.event_type in sample_types()) == ("scalekit-bridge", "send-test", True)
+    service, admin = webhook_service(docs), admin_service(docs)
+    assert args.url == f"http://{service['metadata']['name']}:{service['spec']['ports'][0]['port']}/webhooks/scalekit"
+    assert args.probe is (mode == "probe")
+    if mode == "probe":
+        assert args.ready_url == f"http://{admin['metadata']['name']}:{admin['spec']['ports'][0]['port']}/readyz"
     assert pod["spec"]["containers"][0]["securityContext"]["readOnlyRootFilesystem"] is True
+    # The NetworkPolicy lets the test pod reach both ports, whoever else may.
+    ingress = named(docs, "NetworkPolicy", "bridge-scalekit-bridge")["spec"]["ingress"]
+    for rule in ingress:
+        selectors = [peer.get("podSelector", {}).get("matchLabels", {}) for peer in rule.get("from", [])]
+        assert not rule.get("from") or any(s.items() <= pod["metadata"]["labels"].items() for s in selectors if s)
 
 
 def render_notes(helm: Path, values: str, tmp_path: Path) -> str:
@@ -899,6 +910,33 @@ def render_notes(helm: Path, values: str, tmp_path: Path) -> str:
     )
     assert done.returncode == 0, done.stderr
     return yaml.safe_load(done.stdout)["data"]["notes"]
+
+
+@pytest.mark.parametrize("values", sorted(VALUES))
+def test_no_notes_runbook_or_readme_line_runs_a_tool_inside_a_serving_pod(helm, tmp_path, values):
+    """A tool beside the bridge in its 256 Mi container can take it over its limit: the OOM kill takes the
+    bridge. Tools run as Jobs from the replay CronJob instead, and every command they run is one the CLI takes."""
+    texts = {"NOTES": render_notes(helm, values, tmp_path)}
+    texts |= {path.name: path.read_text() for path in (ROOT / "docs" / "runbooks.md", ROOT / "README.md",
+                                                        CHART / "README.md")}
+    for name, text in texts.items():
+        assert not re.search(r"kubectl[^\n]*\sexec\s", text), name
+    for command in re.findall(r"command = (\[\"scalekit-bridge\"[^\]]*\])", texts["NOTES"]):
+        assert command_line().parse_args(json.loads(command)[1:]).command in ("replay", "tail")
+
+
+def test_extra_env_and_env_from_reach_every_container_the_chart_renders(helm):
+    """On a proxied cluster the backfill (the one part that calls Scalekit) needs HTTPS_PROXY as much as the bridge."""
+    docs = render(helm, "everything", "--set", "extraEnv[0].name=HTTPS_PROXY", "--set",
+                  "extraEnv[0].value=http://proxy.internal:3128", "--set", "extraEnvFrom[0].configMapRef.name=site-env")
+    pods = [doc["spec"]["template"]["spec"] for doc in docs if doc["kind"] == "Deployment"]
+    pods += [doc["spec"]["jobTemplate"]["spec"]["template"]["spec"] for doc in docs if doc["kind"] == "CronJob"]
+    pods += [doc["spec"] for doc in docs if doc["kind"] == "Pod"]
+    assert len(pods) == 4  # the bridge, backfill, replay and the helm test
+    for pod in pods:
+        for main in pod["containers"]:
+            assert {"name": "HTTPS_PROXY", "value": "http://proxy.internal:3128"} in main["env"], main["name"]
+            assert {"configMapRef": {"name": "site-env"}} in main["envFrom"], main["name"]
 
 
 def test_the_notes_print_the_webhook_url_to_register_in_scalekit(helm, tmp_path):

@@ -113,6 +113,31 @@ async def test_send_test_takes_every_documented_type_and_each_reaches_its_own_to
         assert record.header("ce_dataschema") == f"urn:scalekit-bridge:schema:v1:data:{event_type}".encode()
 
 
+async def test_the_helm_test_probe_proves_a_ready_bridge_behind_its_url_and_writes_nothing(
+    bridge_process, kafka_bootstrap, kafka
+):
+    bridge = bridge_process("serve", KAFKA_BOOTSTRAP_SERVERS=kafka_bootstrap)
+    await bridge.wait_for_readiness(200, timeout=30)
+    ready_url = f"http://127.0.0.1:{bridge.admin_port}/readyz"
+    env = {k: v for k, v in os.environ.items() if k != "SCALEKIT_WEBHOOK_SECRET"}  # it needs no secret
+
+    def probe(url: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "bridge", "send-test", "--type", "user.signup", "--url", url, "--probe",
+             "--ready-url", ready_url], env=env, capture_output=True, text=True, timeout=60,
+        )
+
+    passed = await asyncio.to_thread(probe, bridge.url)
+    elsewhere = await asyncio.to_thread(probe, bridge.url.replace("/webhooks/scalekit", "/elsewhere"))
+
+    assert passed.returncode == 0, passed.stdout + passed.stderr
+    assert passed.stdout.startswith("ok   ready: 200\nok   a delivery signed with another key: 401 ")
+    assert elsewhere.returncode == 1 and "FAIL a delivery signed with another key: 404" in elsewhere.stdout
+    mine = [topic for topic in await kafka.topics() if topic.startswith(bridge.prefix)]
+    assert mine == [bridge.prefix + "deadletter"]  # made at start-up; no event topic
+    assert await kafka.read_all(bridge.prefix + "deadletter") == []  # nothing was written anywhere
+
+
 async def test_dev_brings_up_kafka_and_the_bridge_and_ctrl_c_stops_both(bridge_process):
     bridge = bridge_process("dev", SCALEKIT_WEBHOOK_SECRET="")
     await bridge.wait_for_readiness(200, timeout=180)

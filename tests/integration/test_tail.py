@@ -42,6 +42,7 @@ async def test_tail_prints_each_event_that_lands_after_it_started_even_on_a_new_
     assert " role.created " in role and "id=evt_after" in role
     assert f"key={created['organization_id']}" in user and f"id={created['id']}" in user
     assert user.startswith(created["occurred_at"])
+    assert created["data"]["id"] not in out.getvalue()  # the data (personal data) only with --show-data
 
 
 async def test_tail_from_the_beginning_filters_by_type_and_names_dead_letters(start_bridge, kafka_bootstrap):
@@ -58,3 +59,18 @@ async def test_tail_from_the_beginning_filters_by_type_and_names_dead_letters(st
     assert any(" organization.directory.user_created " in line for line in lines)
     assert any("DEAD LETTER" in line and "reason=envelope has no string 'type'" in line for line in lines)
     assert not any("role.created" in line for line in lines)
+
+
+async def test_tail_shows_an_excerpt_of_the_data_only_when_asked(start_bridge, kafka_bootstrap):
+    running = await start_bridge()
+    created = sample("organization.directory.user_created")
+    assert (await running.deliver(created))[0] == 201
+
+    shown, hidden = io.StringIO(), io.StringIO()
+    for out, show in ((shown, True), (hidden, False)):
+        tail = tail_of(running, kafka_bootstrap, from_beginning=True, show_data=show)
+        assert await asyncio.wait_for(follow(tail, out, count=1), 30) == 1
+
+    assert created["data"]["id"] in shown.getvalue()
+    assert created["data"]["id"] not in hidden.getvalue()
+    assert hidden.getvalue().rstrip().endswith(f"id={created['id']}")

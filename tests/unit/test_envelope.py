@@ -225,7 +225,8 @@ def test_tail_describes_a_record_on_one_line_with_time_type_key_id_and_data(mode
     envelope = sample("organization.directory.user_created")
     message = build_record(delivery(envelope), topic_prefix="scalekit.", mode=mode).message
 
-    line = describe(message.topic, "scalekit.deadletter", 0, message.key, message.headers, message.value)
+    line = describe(message.topic, "scalekit.deadletter", 0, message.key, message.headers, message.value,
+                    show_data=True)
 
     assert line.startswith(f"{envelope['occurred_at']}  organization.directory.user_created  ")
     assert f"  key={envelope['organization_id']}  id={envelope['id']}  {{" in line

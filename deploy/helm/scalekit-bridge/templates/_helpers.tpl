@@ -422,3 +422,19 @@ the release unable to upgrade once Strimzi 1.0 stops serving it.
 {{- define "scalekit-bridge.topicResourceName" -}}
 {{- . | lower | replace "_" "-" | trunc 253 | trimSuffix "-" | trimSuffix "." }}
 {{- end }}
+
+{{/*
+What every container of the release gets besides its own variables: extraEnv and extraEnvFrom (a proxy,
+OTEL_* settings, a CA path), so the bridge, backfill, replay and the helm test pod see the same environment.
+*/}}
+{{- define "scalekit-bridge.extraEnv" -}}
+{{- with .Values.extraEnv }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}
+
+{{- define "scalekit-bridge.extraEnvFrom" -}}
+{{- with .Values.extraEnvFrom }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}
