@@ -318,6 +318,8 @@ def _readiness(bridge: Bridge) -> dict[str, bool | str | list[str]]:
         "ready": bridge.ready,
         "kafka": "reachable" if bridge.publisher.ready else "unreachable",
         "accepting": bridge.lifecycle.accepting,
+        # SIGTERM began a drain: not ready for that reason alone, and it will not come back.
+        "draining": bridge.lifecycle.deadline is not None,
     }
     if bridge.publisher.missing_topics:
         body["missing_topics"] = sorted(bridge.publisher.missing_topics)

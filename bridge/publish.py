@@ -488,9 +488,13 @@ class KafkaPublisher:
     async def _watch_broker(self) -> None:
         while True:
             await asyncio.sleep(_PROBE_INTERVAL_SECONDS)
-            reachable = await self._broker_answers()
+            failure = await self._broker_failure()
+            reachable = failure is None
             if reachable != self._ready:
-                log.warning("kafka %s", "reachable again" if reachable else "unreachable")
+                if reachable:
+                    log.warning("kafka reachable again")
+                else:  # the class names the cause (a timeout, a refused login, a closed connection) without its text
+                    log.warning("kafka unreachable", extra={"error": failure})
             self._ready = reachable
             if reachable and (self.missing_topics or self._said_missing):
                 with contextlib.suppress(TimeoutError, KafkaError, OSError):  # the next probe says so
@@ -516,14 +520,15 @@ class KafkaPublisher:
             log.info("a topic the bridge needs exists now", extra={"topic": topic})
         self._said_missing = missing
 
-    async def _broker_answers(self) -> bool:
+    async def _broker_failure(self) -> str | None:
+        """None when the cluster answers a metadata request in time; else the class of what went wrong."""
         try:
             async with asyncio.timeout(_PROBE_INTERVAL_SECONDS):
                 assert self._admin is not None
                 await self._admin.describe_cluster()
-        except (TimeoutError, KafkaError, OSError):
-            return False
-        return True
+        except (TimeoutError, KafkaError, OSError) as exc:
+            return type(exc).__name__
+        return None
 
     async def _close_quietly(self) -> None:
         producer, admin = self._producer, self._admin

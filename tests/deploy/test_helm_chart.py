@@ -361,6 +361,8 @@ def test_the_chart_s_tls_kafka_user_gives_every_pod_its_certificate(helm, tmp_pa
         (["kafka.sasl.existingSecret=mine"], "leave kafka.sasl.username, password and existingSecret empty"),
         (["kafka.securityProtocol=PLAINTEXT"], "kafkaUser.enabled needs kafka.securityProtocol SSL"),
         (["kafkaTopics.clusterName="], "kafkaUser.enabled needs kafkaUser.clusterName"),
+        (["backfill.enabled=true", "backfill.environmentUrl=https://a.scalekit.example", "backfill.clientId=c",
+          "backfill.clientSecret=s"], "backfill.enabled needs eventTypes"),
     ],
 )
 def test_a_kafka_user_the_chart_cannot_wire_is_refused_naming_the_value(helm, sets, says):
@@ -383,6 +385,7 @@ def release(helm: Path, name: str, namespace: str, values: str, *extra: str) -> 
 
 def test_two_releases_with_their_own_prefixes_share_no_name_in_one_namespace_and_one_kafka(helm):
     common = ("--set", "backfill.enabled=true", "--set", "backfill.environmentUrl=https://acme.scalekit.example",
+              "--set", "eventTypes[0]=organization.directory.user_created",
               "--set", "backfill.clientId=c", "--set", "backfill.clientSecret=s",
               "--set", "grafanaDashboard.enabled=true", "--set", "prometheusRule.enabled=true")
     staging = release(helm, "staging", "scalekit", "strimzi-user", "--set", "config.topicPrefix=staging.scalekit.",
@@ -533,7 +536,8 @@ def test_the_service_monitor_scrapes_the_admin_port(helm):
 
 
 def test_the_alerts_and_dashboard_are_the_observability_files_not_copies(helm):
-    docs = render(helm, "everything")
+    placeholder = "https://github.com/scalekit-bridge/scalekit-bridge/blob/main/docs/runbooks.md"  # the file's
+    docs = render(helm, "everything", "--set", f"prometheusRule.runbookBaseUrl={placeholder}")
     rules = yaml.safe_load((ROOT / "deploy" / "prometheus" / "scalekit-bridge-rules.yaml").read_text())
     spec = copy.deepcopy(one(docs, "PrometheusRule")["spec"])  # the renderings are cached: change a copy
     for rule in (rule for group in spec["groups"] for rule in group["rules"]):  # the release's names, undone
@@ -597,6 +601,22 @@ def test_the_alerts_that_fire_on_absence_watch_this_release_by_name(helm):
     assert "scalekit-bridge-backfill\"" not in backfill.replace(cronjob_name, "")
 
 
+def alerts(docs: list[dict[str, Any]]) -> list[str]:
+    return [rule["alert"] for group in one(docs, "PrometheusRule")["spec"]["groups"] for rule in group["rules"]]
+
+
+def test_the_absence_alert_is_rendered_only_for_a_scrape_job_that_exists(helm):
+    """Without the ServiceMonitor nothing may scrape job=<admin Service>: ScalekitBridgeDown would fire for ever."""
+    without = render(helm, "everything", "--set", "serviceMonitor.enabled=false")
+    assert "ScalekitBridgeDown" not in alerts(without) and "ScalekitBridgeNotReady" in alerts(without)
+    named = render(helm, "everything", "--set", "serviceMonitor.enabled=false", "--set",
+                   "prometheusRule.scrapeJob=kubernetes-pods")
+    (down,) = [rule for group in one(named, "PrometheusRule")["spec"]["groups"] for rule in group["rules"]
+               if rule["alert"] == "ScalekitBridgeDown"]
+    assert 'job="kubernetes-pods"' in down["expr"]
+    assert "ScalekitBridgeDown" in alerts(render(helm, "everything"))  # its ServiceMonitor makes the job
+
+
 def test_every_runbook_link_can_point_at_the_operators_own_copy(helm):
     base = "https://wiki.example.com/sre/scalekit-bridge-runbooks"
     docs = render(helm, "everything", "--set", f"prometheusRule.runbookBaseUrl={base}")
@@ -604,6 +624,9 @@ def test_every_runbook_link_can_point_at_the_operators_own_copy(helm):
     assert rules
     for rule in rules:
         assert rule["annotations"]["runbook_url"] == f"{base}#{rule['alert'].lower()}"
+    unlinked = one(render(helm, "everything", "--set", "prometheusRule.runbookBaseUrl="), "PrometheusRule")
+    for rule in (rule for group in unlinked["spec"]["groups"] for rule in group["rules"]):
+        assert "runbook_url" not in rule["annotations"] and rule["annotations"]["description"]
 
 
 def test_kafka_topics_are_kept_and_go_where_strimzi_watches(helm):
@@ -945,6 +968,23 @@ def test_the_notes_print_the_webhook_url_to_register_in_scalekit(helm, tmp_path)
     assert "helm test bridge -n prod" in notes
     minimal = render_notes(helm, "minimal", tmp_path / "minimal")
     assert "kubectl -n prod port-forward svc/bridge-scalekit-bridge 8080" in minimal
+
+
+def test_the_notes_name_the_url_of_the_exposure_the_release_has(helm, tmp_path):
+    chart_values = yaml.safe_load(VALUES["everything"].read_text())
+    routed = tmp_path / "routed-values.yaml"
+    routed.write_text(yaml.safe_dump(chart_values | {
+        "ingress": {**chart_values["ingress"], "enabled": False},
+        "httpRoute": {"enabled": True, "parentRefs": [{"name": "public", "namespace": "gateways"}],
+                      "hostnames": ["hooks.acme.example"]},
+    }))
+    VALUES["routed-under-test"] = routed
+    try:
+        notes = render_notes(helm, "routed-under-test", tmp_path / "chart")
+    finally:
+        del VALUES["routed-under-test"]
+    assert "https://hooks.acme.example/webhooks/scalekit" in notes and "Gateway public (gateways)" in notes
+    assert "No Ingress was enabled" not in notes
 
 
 def test_the_notes_say_how_to_backfill_after_an_outage(helm, tmp_path):

@@ -10,6 +10,7 @@ import logging
 import ssl
 
 import pytest
+from aiokafka.errors import KafkaConnectionError
 
 from bridge import publish
 from bridge.config import KafkaSettings, Settings
@@ -97,3 +98,32 @@ def test_a_bootstrap_server_no_client_can_use_stops_either_command_naming_it(com
     )
     assert result.returncode == 2
     assert "KAFKA_BOOTSTRAP_SERVERS" in result.stderr and "Traceback" not in result.stderr
+
+
+class _Unanswering:
+    """An admin client whose cluster never answers its metadata request."""
+
+    def __init__(self, failure: Exception) -> None:
+        self.failure = failure
+
+    async def describe_cluster(self) -> dict[str, object]:
+        raise self.failure
+
+
+@pytest.mark.parametrize("failure", [KafkaConnectionError("closed (a message that may quote a host)"), TimeoutError()])
+async def test_kafka_unreachable_is_said_once_with_the_class_of_what_failed(monkeypatch, caplog, failure):
+    monkeypatch.setattr(publish, "_PROBE_INTERVAL_SECONDS", 0.01)
+    publisher = KafkaPublisher(KafkaSettings("127.0.0.1:9"), timeout=1.0, max_record_bytes=1024)
+    publisher._admin = _Unanswering(failure)  # type: ignore[assignment]
+    publisher._ready = True
+    caplog.set_level(logging.WARNING, logger="bridge.publish")
+
+    watching = asyncio.create_task(publisher._watch_broker())
+    await until(lambda: not publisher.ready)
+    await asyncio.sleep(0.05)  # more probes fail: said once, not once per probe
+    watching.cancel()
+    await asyncio.gather(watching, return_exceptions=True)
+
+    said = [record for record in caplog.records if record.getMessage() == "kafka unreachable"]
+    assert [record.__dict__["error"] for record in said] == [type(failure).__name__]
+    assert "quote a host" not in str([vars(record) for record in caplog.records])

@@ -147,7 +147,15 @@ async def test_liveness_is_up_while_readiness_follows_kafka(admin, bridge):
     assert (await admin.get("/healthz")).status == 200
     ready = await admin.get("/readyz")
     assert ready.status == 503
-    assert json.loads(await ready.text()) == {"ready": False, "kafka": "unreachable", "accepting": True}
+    assert json.loads(await ready.text()) == {
+        "ready": False, "kafka": "unreachable", "accepting": True, "draining": False
+    }
+
+
+async def test_readiness_says_when_it_is_down_because_the_instance_is_draining(admin, bridge):
+    bridge.lifecycle.drain(30.0)
+    answer = json.loads(await (await admin.get("/readyz")).text())
+    assert (answer["ready"], answer["accepting"], answer["draining"]) == (False, False, True)
 
 
 async def test_metrics_count_rejections_by_reason(client, admin):

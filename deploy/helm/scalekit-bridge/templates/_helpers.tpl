@@ -391,6 +391,9 @@ which must last at least the publish timeout so every in-flight delivery gets it
 {{- if and (not .Values.backfill.existingSecret) (or (not .Values.backfill.clientId) (not .Values.backfill.clientSecret)) }}
 {{- fail "backfill.enabled needs backfill.clientId and backfill.clientSecret (a Scalekit API client), or backfill.existingSecret" }}
 {{- end }}
+{{- if and (not .Values.eventTypes) (not .Values.backfill.allEventTypes) }}
+{{- fail "backfill.enabled needs eventTypes (the types your Scalekit endpoint is subscribed to): without them the backfill writes every type the environment has, personal-data types included, into topics nobody subscribed to. Set backfill.allEventTypes=true if that is what you want" }}
+{{- end }}
 {{- end }}
 {{- end }}
 
