@@ -39,6 +39,8 @@ _MIN_KEY_BYTES = 16
 _TOPIC_CHARS = re.compile(r"[A-Za-z0-9._-]+")
 # A secret file is a few dozen bytes; a path to something else entirely is refused, not read whole.
 _MAX_SECRET_FILE_BYTES = 64 * 1024
+# A CA bundle is public and may be a system's whole bundle (about 200 KiB); it is followed like the secrets.
+_MAX_CA_BUNDLE_BYTES = 1024 * 1024
 
 N = TypeVar("N", int, float)
 S = TypeVar("S", bound=str)
@@ -373,17 +375,21 @@ def _check_client_certificate(protocol: str, certfile: str | None, keyfile: str 
 
 
 def read_secret_file(variable: str, path: str) -> str:
-    """The text of a secret file, stripped; ConfigError naming `variable` (never the content) when unusable."""
+    """The text of a secret file, stripped; ConfigError naming `variable` (never the content) when unusable.
+
+    A CA bundle (`*_CAFILE`) is read the same way, with room for a system's whole bundle.
+    """
+    limit = _MAX_CA_BUNDLE_BYTES if variable.endswith("_CAFILE") else _MAX_SECRET_FILE_BYTES
     try:
         with open(path, encoding="utf-8") as file:
-            text = file.read(_MAX_SECRET_FILE_BYTES + 1).strip()
+            text = file.read(limit + 1).strip()
     except (OSError, UnicodeDecodeError) as exc:
         why = getattr(exc, "strerror", None) or type(exc).__name__
         raise ConfigError(variable, f"cannot read {path!r}: {why}") from None
     if not text:
         raise ConfigError(variable, f"{path!r} is empty")
-    if len(text) > _MAX_SECRET_FILE_BYTES:
-        raise ConfigError(variable, f"{path!r} is over {_MAX_SECRET_FILE_BYTES} bytes; not a secret")
+    if len(text) > limit:
+        raise ConfigError(variable, f"{path!r} is over {limit} bytes; not a secret")
     return text
 
 

@@ -137,6 +137,8 @@ def _secret_files(settings: Settings, bridge: Bridge, publisher: KafkaPublisher)
             # A client certificate and key (Strimzi renews a KafkaUser's): the new clients load them anew.
             ("KAFKA_SSL_CERTFILE", kafka.ssl_certfile),
             ("KAFKA_SSL_KEYFILE", kafka.ssl_keyfile),
+            # The CA bundle: Strimzi renews its cluster CA (the bundle carries old and new for a while).
+            ("KAFKA_SSL_CAFILE", kafka.ssl_cafile),
         )
         if path is not None
     }

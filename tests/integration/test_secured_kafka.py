@@ -13,6 +13,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+import trustme
 
 from bridge.dev.kafka import LocalKafka, Secured
 from bridge.dev.samples import sample
@@ -227,3 +228,27 @@ async def test_a_renewed_client_certificate_is_taken_up_without_a_restart(secure
     _, output = await asyncio.to_thread(bridge.output_after_exit, 30)
     assert "kafka clients reconnected with rotated credentials" in output, output
     assert "could not be used" not in output and "refused" not in output, output
+
+
+async def test_a_renewed_ca_bundle_is_taken_up_without_a_restart(secured_kafka, bridge_process, tmp_path):
+    """Strimzi renews its cluster CA by publishing a bundle with the old and the new certificate; the copy in
+    the release namespace changes, the kubelet swaps the mounted file, and the bridge's new clients trust it."""
+    security = secured(secured_kafka)
+    mount = tmp_path / "kafka-ca"
+    paths = mounted_like_a_secret(mount, {"ca.crt": security.cafile})
+    bridge = bridge_process("serve", **(mtls_env(security) | {"KAFKA_SSL_CAFILE": str(paths["ca.crt"])}))
+    await bridge.wait_for_readiness(200, timeout=60)
+    assert (await bridge.deliver(sample("role.created"), webhook_id="msg_before"))[0] == 201
+
+    bundle = tmp_path / "renewed-ca.crt"
+    bundle.write_text(Path(security.cafile).read_text() + trustme.CA().cert_pem.bytes().decode())
+    mounted_like_a_secret(mount, {"ca.crt": bundle})
+    deadline = asyncio.get_running_loop().time() + 60
+    while "kafka clients reconnected with rotated credentials" not in bridge.output():
+        assert asyncio.get_running_loop().time() < deadline, bridge.output()
+        await asyncio.sleep(0.2)
+    assert (await bridge.deliver(sample("role.created"), webhook_id="msg_after"))[0] == 201
+
+    records = await KafkaTool(secured_kafka.bootstrap_servers).read_all(bridge.prefix + "role.created")
+    assert [record.header("ce_webhookid") for record in records] == [b"msg_before", b"msg_after"]
+    assert "could not be used" not in bridge.output() and "refused" not in bridge.output()
