@@ -3,14 +3,14 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: run test unit lint chart-docs bench bench-cpu bench-backfill bench-replay bench-tracing kafka asyncapi clean fuzz soak
+.PHONY: run test unit lint docs docs-serve chart-docs bench bench-cpu bench-backfill bench-replay bench-tracing kafka asyncapi clean fuzz soak
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
 # Installs are pinned by constraints.txt; the stamp reruns them when either file changes.
 $(VENV)/.installed: pyproject.toml constraints.txt | $(BIN)/python
-	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[test,lint]'
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[test,lint,docs]'
 	touch $@
 
 run: $(VENV)/.installed
@@ -29,6 +29,14 @@ unit: $(VENV)/.installed
 lint: $(VENV)/.installed
 	$(BIN)/ruff check .
 	$(BIN)/mypy
+
+# The documentation site from docs/ (MkDocs + Material), strictly: a broken link or anchor, or a page left out
+# of the navigation, fails it (tests/deploy/test_docs.py builds it the same way in `make test`).
+docs: $(VENV)/.installed
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
+
+docs-serve: $(VENV)/.installed
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs serve
 
 # deploy/helm/scalekit-bridge/README.md from values.yaml's comments, by the pinned helm-docs.
 chart-docs: $(VENV)/.installed
@@ -59,11 +67,11 @@ bench-replay: $(VENV)/.installed
 bench-tracing: $(VENV)/.installed
 	$(BIN)/python bench/tracing.py
 
-# schemas/asyncapi.yaml and the README's personal-data table are generated from schemas/; a test fails
+# schemas/asyncapi.yaml and the personal-data table of docs/consuming/topics.md are generated from schemas/; a test fails
 # when either is out of date.
 asyncapi: $(VENV)/.installed
 	$(BIN)/python -m bridge.dev.asyncapi schemas/asyncapi.yaml
-	$(BIN)/python -m bridge.dev.catalogue readme README.md
+	$(BIN)/python -m bridge.dev.catalogue readme docs/consuming/topics.md
 
 # BROKERS=3 starts three brokers and one controller.
 BROKERS ?= 1
@@ -71,7 +79,7 @@ kafka: $(VENV)/.installed
 	$(BIN)/python -m bridge.dev.kafka --brokers $(BROKERS)
 
 clean:
-	rm -rf $(VENV) .pytest_cache .hypothesis *.egg-info
+	rm -rf $(VENV) .pytest_cache .hypothesis *.egg-info site
 
 # 100,000 hypothesis examples against a real serve and broker; prints its figures.
 fuzz: $(VENV)/.installed

@@ -159,7 +159,7 @@ class Settings(RecordShaping):
     admin_host: str = "0.0.0.0"  # noqa: S104 - probes come from the kubelet, off-pod
     admin_port: int = 8081
     webhook_path: str = "/webhooks/scalekit"
-    # Public-port limits (see the README's "Limits on the public port").
+    # Public-port limits (see docs/security.md).
     max_inflight: int = 64
     max_connections: int = 512
     header_timeout: float = 10.0

@@ -5,7 +5,7 @@ source: the documented event types are the files in `schemas/data/`, each
 schema's `$id` is the `ce_dataschema` of its records, and the AsyncAPI
 document is generated from them (`bridge.dev.asyncapi`). Only this module knows
 the validator library (jsonschema-rs: about 1 µs per delivery where the pure
-Python jsonschema took about 300 µs; see the README's benchmarks). Schemas are
+Python jsonschema took about 300 µs; see docs/performance.md). Schemas are
 compiled once, at start-up.
 """
 

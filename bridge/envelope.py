@@ -1,7 +1,7 @@
 """Scalekit delivery → CloudEvent → a neutral Kafka message (topic, key, value, headers).
 
 Nothing here knows a Kafka client. The mapping is lossless: `rebuild_delivery`
-turns a record back into the envelope Scalekit sent (see the README's
+turns a record back into the envelope Scalekit sent (see docs/consuming/topics.md,
 "Consuming the topics" for the header table).
 """
 
@@ -65,7 +65,7 @@ PARTITION_KEY_EXTENSION = "partitionkey"
 TRACEPARENT_EXTENSION = "traceparent"
 TRACESTATE_EXTENSION = "tracestate"
 
-# Where each event keeps its organization, first found wins (see the README's key rules); the one rule
+# Where each event keeps its organization, first found wins (see the key rules in docs/consuming/topics.md); the one rule
 # for "which organization", for the record key and for `backfill --organization` alike.
 ORGANIZATION_PATHS: tuple[tuple[str, ...], ...] = (
     ("organization_id",),

@@ -27,7 +27,7 @@ BINDING_VERSION = "0.5.0"
 DEADLETTER = "deadletter"
 HEADERS_SCHEMA = "CloudEventHeaders"
 
-# The binary-mode headers of every event record, and what each holds (also the README's table).
+# The binary-mode headers of every event record, and what each holds (also the table in docs/consuming/topics.md).
 HEADERS: dict[str, str] = {
     "content-type": "`application/json`; absent when the delivery had no `data` (the record has no value then).",
     "ce_specversion": "CloudEvents spec version, `1.0`.",

@@ -1,6 +1,6 @@
 """An aiohttp service of your own that also takes Scalekit's deliveries into Kafka.
 
-The README's "Inside your aiohttp service", as written; `test_service.py` runs it against a real broker.
+docs/embedding.md's "Inside your aiohttp service", as written; `test_service.py` runs it against a real broker.
 Configuration comes from the same environment variables as `scalekit-bridge serve`.
 """
 

@@ -1,4 +1,4 @@
-"""The README's "Inside your aiohttp service" example, run as written against a real Kafka.
+"""docs/embedding.md's "Inside your aiohttp service" example, run as written against a real Kafka.
 
 `make_app()` is served by aiohttp's own test server, so its cleanup context starts and flushes the
 producer as `web.run_app` would; every 201 is read back from the broker.
@@ -25,7 +25,7 @@ from examples.aiohttp_service.service import make_app
 
 pytestmark = pytest.mark.integration
 
-README = Path(__file__).resolve().parents[2] / "README.md"
+README = Path(__file__).resolve().parents[2] / "docs" / "embedding.md"
 Client = Callable[..., Awaitable[TestClient]]
 
 

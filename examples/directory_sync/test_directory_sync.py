@@ -92,7 +92,7 @@ async def test_the_consumer_group_resumes_after_its_committed_offsets(start_scal
 
 
 async def test_a_user_deleted_in_the_idp_is_gone(scalekit_bridge, scalekit_event, tmp_path):
-    """The README's "Testing your consumer" example, run as written."""
+    """docs/consuming/testing.md's example, run as written."""
     org, user = f"org_{secrets.token_hex(4)}", {"id": "diruser_1", "email": "jane@acme.example"}
     sent = [
         scalekit_event(event_type, organization_id=org, data=user)

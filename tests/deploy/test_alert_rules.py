@@ -200,8 +200,8 @@ def test_the_promql_check_refuses_a_broken_query(promtool, tmp_path):
 
 
 def readme_alert_table() -> dict[str, str]:
-    """The README's alert table: each alert's name and its severity as the table states it."""
-    readme = (PROMETHEUS.parents[1] / "README.md").read_text()
+    """The alert table of docs/operating/observability.md: each alert's name and its severity as the table states it."""
+    readme = (PROMETHEUS.parents[1] / "docs" / "operating" / "observability.md").read_text()
     section = readme[readme.index("### Dashboard and alerts") :]
     rows = {}
     for line in section.splitlines():

@@ -804,7 +804,7 @@ def test_every_rendered_backfill_command_is_one_the_cli_accepts(helm):
 
 
 def test_the_backfill_has_room_for_a_documented_catch_up(helm):
-    """About 100 MiB and up to 7 KB per event of the window (README, Backfill): the limit fits 60,000."""
+    """About 100 MiB and up to 7 KB per event of the window (docs/recovery/backfill.md): the limit fits 60,000."""
     (job,) = backfill_pod(render(helm, "everything"))["spec"]["containers"]
     limit = job["resources"]["limits"]["memory"]
     assert limit.endswith("Mi")
@@ -940,8 +940,8 @@ def test_no_notes_runbook_or_readme_line_runs_a_tool_inside_a_serving_pod(helm, 
     """A tool beside the bridge in its 256 Mi container can take it over its limit: the OOM kill takes the
     bridge. Tools run as Jobs from the replay CronJob instead, and every command they run is one the CLI takes."""
     texts = {"NOTES": render_notes(helm, values, tmp_path)}
-    texts |= {path.name: path.read_text() for path in (ROOT / "docs" / "runbooks.md", ROOT / "README.md",
-                                                        CHART / "README.md")}
+    pages = [*sorted((ROOT / "docs").rglob("*.md")), ROOT / "README.md", CHART / "README.md"]
+    texts |= {str(path.relative_to(ROOT)): path.read_text() for path in pages}
     for name, text in texts.items():
         assert not re.search(r"kubectl[^\n]*\sexec\s", text), name
     for command in re.findall(r"command = (\[\"scalekit-bridge\"[^\]]*\])", texts["NOTES"]):
@@ -996,8 +996,8 @@ def test_the_notes_say_how_to_backfill_after_an_outage(helm, tmp_path):
     assert "set backfill.enabled" in render_notes(helm, "minimal", tmp_path / "minimal")
 
 
-def test_the_readme_names_the_cronjob_its_own_install_creates(helm):
-    readme = (ROOT / "README.md").read_text()
+def test_the_docs_name_the_cronjob_their_own_install_creates(helm):
+    readme = "".join((ROOT / "docs" / page).read_text() for page in ("operating/kubernetes.md", "recovery/backfill.md"))
     install = re.search(r"helm install (\S+) deploy/helm/scalekit-bridge -n (\S+)", readme)
     assert install
     release, namespace = install.groups()

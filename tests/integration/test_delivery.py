@@ -1,4 +1,4 @@
-"""Every row of the README's response table, checked by reading the real broker back."""
+"""Every row of the response table (docs/how-it-works.md), checked by reading the real broker back."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Embedding beyond the README's example: two Scalekit environments in one application, a host middleware
+"""Embedding beyond docs/embedding.md's example: two Scalekit environments in one application, a host middleware
 that read the body first, probes mounted on another sub-application. Against the real Kafka."""
 
 from __future__ import annotations

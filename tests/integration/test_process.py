@@ -232,7 +232,7 @@ async def until_all_closed(clients: list[tuple[asyncio.StreamReader, asyncio.Str
 async def test_the_worst_case_the_limits_allow_fits_the_stated_bound_and_memory_comes_back(
     bridge_process, kafka_bootstrap
 ):
-    """Every connection the cap allows, held open in three waves: RSS stays within the README's worst case
+    """Every connection the cap allows, held open in three waves: RSS stays within the worst case in docs/security.md
     (72 MiB over idle), falls back once the timeouts have closed them, and does not climb wave after wave."""
     bridge = bridge_process("serve", KAFKA_BOOTSTRAP_SERVERS=kafka_bootstrap, BRIDGE_BODY_TIMEOUT="3",
                             BRIDGE_HEADER_TIMEOUT="3")
@@ -264,7 +264,7 @@ async def test_a_get_of_the_root_does_not_unguard_the_connection_for_the_heads_b
 ):
     """Every connection the cap allows sends `GET /` and then ~485 KiB of a head that never ends (aiohttp's own
     limits would buffer that much): each gets its 200 and then 431 at 16 KiB, and RSS stays within the
-    README's worst case (72 MiB over idle). Unguarded, the same took `serve` from 60 to 555 MiB."""
+    the worst case in docs/security.md (72 MiB over idle). Unguarded, the same took `serve` from 60 to 555 MiB."""
     bridge = bridge_process("serve", KAFKA_BOOTSTRAP_SERVERS=kafka_bootstrap, BRIDGE_HEADER_TIMEOUT="5")
     await bridge.wait_for_readiness(200, timeout=30)
     idle = rss_mib(bridge.process.pid)

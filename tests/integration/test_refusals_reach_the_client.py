@@ -108,7 +108,7 @@ async def test_a_flood_of_over_cap_connections_that_never_stop_sending_costs_bou
     bridge_process, kafka_bootstrap
 ):
     """10,000 connections over the cap, each sending until the bridge cuts it off: lingering ones are capped
-    apart (BRIDGE_MAX_LINGERING) and bounded in bytes and time, RSS stays within the README's worst case
+    apart (BRIDGE_MAX_LINGERING) and bounded in bytes and time, RSS stays within the worst case in docs/security.md
     (72 MiB over idle) and the admin port answers throughout."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))

@@ -20,6 +20,7 @@ from bridge.dev.samples import sample, sample_types
 CONTRACT = Contract.load()
 ROOT = Path(__file__).parents[2]
 README = ROOT / "README.md"
+TOPICS_PAGE = ROOT / "docs" / "consuming" / "topics.md"
 
 
 # --- Scalekit's document, as small as the check needs -------------------------------------------------
@@ -194,12 +195,12 @@ def test_the_image_installs_no_pyyaml_so_the_command_stays_out_of_it():
     assert "yaml" not in runtime.lower()
 
 
-# --- personal data and secrets: the marks and the README's table are one fact ---------------------------
+# --- personal data and secrets: the marks and the docs' table are one fact ---------------------------
 
 
-def test_the_readme_table_is_the_one_the_schemas_marks_make():
-    readme = README.read_text(encoding="utf-8")
-    assert catalogue.with_table(readme, catalogue.personal_data_table()) == readme, "run `make asyncapi`"
+def test_the_docs_table_is_the_one_the_schemas_marks_make():
+    page = TOPICS_PAGE.read_text(encoding="utf-8")
+    assert catalogue.with_table(page, catalogue.personal_data_table()) == page, "run `make asyncapi`"
 
 
 def test_the_table_follows_the_marks():
@@ -266,7 +267,7 @@ def test_no_file_outside_the_schemas_lists_the_documented_types_by_hand():
     named: dict[str, int] = {}
     for path in product:
         text = path.read_text(encoding="utf-8", errors="replace")
-        if path == README:
+        if path == TOPICS_PAGE:
             text = catalogue.with_table(text, "")  # the generated table
         count = sum(bool(re.search(rf"(?<![\w.]){re.escape(t)}(?!\w)", text)) for t in CONTRACT.event_types)
         if count > 7:
@@ -274,6 +275,8 @@ def test_no_file_outside_the_schemas_lists_the_documented_types_by_hand():
     assert named == {}
 
 
-def test_the_readme_states_the_number_of_documented_types_the_schemas_hold():
-    stated = re.search(r"\*\*(\d+) documented types\*\*", README.read_text(encoding="utf-8"))
+def test_the_docs_and_the_readme_state_the_number_of_documented_types_the_schemas_hold():
+    stated = re.search(r"\*\*(\d+) documented types\*\*", TOPICS_PAGE.read_text(encoding="utf-8"))
     assert stated is not None and int(stated.group(1)) == len(CONTRACT.event_types)
+    front = re.search(r"one per documented type \((\d+),", README.read_text(encoding="utf-8"))
+    assert front is not None and int(front.group(1)) == len(CONTRACT.event_types)

@@ -28,11 +28,11 @@ def refused(**env: str) -> ConfigError:
     return caught.value
 
 
-README = Path(__file__).resolve().parents[2] / "README.md"
+README = Path(__file__).resolve().parents[2] / "docs" / "operating" / "configuration.md"
 
 
 def documented_defaults() -> dict[str, str]:
-    """The README's configuration table: each variable whose default is written as a literal."""
+    """The configuration reference's table (docs/operating/configuration.md): each variable whose default is written as a literal."""
     documented: dict[str, str] = {}
     # "| `BRIDGE_PORT` | `8080` | ..." or "| `BRIDGE_HOST` / `BRIDGE_PORT` | `0.0.0.0` / `8080` | ...", units after.
     for row in re.findall(
