@@ -87,7 +87,7 @@ class Webhook:
         return self._bridge
 
     async def receive(self, request: web.Request) -> web.Response:
-        """Deliver one webhook: 201 once Kafka has its record; every refusal as JSON (docs/how-it-works.md, Responses)."""
+        """Deliver one webhook: 201 once Kafka has its record; every refusal as JSON (docs/how-it-works.md)."""
         return await _receive(request, self.bridge)
 
     async def healthz(self, request: web.Request) -> web.Response:

@@ -65,7 +65,7 @@ PARTITION_KEY_EXTENSION = "partitionkey"
 TRACEPARENT_EXTENSION = "traceparent"
 TRACESTATE_EXTENSION = "tracestate"
 
-# Where each event keeps its organization, first found wins (see the key rules in docs/consuming/topics.md); the one rule
+# Where each event keeps its organization, first found wins (docs/consuming/topics.md); the one rule
 # for "which organization", for the record key and for `backfill --organization` alike.
 ORGANIZATION_PATHS: tuple[tuple[str, ...], ...] = (
     ("organization_id",),

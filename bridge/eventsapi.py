@@ -130,7 +130,7 @@ def _page(events: Iterable[ScalekitEvent]) -> Page:
 
 
 def envelope_of(event: ScalekitEvent) -> dict[str, Any]:
-    """A listed event as the envelope its webhook delivery carries (see docs/recovery/backfill.md on numbers and time)."""
+    """A listed event as the envelope its webhook delivery carries (docs/recovery/backfill.md: numbers, time)."""
     fields = json_format.MessageToDict(event, preserving_proto_field_name=True)
     # Protobuf cannot tell an empty string from a missing one; documented webhooks leave such fields out.
     fields = {name: value for name, value in fields.items() if value != ""}

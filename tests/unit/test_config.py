@@ -32,7 +32,7 @@ README = Path(__file__).resolve().parents[2] / "docs" / "operating" / "configura
 
 
 def documented_defaults() -> dict[str, str]:
-    """The configuration reference's table (docs/operating/configuration.md): each variable whose default is written as a literal."""
+    """docs/operating/configuration.md's table: each variable whose default is written as a literal."""
     documented: dict[str, str] = {}
     # "| `BRIDGE_PORT` | `8080` | ..." or "| `BRIDGE_HOST` / `BRIDGE_PORT` | `0.0.0.0` / `8080` | ...", units after.
     for row in re.findall(

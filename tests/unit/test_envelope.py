@@ -21,7 +21,7 @@ from bridge.envelope import (
 from bridge.errors import MalformedDelivery
 from bridge.verify import VerifiedDelivery
 
-# Where Scalekit's documented examples of each family keep the organization id (the key rules in docs/consuming/topics.md).
+# Where Scalekit's documented examples of each family keep the organization id (docs/consuming/topics.md).
 EXPECTED_KEY_SOURCE = {
     "organization.directory": ("organization_id",),
     "organization.sso": ("organization_id",),
