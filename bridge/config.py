@@ -114,7 +114,8 @@ class KafkaSettings:
 
 # A release's own topics are named after its topic prefix unless set, so that two releases on one Kafka
 # (prefixes `staging.scalekit.` and `prod.scalekit.`) share no topic: `<prefix>deadletter`, and backfill's
-# `<prefix>backfill-state`. No event type can collide with either: types have no '-' and at least one '.'.
+# `<prefix>backfill-state`. No event type reaches either: types have no '-', and `topic_for` refuses a type
+# whose topic would be the dead-letter topic.
 DEADLETTER_SUFFIX = "deadletter"
 BACKFILL_STATE_SUFFIX = "backfill-state"
 
