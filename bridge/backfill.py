@@ -17,7 +17,7 @@ import json
 import logging
 import sys
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, TextIO
@@ -100,10 +100,10 @@ async def backfill(settings: BackfillSettings, request: Request, progress: Progr
 
     A run that wrote every missing event records its window's end (`--resume` starts there next time).
     """
-    key = _state_key(settings, request.query)
-    recorded = await _recorded_end(settings, key) if key is not None else None
-    if key is not None and recorded is None:  # recorded before the key named its topics (0.1.0)
-        recorded = await _recorded_end(settings, _state_key(settings, request.query, legacy=True) or key)
+    # This run's key, then the one 0.1.0 wrote without the topic prefix: read in one scan, the first found wins.
+    keys = [k for k in (_state_key(settings, request.query), _state_key(settings, request.query, legacy=True)) if k]
+    key = keys[0] if keys else None
+    recorded = await _recorded_end(settings, keys) if keys else None
     if request.resume and key is not None:
         request = _resumed(settings, request, recorded)
     with traced_run("backfill", settings.tracing) as (writing, run):
@@ -157,8 +157,9 @@ def _resumed(settings: BackfillSettings, request: Request, recorded: datetime | 
     return replace(request, query=replace(request.query, start=start))
 
 
-async def _recorded_end(settings: BackfillSettings, key: bytes) -> datetime | None:
-    value = await latest_value(settings.kafka, settings.backfill_state_topic, key, timeout=settings.publish_timeout)
+async def _recorded_end(settings: BackfillSettings, keys: Sequence[bytes]) -> datetime | None:
+    """The window end recorded under the first of `keys` that has one."""
+    value = await latest_value(settings.kafka, settings.backfill_state_topic, keys, timeout=settings.publish_timeout)
     if value is None:
         return None
     try:

@@ -13,7 +13,7 @@ import contextlib
 import functools
 import logging
 import ssl
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Sequence
 from contextlib import AbstractContextManager
 from typing import Any
 
@@ -578,19 +578,19 @@ async def records_since(
     return await _read_topics(settings, {topic}.__contains__, since_ms, visit, timeout=timeout)
 
 
-async def latest_value(settings: KafkaSettings, topic: str, key: bytes, *, timeout: float) -> bytes | None:
-    """The value of the last record with `key` in `topic` (a small compacted topic); None when there is none.
-
-    Raises PublishFailed like `event_ids_since`.
-    """
-    found: list[bytes | None] = [None]
+async def latest_value(
+    settings: KafkaSettings, topic: str, keys: Sequence[bytes], *, timeout: float
+) -> bytes | None:
+    """The value of the last record with the first of `keys` that has one in `topic` (a small compacted topic),
+    read in one scan; None when none has. Raises PublishFailed like `event_ids_since`."""
+    found: dict[bytes, bytes | None] = {}
 
     def keep_latest(record: ConsumerRecord[bytes, bytes]) -> None:
-        if record.key == key:
-            found[0] = record.value
+        if record.key in keys:
+            found[record.key] = record.value
 
     await _read_topics(settings, {topic}.__contains__, 0, keep_latest, timeout=timeout)
-    return found[0]
+    return next((found[key] for key in keys if found.get(key) is not None), None)
 
 
 async def put_value(settings: KafkaSettings, topic: str, key: bytes, value: bytes, *, timeout: float) -> None:
