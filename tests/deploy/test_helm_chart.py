@@ -354,29 +354,6 @@ def test_the_chart_s_tls_kafka_user_gives_every_pod_its_certificate(helm, tmp_pa
     assert Path(kafka.ssl_certfile or "").read_text() == secret["user.crt"]
 
 
-@pytest.mark.parametrize(
-    ("sets", "says"),
-    [
-        (["kafka.sasl.mechanism=SCRAM-SHA-256"], "needs kafka.sasl.mechanism SCRAM-SHA-512"),
-        (["kafka.sasl.existingSecret=mine"], "leave kafka.sasl.username, password and existingSecret empty"),
-        (["kafka.securityProtocol=PLAINTEXT"], "kafkaUser.enabled needs kafka.securityProtocol SSL"),
-        (["kafkaTopics.clusterName="], "kafkaUser.enabled needs kafkaUser.clusterName"),
-        (["backfill.enabled=true", "backfill.environmentUrl=https://a.scalekit.example", "backfill.clientId=c",
-          "backfill.clientSecret=s"], "backfill.enabled needs eventTypes"),
-    ],
-)
-def test_a_kafka_user_the_chart_cannot_wire_is_refused_naming_the_value(helm, sets, says):
-    refused = run_helm(helm, "template", "bridge", "-f", str(VALUES["strimzi-user"]),
-                       *[arg for value in sets for arg in ("--set", value)])
-    assert refused.returncode != 0 and says in refused.stderr
-
-
-def test_a_secret_of_ones_own_named_like_the_chart_s_is_refused(helm):
-    refused = run_helm(helm, "template", "bridge", "-f", str(VALUES["minimal"]), "--set",
-                       "kafka.caSecret=bridge-scalekit-bridge-credentials", "--set", "kafka.securityProtocol=SSL")
-    assert refused.returncode != 0 and "bridge-scalekit-bridge-credentials is the name of the Secret" in refused.stderr
-
-
 def release(helm: Path, name: str, namespace: str, values: str, *extra: str) -> list[dict[str, Any]]:
     done = run_helm(helm, "template", name, "--namespace", namespace, "-f", str(VALUES[values]), *extra)
     assert done.returncode == 0, done.stderr
@@ -910,8 +887,9 @@ def test_helm_test_reaches_the_bridge_through_the_service_and_writes_only_when_a
         assert not rule.get("from") or any(s.items() <= pod["metadata"]["labels"].items() for s in selectors if s)
 
 
-def render_notes(helm: Path, values: str, tmp_path: Path) -> str:
-    """NOTES.txt as helm renders it after an install (helm template does not print notes)."""
+def render_notes(helm: Path, values: str | Path, tmp_path: Path) -> str:
+    """NOTES.txt as helm renders it after an install (helm template does not print notes); `values` names a
+    values set of ci/ or is a file of the test's own."""
     chart = tmp_path / "scalekit-bridge"
     shutil.copytree(CHART, chart)  # links resolved, as `helm package` does
     (chart / "files" / "notes-under-test.txt").write_text((chart / "templates" / "NOTES.txt").read_text())
@@ -926,7 +904,7 @@ def render_notes(helm: Path, values: str, tmp_path: Path) -> str:
         "-n",
         "prod",
         "-f",
-        str(VALUES[values]),
+        str(values if isinstance(values, Path) else VALUES[values]),
         "--show-only",
         "templates/notes-under-test.yaml",
         chart=chart,
@@ -978,11 +956,7 @@ def test_the_notes_name_the_url_of_the_exposure_the_release_has(helm, tmp_path):
         "httpRoute": {"enabled": True, "parentRefs": [{"name": "public", "namespace": "gateways"}],
                       "hostnames": ["hooks.acme.example"]},
     }))
-    VALUES["routed-under-test"] = routed
-    try:
-        notes = render_notes(helm, "routed-under-test", tmp_path / "chart")
-    finally:
-        del VALUES["routed-under-test"]
+    notes = render_notes(helm, routed, tmp_path / "chart")
     assert "https://hooks.acme.example/webhooks/scalekit" in notes and "Gateway public (gateways)" in notes
     assert "No Ingress was enabled" not in notes
 
@@ -1169,16 +1143,27 @@ def test_what_the_chart_renders_at_a_bound_the_bridge_accepts(helm, tmp_path, pa
 
 
 @pytest.mark.parametrize(
-    ("values", "message"),
+    ("base", "values", "message"),
     [
-        (["terminationGracePeriodSeconds=620"], "may be at most preStopSleepSeconds + 603 (608)"),
-        (["service.adminPort=8080"], "service.adminPort (8080) must differ from service.port"),
-        (["config.topicMinInsyncReplicas=4"], "must not exceed config.topicReplication (3)"),
-        (["config.topicPrefix="], "at '/config/topicPrefix'"),
+        ("minimal", ["terminationGracePeriodSeconds=620"], "may be at most preStopSleepSeconds + 603 (608)"),
+        ("minimal", ["service.adminPort=8080"], "service.adminPort (8080) must differ from service.port"),
+        ("minimal", ["config.topicMinInsyncReplicas=4"], "must not exceed config.topicReplication (3)"),
+        ("minimal", ["config.topicPrefix="], "at '/config/topicPrefix'"),
+        # A Secret of one's own named like the one the chart creates for the values it is given.
+        ("minimal", ["kafka.caSecret=bridge-scalekit-bridge-credentials", "kafka.securityProtocol=SSL"],
+         "bridge-scalekit-bridge-credentials is the name of the Secret"),
+        ("minimal", ["backfill.enabled=true", "backfill.environmentUrl=https://a.scalekit.example",
+                     "backfill.clientId=c", "backfill.clientSecret=s"], "backfill.enabled needs eventTypes"),
+        # A KafkaUser the chart cannot wire.
+        ("strimzi-user", ["kafka.sasl.mechanism=SCRAM-SHA-256"], "needs kafka.sasl.mechanism SCRAM-SHA-512"),
+        ("strimzi-user", ["kafka.sasl.existingSecret=mine"],
+         "leave kafka.sasl.username, password and existingSecret empty"),
+        ("strimzi-user", ["kafka.securityProtocol=PLAINTEXT"], "kafkaUser.enabled needs kafka.securityProtocol SSL"),
+        ("strimzi-user", ["kafkaTopics.clusterName="], "kafkaUser.enabled needs kafkaUser.clusterName"),
     ],
 )
-def test_combinations_the_bridge_refuses_are_refused_by_name(helm, values, message):
+def test_combinations_the_bridge_refuses_are_refused_by_name(helm, base, values, message):
     sets = [arg for value in values for arg in ("--set", value)]
-    done = run_helm(helm, "template", "bridge", "-f", str(VALUES["minimal"]), *sets)
+    done = run_helm(helm, "template", "bridge", "-f", str(VALUES[base]), *sets)
     assert done.returncode != 0
     assert message in done.stderr

@@ -224,12 +224,15 @@ _PERSONAL_NAMES = {
 
 
 def _leaves(node: Any, path: str = "") -> list[str]:
+    """Every field path in a delivery (`[]` for each item of an array), objects and arrays included."""
+    paths = [path] if path else []
     if isinstance(node, dict):
-        return [path] * bool(path) + [leaf for key, value in node.items() for leaf in _leaves(value, f"{path}.{key}"
-                                                                                          if path else key)]
-    if isinstance(node, list):
-        return [path] + [leaf for item in node for leaf in _leaves(item, f"{path}[]")]
-    return [path]
+        for key, value in node.items():
+            paths += _leaves(value, f"{path}.{key}" if path else key)
+    elif isinstance(node, list):
+        for item in node:
+            paths += _leaves(item, f"{path}[]")
+    return paths
 
 
 @pytest.mark.parametrize("event_type", sample_types())
