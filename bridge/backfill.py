@@ -3,7 +3,7 @@
 Scalekit stops retrying a delivery after about 22 minutes; its Events API keeps
 the events. A run lists the window's events (`bridge.eventsapi`, off the event
 loop), reads the ids already in the target topics from the window's start minus
-a margin (`bridge.publish.event_ids_since`), and writes the missing ones in
+a margin (`bridge.kafka.scan.event_ids_since`), and writes the missing ones in
 `occurred_at` order through the webhook path's own `Writer`, so each record is
 the one the webhook would have written, marked with `ce_backfilledat`.
 """
@@ -27,9 +27,10 @@ from bridge.core import Outcome, Sender, StoredRecord
 from bridge.envelope import Recovered, event_id_of_record, organization_of, topic_for
 from bridge.errors import ApiError, MalformedDelivery, PublishFailed, VerificationFailed
 from bridge.eventsapi import EventQuery, EventsApi, Page, occurred_at
+from bridge.kafka.producer import KafkaPublisher
+from bridge.kafka.scan import event_ids_since, latest_value, put_value, records_since
 from bridge.pipeline import Plan, Sent, Writer
 from bridge.progress import Progress, Writing, stop_within, stopped_by_sigterm, traced_run
-from bridge.publish import KafkaPublisher, event_ids_since, latest_value, put_value, records_since
 from bridge.verify import Verifier
 from bridge.window import parse_time
 

@@ -1,6 +1,6 @@
 """The words the pipeline speaks: how a delivery can end, and what it writes records to.
 
-Adapters implement these (`bridge.publish` for Kafka, fakes in tests); the pipeline,
+Adapters implement these (`bridge.kafka` for Kafka, fakes in tests); the pipeline,
 the backfill and the metrics import them from here, never from an adapter.
 """
 

@@ -35,9 +35,10 @@ from bridge.envelope import (
     parse_envelope,
 )
 from bridge.errors import MalformedDelivery, PublishFailed, RecordRejected, VerificationFailed
+from bridge.kafka.producer import KafkaPublisher
+from bridge.kafka.scan import event_ids_since, records_since
 from bridge.pipeline import Plan, Writer, with_trace, written
 from bridge.progress import Progress, Writing, stop_within, stopped_by_sigterm, traced_run
-from bridge.publish import KafkaPublisher, event_ids_since, records_since
 from bridge.tracing import Span
 from bridge.verify import VerifiedDelivery, Verifier
 from bridge.window import parse_time

@@ -16,8 +16,8 @@ from bridge import metrics as m
 from bridge.config import Secret, Settings, parse_signing_keys
 from bridge.core import Publisher
 from bridge.errors import PublishFailed, where
+from bridge.kafka.producer import KafkaPublisher
 from bridge.pipeline import Pipeline, Writer
-from bridge.publish import KafkaPublisher
 from bridge.redelivery import RedeliveryCache
 from bridge.rotation import SecretFiles
 from bridge.traces import start as start_tracing

@@ -580,7 +580,7 @@ async def _can_produce(bootstrap_servers: str, brokers: int) -> bool:
     from bridge.config import KafkaSettings
     from bridge.envelope import KafkaMessage
     from bridge.errors import PublishFailed
-    from bridge.publish import KafkaPublisher
+    from bridge.kafka.producer import KafkaPublisher
 
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers, request_timeout_ms=5000)
     try:

@@ -21,7 +21,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 
 from bridge.config import KafkaSettings
 from bridge.envelope import rebuild_delivery
-from bridge.publish import connection_options
+from bridge.kafka.options import connection_options
 
 _DISCOVERY_SECONDS = 2.0
 _SUMMARY_CHARS = 100

@@ -1,6 +1,6 @@
 """Reading whole topics back, for the test kit, `tail` and our own tests.
 
-The service's own Kafka code is `bridge.publish`; this is a developer's reader, never run by `serve`.
+The service's own Kafka code is `bridge.kafka`; this is a developer's reader, never run by `serve`.
 """
 
 from __future__ import annotations

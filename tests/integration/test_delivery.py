@@ -61,7 +61,7 @@ async def test_a_topic_is_created_on_first_use_with_the_configured_partitions(st
 
 async def test_replication_above_the_broker_count_is_clamped_with_a_warning(start_bridge, kafka, caplog):
     running = await start_bridge(BRIDGE_TOPIC_REPLICATION="3")
-    with caplog.at_level(logging.WARNING, logger="bridge.publish"):
+    with caplog.at_level(logging.WARNING, logger="bridge.kafka.producer"):
         assert (await running.deliver(envelope("role.updated")))[0] == 201
     assert len(await kafka.read_all(running.topic("role.updated"))) == 1
     assert any("BRIDGE_TOPIC_REPLICATION=3" in message for message in caplog.messages)

@@ -12,8 +12,8 @@ import pytest
 from bridge.backfill import Tally, _item, _publish
 from bridge.dev.samples import sample
 from bridge.errors import PublishFailed
+from bridge.kafka.producer import _KafkaPending, _Translated
 from bridge.progress import Progress
-from bridge.publish import _KafkaPending, _Translated
 from tests.fakes import RecordingProducer, writer_for
 
 STAMP = "2026-11-30T12:00:00Z"

@@ -12,10 +12,10 @@ import ssl
 import pytest
 from aiokafka.errors import KafkaConnectionError
 
-from bridge import publish
 from bridge.config import KafkaSettings, Settings
+from bridge.kafka import producer as publish
+from bridge.kafka.producer import KafkaPublisher
 from bridge.metrics import Metrics
-from bridge.publish import KafkaPublisher
 from bridge.service import running
 from tests.helpers import loopback, serving
 
@@ -45,7 +45,7 @@ async def test_an_unforeseen_failure_while_connecting_is_logged_by_class_and_pla
     assert not connecting.done()  # still trying
     connecting.cancel()
     await asyncio.gather(connecting, return_exceptions=True)
-    said = [record for record in caplog.records if record.name == "bridge.publish"]
+    said = [record for record in caplog.records if record.name == "bridge.kafka.producer"]
     assert len(said) == 1  # once per distinct cause, not once per attempt
     reason = said[0].__dict__["reason"]
     assert "SSLError" in reason and " at test_connecting.py:" in reason  # its class and where it was raised
@@ -116,7 +116,7 @@ async def test_kafka_unreachable_is_said_once_with_the_class_of_what_failed(monk
     publisher = KafkaPublisher(KafkaSettings("127.0.0.1:9"), timeout=1.0, max_record_bytes=1024)
     publisher._admin = _Unanswering(failure)  # type: ignore[assignment]
     publisher._ready = True
-    caplog.set_level(logging.WARNING, logger="bridge.publish")
+    caplog.set_level(logging.WARNING, logger="bridge.kafka.producer")
 
     watching = asyncio.create_task(publisher._watch_broker())
     await until(lambda: not publisher.ready)

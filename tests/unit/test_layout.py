@@ -1,6 +1,7 @@
 """The package's shape: which module may know which library, and what the service never loads.
 
-The runtime modules are `bridge/*.py`; `bridge/dev/` and `bridge/testing/` are tools around them.
+The runtime modules are `bridge/*.py` and `bridge/kafka/`; `bridge/dev/` and `bridge/testing/` are tools
+around them.
 """
 
 from __future__ import annotations
@@ -17,7 +18,9 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 PACKAGE = ROOT / "bridge"
-RUNTIME = sorted(path for path in PACKAGE.glob("*.py") if path.name != "__main__.py")
+RUNTIME = sorted(
+    path for path in [*PACKAGE.glob("*.py"), *PACKAGE.glob("kafka/*.py")] if path.name != "__main__.py"
+)
 
 
 def imported_modules(path: Path, *, top_level_only: bool = False) -> set[str]:
@@ -35,14 +38,14 @@ def imported_modules(path: Path, *, top_level_only: bool = False) -> set[str]:
 
 def importers_of(library: str, paths: list[Path]) -> set[str]:
     return {
-        path.name
+        path.relative_to(PACKAGE).as_posix()
         for path in paths
         if any(name == library or name.startswith(library + ".") for name in imported_modules(path))
     }
 
 
-def test_only_the_publish_module_knows_aiokafka():
-    assert importers_of("aiokafka", RUNTIME) == {"publish.py"}
+def test_only_the_kafka_package_knows_aiokafka():
+    assert {path.split("/")[0] for path in importers_of("aiokafka", RUNTIME)} == {"kafka"}
 
 
 def test_only_the_otel_module_knows_opentelemetry():
@@ -67,10 +70,10 @@ def test_only_the_events_api_module_knows_the_scalekit_sdk():
 
 
 def test_the_core_does_not_import_the_kafka_adapter():
-    assert importers_of("bridge.publish", [PACKAGE / "pipeline.py", PACKAGE / "core.py"]) == set()
+    assert importers_of("bridge.kafka", [PACKAGE / "pipeline.py", PACKAGE / "core.py"]) == set()
 
 
-@pytest.mark.parametrize("path", RUNTIME, ids=lambda path: path.name)
+@pytest.mark.parametrize("path", RUNTIME, ids=lambda path: path.relative_to(PACKAGE).as_posix())
 def test_no_runtime_module_imports_the_dev_tools_or_the_test_kit_at_import_time(path):
     tools = {
         name for name in imported_modules(path, top_level_only=True)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from aiokafka.partitioner import DefaultPartitioner
 
-from bridge.publish import _KeyPartitioner
+from bridge.kafka.producer import _KeyPartitioner
 
 
 def test_a_keyed_record_goes_where_the_default_partitioner_sends_it_every_time():
