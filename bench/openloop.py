@@ -1,7 +1,8 @@
 """Open-loop benchmark: the bridge side by side with two peers, on one Kafka, in one run.
 
 Servers, one after another, same workload and rates, against ONE broker:
-  1. `bridge`: `scalekit-bridge serve`, default settings;
+  1. `bridge`: `scalekit-bridge serve`, default settings (one record per event: receipts on);
+     `bridge-nodedup`: the same with BRIDGE_DEDUP=off, for what one record per event costs;
   2. `ceiling`: bench/peers/ceiling.py, an aiohttp + aiokafka forwarder that verifies and maps nothing;
   3. `seed-guide`: bench/peers/seed_guide.py, Flask under gunicorn (2 sync workers), the SDK's
      verify_webhook_payload, confluent-kafka produce + flush.
@@ -185,8 +186,9 @@ def start_server(name: str, bootstrap: str, run_id: str) -> Server:
     root = Path(os.environ.get("BENCH_CHECKOUT", ROOT))
     env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": bootstrap, "PORT": str(port), "PYTHONPATH": str(root)}
     python = sys.executable
-    if name == "bridge":
-        prefix = f"bench{run_id}.bridge."
+    if name in ("bridge", "bridge-nodedup"):
+        prefix = f"bench{run_id}.{name}."
+        env |= {"BRIDGE_DEDUP": "off"} if name == "bridge-nodedup" else {}
         env |= {"SCALEKIT_WEBHOOK_SECRET": SECRET, "BRIDGE_HOST": "127.0.0.1", "BRIDGE_PORT": str(port),
                 "BRIDGE_ADMIN_HOST": "127.0.0.1", "BRIDGE_ADMIN_PORT": str(free_port()),
                 "BRIDGE_TOPIC_PREFIX": prefix, "BRIDGE_DEADLETTER_TOPIC": prefix + "deadletter"}
@@ -413,7 +415,7 @@ def profile(bootstrap: str, rate: int, seconds: int, vegeta: Path, workdir: Path
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=int, default=20, help="length of each step (default 20)")
-    parser.add_argument("--servers", default="bridge,ceiling,seed-guide")
+    parser.add_argument("--servers", default="bridge,bridge-nodedup,ceiling,seed-guide")
     parser.add_argument("--perf-records", type=int, default=300_000)
     parser.add_argument("--profile", type=int, metavar="RATE", help="only profile the bridge at RATE with py-spy")
     parser.add_argument("--rates", metavar="R,R,...",
@@ -466,6 +468,14 @@ def ratios(steps: list[Step], saturation: dict[str, int]) -> None:
         return next((s for s in steps if s.server == server and s.rate == rate), None)
 
     print("\nRatios (same run):")
+    if saturation.get("bridge") and saturation.get("bridge-nodedup"):
+        print(f"- saturation, dedup on / off: {saturation['bridge'] / saturation['bridge-nodedup']:.2f}x")
+    for rate in (500, 1000):
+        on, off = at("bridge", rate), at("bridge-nodedup", rate)
+        if on and off and off.p99_ms and off.cpu_ms_per_delivery:
+            print(f"- at {rate}/s, dedup on / off: p99 {on.p99_ms / off.p99_ms:.2f}x, "
+                  f"CPU per delivery {on.cpu_ms_per_delivery / off.cpu_ms_per_delivery:.2f}x, "
+                  f"RSS {on.rss_mb / off.rss_mb:.2f}x")
     for peer in ("ceiling", "seed-guide"):
         if saturation.get("bridge") and saturation.get(peer):
             print(f"- saturation, bridge / {peer}: {saturation['bridge'] / saturation[peer]:.2f}x")

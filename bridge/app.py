@@ -323,6 +323,9 @@ def _readiness(bridge: Bridge) -> dict[str, bool | str | list[str]]:
     }
     if bridge.publisher.missing_topics:
         body["missing_topics"] = sorted(bridge.publisher.missing_topics)
+    if bridge.receipts is not None:
+        # One record per event: a replica takes deliveries once it knows what the release wrote in the window.
+        body["receipts"] = "read" if bridge.receipts.caught_up else "reading"
     return body
 
 

@@ -22,8 +22,9 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, TextIO
 
+from bridge import dedup
 from bridge.config import BackfillSettings
-from bridge.core import Outcome, Sender, StoredRecord
+from bridge.core import Outcome, Sender, Source, StoredRecord
 from bridge.envelope import Recovered, event_id_of_record, organization_of, topic_for
 from bridge.errors import ApiError, MalformedDelivery, PublishFailed, VerificationFailed
 from bridge.eventsapi import EventQuery, EventsApi, Page, occurred_at
@@ -208,9 +209,13 @@ async def _backfill(
     missing = await _fetch_missing(api, request.query, present, progress, tally, dead)
 
     publisher = KafkaPublisher(
-        settings.kafka, timeout=settings.publish_timeout, max_record_bytes=settings.max_body_bytes
+        settings.kafka,
+        timeout=settings.publish_timeout,
+        max_record_bytes=settings.max_body_bytes,
+        topic_configs=dedup.topic_configs(settings),
     )
-    writer = Writer.configured(settings, publisher, writing.metrics, writing.tracing)
+    memory = dedup.writing_only(settings, publisher, Source.BACKFILL, writing.metrics)
+    writer = Writer.configured(settings, publisher, writing.metrics, writing.tracing, memory)
     if request.dry_run:
         for event in missing:
             origin = _recovered(event, backfilled_at)

@@ -19,6 +19,7 @@ from urllib.parse import SplitResult, urlsplit
 from bridge.envelope import CLOUDEVENTS_MODES, MAX_TOPIC_LENGTH, CloudEventsMode
 from bridge.errors import ConfigError
 from bridge.verify import SigningKey
+from bridge.window import parse_duration
 
 LogFormat = Literal["json", "text"]
 LOG_FORMATS: tuple[LogFormat, ...] = ("json", "text")
@@ -114,10 +115,11 @@ class KafkaSettings:
 
 # A release's own topics are named after its topic prefix unless set, so that two releases on one Kafka
 # (prefixes `staging.scalekit.` and `prod.scalekit.`) share no topic: `<prefix>deadletter`, and backfill's
-# `<prefix>backfill-state`. No event type reaches either: types have no '-', and `topic_for` refuses a type
-# whose topic would be the dead-letter topic.
+# `<prefix>backfill-state` and `<prefix>dedup-receipts`. No event type reaches them: types have no '-', and
+# `topic_for` refuses a type whose topic would be the dead-letter topic.
 DEADLETTER_SUFFIX = "deadletter"
 BACKFILL_STATE_SUFFIX = "backfill-state"
+RECEIPTS_SUFFIX = "dedup-receipts"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -145,6 +147,12 @@ class RecordShaping:
     event_loop: EventLoop = "uvloop"
     # OpenTelemetry traces, configured by the SDK's own OTEL_* variables (bridge/otel.py); off imports none of it.
     tracing: bool = False
+    # One record per event id across the release (docs/guarantees.md): every writer puts a receipt on the
+    # receipts topic, and `serve` remembers the window's receipts. A day covers Scalekit's retries (about
+    # 22 minutes) and a day of replays from its dashboard.
+    dedup: bool = True
+    dedup_window: float = 86_400.0
+    receipts_topic: str = "scalekit." + RECEIPTS_SUFFIX  # the prefix's, whatever the prefix
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -175,6 +183,9 @@ class Settings(RecordShaping):
     max_lingering: int = 512
     redelivery_cache_size: int = 100_000
     redelivery_cache_ttl: float = 1800.0
+    # The most event ids remembered for one record per event (about 70 bytes each): past it the oldest go
+    # first and the window is shorter than BRIDGE_DEDUP_WINDOW (scalekit_bridge_dedup_reach_seconds says so).
+    dedup_max_ids: int = 3_000_000
     # None: publish timeout + 5 s, room for every in-flight publish to reach its own deadline.
     shutdown_grace: float | None = None
 
@@ -214,6 +225,7 @@ class Settings(RecordShaping):
                 "BRIDGE_REDELIVERY_CACHE_TTL", d["redelivery_cache_ttl"], float, low=0.0, high=86_400.0
             ),
             shutdown_grace=reader.optional_number("BRIDGE_SHUTDOWN_GRACE", float, low=0.0, high=600.0),
+            dedup_max_ids=reader.number("BRIDGE_DEDUP_MAX_IDS", d["dedup_max_ids"], int, low=1000, high=1_000_000_000),
             **_record_shaping(reader),
         )
         _check_names(settings)
@@ -224,9 +236,15 @@ def _record_shaping(reader: _Reader) -> dict[str, Any]:
     """Read the settings `serve` and `backfill` share, as keyword arguments for either's constructor."""
     d = _defaults(RecordShaping)
     prefix, deadletter_topic = _topic_names(reader)
+    receipts_topic = reader.text("BRIDGE_RECEIPTS_TOPIC", prefix + RECEIPTS_SUFFIX)
+    if not _TOPIC_CHARS.fullmatch(receipts_topic) or len(receipts_topic) > MAX_TOPIC_LENGTH:
+        raise ConfigError("BRIDGE_RECEIPTS_TOPIC", "must be a legal Kafka topic name")
     shared = RecordShaping(
         topic_prefix=prefix,
         deadletter_topic=deadletter_topic,
+        receipts_topic=receipts_topic,
+        dedup=reader.flag("BRIDGE_DEDUP", d["dedup"]),
+        dedup_window=reader.duration("BRIDGE_DEDUP_WINDOW", d["dedup_window"], low=60.0, high=7 * 86_400.0),
         publish_timeout=reader.number("BRIDGE_PUBLISH_TIMEOUT", d["publish_timeout"], float, low=0.1, high=60.0),
         max_body_bytes=reader.number("BRIDGE_MAX_BODY_BYTES", d["max_body_bytes"], int, low=1024, high=16 << 20),
         timestamp_tolerance=reader.number(
@@ -234,9 +252,7 @@ def _record_shaping(reader: _Reader) -> dict[str, Any]:
         ),
         cloudevents_mode=reader.choice("BRIDGE_CLOUDEVENTS_MODE", d["cloudevents_mode"], CLOUDEVENTS_MODES),
         schema_validation=reader.choice("BRIDGE_SCHEMA_VALIDATION", d["schema_validation"], SCHEMA_VALIDATION_MODES),
-        max_unknown_types=reader.number(
-            "BRIDGE_MAX_UNKNOWN_TYPES", d["max_unknown_types"], int, low=0, high=10_000
-        ),
+        max_unknown_types=reader.number("BRIDGE_MAX_UNKNOWN_TYPES", d["max_unknown_types"], int, low=0, high=10_000),
         log_level=reader.choice("BRIDGE_LOG_LEVEL", d["log_level"], LOG_LEVELS, fold=str.upper),
         log_format=reader.choice("BRIDGE_LOG_FORMAT", d["log_format"], LOG_FORMATS),
         event_loop=reader.choice("BRIDGE_EVENT_LOOP", d["event_loop"], EVENT_LOOPS),
@@ -329,17 +345,15 @@ def _scalekit_api(reader: _Reader) -> ScalekitApi:
     parts = urlsplit(url)
     if parts.username is not None or parts.password is not None:
         raise ConfigError(
-            "SCALEKIT_ENVIRONMENT_URL", f"must not carry user info (credentials go in SCALEKIT_CLIENT_*), got "
-            f"{_without_user_info(parts)!r}"
+            "SCALEKIT_ENVIRONMENT_URL",
+            f"must not carry user info (credentials go in SCALEKIT_CLIENT_*), got {_without_user_info(parts)!r}",
         )
     try:
         parts.port  # noqa: B018 - raises ValueError for a port that is not a number
     except ValueError:
         raise ConfigError("SCALEKIT_ENVIRONMENT_URL", f"has a bad port: {url!r}") from None
     if parts.scheme != "https" or not parts.hostname or parts.path or parts.query:
-        raise ConfigError(
-            "SCALEKIT_ENVIRONMENT_URL", f"must look like https://<your-env>.scalekit.com, got {url!r}"
-        )
+        raise ConfigError("SCALEKIT_ENVIRONMENT_URL", f"must look like https://<your-env>.scalekit.com, got {url!r}")
     return ScalekitApi(
         environment_url=url,
         client_id=reader.secret("SCALEKIT_CLIENT_ID"),
@@ -444,9 +458,7 @@ class _Reader:
             return None
         return self.number(name, low, cast, low=low, high=high)
 
-    def choice(
-        self, name: str, default: S, allowed: tuple[S, ...], fold: Callable[[str], str] = str.lower
-    ) -> S:
+    def choice(self, name: str, default: S, allowed: tuple[S, ...], fold: Callable[[str], str] = str.lower) -> S:
         value = self.raw(name)
         if value is None:
             return default
@@ -454,6 +466,21 @@ class _Reader:
             if option == fold(value):
                 return option
         raise ConfigError(name, f"must be one of {', '.join(allowed)}, got {value!r}")
+
+    def duration(self, name: str, default: float, *, low: float, high: float) -> float:
+        """Seconds, written as a duration (90m, 24h, 2d) or a number of seconds."""
+        value = self.raw(name)
+        if value is None:
+            return default
+        try:
+            seconds = (
+                float(value) if value.strip().replace(".", "", 1).isdigit() else parse_duration(value).total_seconds()
+            )
+        except ValueError as exc:
+            raise ConfigError(name, str(exc)) from None
+        if not low <= seconds <= high:
+            raise ConfigError(name, f"must be between {low:g}s and {high:g}s, got {value!r}")
+        return seconds
 
     def flag(self, name: str, default: bool) -> bool:
         value = self.raw(name)
@@ -490,9 +517,7 @@ def parse_signing_keys(value: str) -> tuple[SigningKey, ...]:
 
 def _kafka_settings(reader: _Reader) -> KafkaSettings:
     d = _defaults(KafkaSettings)
-    protocol = reader.choice(
-        "KAFKA_SECURITY_PROTOCOL", d["security_protocol"], SECURITY_PROTOCOLS, fold=str.upper
-    )
+    protocol = reader.choice("KAFKA_SECURITY_PROTOCOL", d["security_protocol"], SECURITY_PROTOCOLS, fold=str.upper)
     mechanism = username = None
     password = None
     if protocol.startswith("SASL_"):

@@ -25,6 +25,15 @@ class Outcome(enum.StrEnum):
     TOO_LARGE = "too_large"
 
 
+class Source(enum.StrEnum):
+    """Which of the release's writers wrote (or tried to write) an event's record: the `source` and `written_by`
+    labels of the duplicates stopped."""
+
+    WEBHOOK = "webhook"
+    BACKFILL = "backfill"
+    REPLAY = "replay"
+
+
 @dataclass(frozen=True)
 class Ack:
     """The broker's confirmation: where the record now lives."""
@@ -73,6 +82,18 @@ class Pending(Protocol):
     async def ack(self) -> Ack: ...
 
     def when_failed(self, callback: Callable[[], None]) -> None: ...
+
+
+class Memory(Protocol):
+    """What the release wrote within its window (one record per event id); `bridge.dedup` keeps it."""
+
+    def written_by(self, event_id: str) -> Source | None:
+        """Who wrote `event_id`'s record within the window, or None."""
+        ...
+
+    async def remember(self, event_id: str, ack: Ack) -> None:
+        """Note that `event_id`'s record is acknowledged at `ack`, for the whole release; never raises."""
+        ...
 
 
 class Sender(Publisher, Protocol):

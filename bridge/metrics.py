@@ -22,7 +22,7 @@ from prometheus_client import (
 from prometheus_client.exposition import choose_encoder
 
 from bridge import __version__
-from bridge.core import Outcome
+from bridge.core import Outcome, Source
 from bridge.verify import REASONS
 
 # Why the public port refused a request or connection (bridge.guard, bridge.app), before any delivery work.
@@ -155,6 +155,36 @@ class Metrics:
             "Acknowledged webhook ids remembered for answering redeliveries.",
             registry=self.registry,
         )
+        self.dedup_stopped = Counter(
+            "scalekit_bridge_dedup_duplicates_total",
+            "Events not written again because the release wrote their record within the window "
+            "(BRIDGE_DEDUP): by the writer stopped (source) and the one that wrote it first (written_by).",
+            ("source", "written_by"),
+            registry=self.registry,
+        )
+        self.dedup_remembered = Gauge(
+            "scalekit_bridge_dedup_remembered_ids",
+            "Event ids this process remembers as written by the release (BRIDGE_DEDUP).",
+            registry=self.registry,
+        )
+        self.dedup_reach = Gauge(
+            "scalekit_bridge_dedup_reach_seconds",
+            "How far back the memory of written event ids reaches: BRIDGE_DEDUP_WINDOW, or less once "
+            "BRIDGE_DEDUP_MAX_IDS cut it short.",
+            registry=self.registry,
+        )
+        self.dedup_receipts_lag = Gauge(
+            "scalekit_bridge_dedup_receipts_lag_seconds",
+            "Seconds since this process last held every receipt on the receipts topic (0 while it does): a "
+            "retry reaching it may repeat a record another replica wrote within that time.",
+            registry=self.registry,
+        )
+        self.dedup_receipt_failures = Counter(
+            "scalekit_bridge_dedup_receipt_failures_total",
+            "Receipts not written after their record was (the broker refused or timed out): a retry of that "
+            "event reaching another replica may be written again.",
+            registry=self.registry,
+        )
         self.trace_spans_dropped = Counter(
             "scalekit_bridge_trace_spans_dropped",
             "Spans not handed to the collector (BRIDGE_TRACING=true): its queue was full, or an export failed.",
@@ -188,6 +218,9 @@ class Metrics:
             self.closed_connections.labels(how=how)
         for reason in SPANS_DROPPED:
             self.trace_spans_dropped.labels(reason=reason)
+        for source in Source:
+            for first in Source:
+                self.dedup_stopped.labels(source=source, written_by=first)
         # The statuses the delivery alerts divide by; a first 503 then counts as an increase.
         for status in (201, 401, 503):
             self._request_child(status)

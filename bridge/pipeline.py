@@ -19,7 +19,7 @@ from dataclasses import dataclass, replace
 from bridge import metrics as m
 from bridge.config import RecordShaping, SchemaValidation
 from bridge.contract import Contract, Verdict
-from bridge.core import Ack, Outcome, Pending, Publisher, Sender
+from bridge.core import Ack, Memory, Outcome, Pending, Publisher, Sender, Source
 from bridge.envelope import (
     CloudEventsMode,
     KafkaMessage,
@@ -143,8 +143,11 @@ class Writer:
         schema_validation: SchemaValidation,
         max_unknown_types: int,
         tracing: Tracing = OFF,
+        memory: Memory | None = None,
     ) -> None:
         self._publisher = publisher
+        # What the release wrote (BRIDGE_DEDUP): an event it holds is not written again; each one written is noted.
+        self._memory = memory
         self._tracing = tracing
         self.metrics = metrics
         self._topic_prefix = topic_prefix
@@ -159,7 +162,12 @@ class Writer:
 
     @classmethod
     def configured(
-        cls, settings: RecordShaping, publisher: Publisher, metrics: m.Metrics, tracing: Tracing = OFF
+        cls,
+        settings: RecordShaping,
+        publisher: Publisher,
+        metrics: m.Metrics,
+        tracing: Tracing = OFF,
+        memory: Memory | None = None,
     ) -> Writer:
         """A writer shaping records as `settings` say (prefix, mode, validation, dead-letter topic)."""
         return cls(
@@ -172,12 +180,19 @@ class Writer:
             schema_validation=settings.schema_validation,
             max_unknown_types=settings.max_unknown_types,
             tracing=tracing,
+            memory=memory,
         )
 
     async def write(self, origin: Origin, started: float) -> Receipt:
         """Write the event's record (or its dead letter) and wait for the ack; raises PublishFailed."""
         span = self._tracing.producer()
         planned = self._planned(origin, span)
+        first = self._written_by(planned)
+        if first is not None:
+            span.ended(Outcome.DUPLICATE, None)
+            span.end()
+            reason = f"the {first} path wrote this event's record within the dedup window"
+            return self.record(replace(planned.receipt, outcome=Outcome.DUPLICATE), started, reason=reason)
         try:
             ack, planned = await self._write(origin, planned, span)
         except PublishFailed as exc:
@@ -192,7 +207,23 @@ class Writer:
             self.record(replace(planned.receipt, outcome=Outcome.FAILED), started, reason=_CANCELLED)
             raise
         written(span, planned, ack)
+        await self.note_written(planned, ack)
         return self.record(planned.receipt.acknowledged(ack), started, reason=planned.reason)
+
+    def _written_by(self, planned: Plan) -> Source | None:
+        """Who of the release wrote this event's record within the window (a record, not a dead letter)."""
+        receipt = planned.receipt
+        if self._memory is None or receipt.outcome != Outcome.PUBLISHED or receipt.event_id is None:
+            return None
+        return self._memory.written_by(receipt.event_id)
+
+    async def note_written(self, planned: Plan, ack: Ack) -> None:
+        """Tell the release's memory that an event's record is in its topic (after the ack, never before:
+        a receipt for a record that failed would turn its retry into a loss). A dead letter is not noted,
+        so a replay can still write the event."""
+        receipt = planned.receipt
+        if self._memory is not None and receipt.outcome == Outcome.PUBLISHED and receipt.event_id is not None:
+            await self._memory.remember(receipt.event_id, ack)
 
     def traced(self, origin: Origin, planned: Plan) -> tuple[Plan, Span]:
         """A record planned earlier (replay plans first, to choose what to write), under a producer span of
@@ -262,6 +293,7 @@ class Writer:
             self.record(replace(planned.receipt, outcome=Outcome.FAILED), sent.started, reason=exc.reason)
             raise
         written(span, planned, ack)
+        await self.note_written(planned, ack)
         return self.record(planned.receipt.acknowledged(ack), sent.started, reason=planned.reason)
 
     def _letter(self, origin: Origin, planned: Plan, exc: RecordRejected) -> Plan:

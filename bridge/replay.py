@@ -23,8 +23,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, TextIO
 
+from bridge import dedup
 from bridge.config import ReplaySettings
-from bridge.core import Outcome, Pending, Sender, StoredRecord
+from bridge.core import Outcome, Pending, Sender, Source, StoredRecord
 from bridge.envelope import (
     BACKFILLED_AT_HEADER,
     DEADLETTER_REASON_HEADER,
@@ -163,9 +164,13 @@ async def _replay(
     progress.update("read", tally.read, final=True)
     verifier = Verifier(settings.signing_keys, settings.timestamp_tolerance)
     publisher = KafkaPublisher(
-        settings.kafka, timeout=settings.publish_timeout, max_record_bytes=settings.max_body_bytes
+        settings.kafka,
+        timeout=settings.publish_timeout,
+        max_record_bytes=settings.max_body_bytes,
+        topic_configs=dedup.topic_configs(settings),
     )
-    writer = Writer.configured(settings, publisher, writing.metrics, writing.tracing)
+    memory = dedup.writing_only(settings, publisher, Source.REPLAY, writing.metrics)
+    writer = Writer.configured(settings, publisher, writing.metrics, writing.tracing, memory)
 
     routable: list[_Planned] = []
     oldest_allowed = time.time() - selection.max_age.total_seconds()  # seconds: any --max-age is in range
@@ -360,6 +365,7 @@ async def _publish(
                 failed(planned, exc)
             return
         written(span, planned.plan, ack)
+        await writer.note_written(planned.plan, ack)
         writer.record(planned.plan.receipt.acknowledged(ack), started)
         settled.add(_event_id(planned))
         tally.replayed += 1

@@ -12,13 +12,16 @@ import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field, replace
 
+from bridge import dedup
 from bridge import metrics as m
 from bridge.config import Secret, Settings, parse_signing_keys
-from bridge.core import Publisher
+from bridge.core import Memory, Publisher, Source
 from bridge.errors import PublishFailed, where
 from bridge.kafka.producer import KafkaPublisher
+from bridge.kafka.receipts import ReceiptTail
 from bridge.pipeline import Pipeline, Writer
 from bridge.redelivery import RedeliveryCache
+from bridge.remembered import RememberedIds
 from bridge.rotation import SecretFiles
 from bridge.traces import start as start_tracing
 from bridge.tracing import OFF, Tracing
@@ -86,10 +89,19 @@ class Bridge:
     lifecycle: Lifecycle
     verifier: Verifier
     tracing: Tracing = OFF
+    # The receipts this process follows (BRIDGE_DEDUP): not ready before it has read the window's.
+    receipts: ReceiptTail | None = None
 
     @classmethod
     def assemble(
-        cls, settings: Settings, publisher: Publisher, metrics: m.Metrics | None = None, tracing: Tracing = OFF
+        cls,
+        settings: Settings,
+        publisher: Publisher,
+        metrics: m.Metrics | None = None,
+        tracing: Tracing = OFF,
+        *,
+        memory: Memory | None = None,
+        receipts: ReceiptTail | None = None,
     ) -> Bridge:
         metrics = metrics if metrics is not None else m.Metrics()
         cache = RedeliveryCache(settings.redelivery_cache_size, settings.redelivery_cache_ttl)
@@ -98,10 +110,10 @@ class Bridge:
         pipeline = Pipeline(
             verifier=verifier,
             cache=cache,
-            writer=Writer.configured(settings, publisher, metrics, tracing),
+            writer=Writer.configured(settings, publisher, metrics, tracing, memory),
             tracing=tracing,
         )
-        bridge = cls(settings, publisher, pipeline, metrics, lifecycle, verifier, tracing)
+        bridge = cls(settings, publisher, pipeline, metrics, lifecycle, verifier, tracing, receipts)
         # Read at scrape time, so the gauges cannot drift from the truth.
         metrics.ready.set_function(lambda: 1.0 if bridge.ready else 0.0)
         metrics.deadletter_topic_missing.set_function(
@@ -113,7 +125,8 @@ class Bridge:
 
     @property
     def ready(self) -> bool:
-        return self.lifecycle.accepting and self.publisher.ready and not self.publisher.missing_topics
+        receipts_read = self.receipts is None or self.receipts.caught_up
+        return self.lifecycle.accepting and self.publisher.ready and not self.publisher.missing_topics and receipts_read
 
 
 def _secret_files(settings: Settings, bridge: Bridge, publisher: KafkaPublisher) -> SecretFiles:
@@ -166,6 +179,32 @@ def _note_a_dead_connect_loop(task: asyncio.Task[None], lifecycle: Lifecycle) ->
     )
 
 
+def _fleet_memory(
+    settings: Settings, publisher: KafkaPublisher, metrics: m.Metrics
+) -> tuple[Memory | None, ReceiptTail | None]:
+    """BRIDGE_DEDUP: the release's memory of what it wrote, fed by this process and the receipts topic."""
+    if not settings.dedup:
+        return None, None
+    remembered = RememberedIds(int(settings.dedup_window * 1000), settings.dedup_max_ids)
+    memory = dedup.FleetMemory(
+        sender=publisher,
+        receipts_topic=settings.receipts_topic,
+        source=Source.WEBHOOK,
+        metrics=metrics,
+        remembered=remembered,
+    )
+    receipts = ReceiptTail(settings.kafka, settings.receipts_topic, settings.dedup_window, memory.apply)
+
+    def remembered_now() -> float:
+        remembered.forget(dedup.now_ms())  # also when no receipt arrives to push the old ones out
+        return float(len(remembered))
+
+    metrics.dedup_remembered.set_function(remembered_now)
+    metrics.dedup_reach.set_function(lambda: remembered.reach_ms(dedup.now_ms()) / 1000)
+    metrics.dedup_receipts_lag.set_function(receipts.lag_seconds)
+    return memory, receipts
+
+
 @contextlib.asynccontextmanager
 async def running(
     settings: Settings,
@@ -178,37 +217,44 @@ async def running(
 
     Builds the Kafka publisher and the bridge and keeps connecting to Kafka in the background
     (readiness and deliveries answer 503 until it succeeds), or first waits up to
-    `connect_within` seconds for the connection, raising PublishFailed if it does not come. On
+    `connect_within` seconds for the connection (and, with BRIDGE_DEDUP, for the window's receipts
+    to be read), raising PublishFailed if it does not come. On
     exit it stops connecting, then flushes and closes the producer: within what is left of a
     drain (`Lifecycle.drain`), or within `settings.drain_seconds` when none was started. Should the
     connecting ever stop other than by success or cancellation, the bridge is marked broken
     (`Lifecycle.broken`): its liveness fails rather than its deliveries getting 503 for ever.
     """
     if publisher is None:
+        receipts_topic = (settings.receipts_topic,) if settings.dedup else ()
         publisher = KafkaPublisher(
             settings.kafka,
             timeout=settings.publish_timeout,
             max_record_bytes=settings.max_body_bytes,
-            required_topics=(settings.deadletter_topic,),
+            required_topics=(settings.deadletter_topic, *receipts_topic),
+            topic_configs=dedup.topic_configs(settings),
         )
     metrics = metrics if metrics is not None else m.Metrics()
     tracing = start_tracing(settings.tracing, metrics.drop_spans, metrics.ignore_trace_header)
-    bridge = Bridge.assemble(settings, publisher, metrics, tracing)
+    memory, receipts = _fleet_memory(settings, publisher, metrics)
+    bridge = Bridge.assemble(settings, publisher, metrics, tracing, memory=memory, receipts=receipts)
     connecting = asyncio.create_task(publisher.start_when_reachable(), name="kafka-connect")
     connecting.add_done_callback(lambda task: _note_a_dead_connect_loop(task, bridge.lifecycle))
     secrets = _secret_files(settings, bridge, publisher)
     following = asyncio.create_task(secrets.run(), name="secret-files") if secrets else None
+    tailing = asyncio.create_task(receipts.run(), name="receipts") if receipts is not None else None
     try:
         if connect_within is not None:
             try:
                 async with asyncio.timeout(connect_within):
                     await asyncio.shield(connecting)
+                    if receipts is not None:
+                        await receipts.wait_caught_up()
             except TimeoutError:
                 where = settings.kafka.bootstrap_servers
                 raise PublishFailed(f"Kafka at {where} did not answer within {connect_within:g}s") from None
         yield bridge
     finally:
-        for task in (connecting, following):
+        for task in (connecting, following, tailing):
             if task is not None:
                 task.cancel()
                 await asyncio.gather(task, return_exceptions=True)

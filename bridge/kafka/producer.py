@@ -12,7 +12,7 @@ import contextlib
 import functools
 import logging
 import ssl
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Mapping
 from contextlib import AbstractContextManager
 from typing import Any
 
@@ -138,9 +138,12 @@ class KafkaPublisher:
         timeout: float,
         max_record_bytes: int,
         required_topics: tuple[str, ...] = (),
+        topic_configs: Mapping[str, Mapping[str, str]] | None = None,
     ) -> None:
         self._settings = settings
         self._required_topics = required_topics
+        # Configs of their own for topics the bridge creates (the receipts topic is compacted and expires).
+        self._topic_configs = topic_configs or {}
         # Set while rotated credentials replace the clients (`use_settings`).
         self._switching: asyncio.Future[None] | None = None
         self._said_missing: frozenset[str] = frozenset()  # what the log last said was missing
@@ -400,6 +403,7 @@ class KafkaPublisher:
                     topic_configs={
                         _MAX_MESSAGE_BYTES: str(self._max_record_bytes),
                         "min.insync.replicas": str(min_insync),
+                        **self._topic_configs.get(topic, {}),
                     },
                 )
             ]

@@ -417,6 +417,10 @@ the release unable to upgrade once Strimzi 1.0 stops serving it.
 {{- default (printf "%sdeadletter" .Values.config.topicPrefix) .Values.config.deadletterTopic }}
 {{- end }}
 
+{{- define "scalekit-bridge.receiptsTopic" -}}
+{{- default (printf "%sdedup-receipts" .Values.config.topicPrefix) .Values.dedup.receiptsTopic }}
+{{- end }}
+
 {{- define "scalekit-bridge.stateTopic" -}}
 {{- default (printf "%sbackfill-state" .Values.config.topicPrefix) .Values.backfill.stateTopic }}
 {{- end }}

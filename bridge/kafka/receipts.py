@@ -1,0 +1,139 @@
+"""Following the receipts topic: every receipt of the window, then each new one as it is written.
+
+Reads without a consumer group (every replica reads every partition; nothing is committed, no group
+ACL needed), from the first receipt written within the window, and says when it has read what the
+topic held when it began (`caught_up`; `serve` is not ready before). From then on it keeps
+following, and `lag_seconds` says how long ago it last held every receipt written.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.errors import KafkaError
+
+from bridge.config import KafkaSettings
+from bridge.kafka.options import connection_options
+
+log = logging.getLogger(__name__)
+
+# A receipt another replica wrote reaches this one within about a fetch's wait once it is in the topic.
+_FETCH_WAIT_MS = 100
+_POLL_MS = 250
+_RETRY_SECONDS = (0.5, 10.0)
+
+Apply = Callable[[bytes | None, bytes | None, int], bool]
+
+
+class ReceiptTail:
+    """Reads the receipts topic into `apply(key, value, timestamp_ms)`, from `window_seconds` ago onwards."""
+
+    def __init__(self, settings: KafkaSettings, topic: str, window_seconds: float, apply: Apply) -> None:
+        self._settings = settings
+        self._topic = topic
+        self._window_ms = int(window_seconds * 1000)
+        self._apply = apply
+        self._positions: dict[TopicPartition, int] = {}  # the next offset to read, once positioned
+        self._caught_up = asyncio.Event()
+        # Monotonic time this process last held every receipt (its start, until it has read them).
+        self._held_all_at = time.monotonic()
+        self.read = 0
+
+    @property
+    def caught_up(self) -> bool:
+        """True once the receipts the topic held at the start (within the window) are all read."""
+        return self._caught_up.is_set()
+
+    async def wait_caught_up(self) -> None:
+        await self._caught_up.wait()
+
+    def lag_seconds(self) -> float:
+        """About 0 while every receipt written is read; else how long since that was last so (or since start)."""
+        return max(0.0, time.monotonic() - self._held_all_at - _POLL_MS / 1000)
+
+    async def run(self) -> None:
+        """Follow the topic until cancelled, connecting again (backing off) whenever the connection fails."""
+        delay, longest = _RETRY_SECONDS
+        said: str | None = None
+        while True:
+            try:
+                await self._follow()
+            except (KafkaError, OSError, TimeoutError) as exc:
+                if type(exc).__name__ != said:
+                    log.warning("reading the receipts failed; retrying", extra={"error": type(exc).__name__})
+                    said = type(exc).__name__
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, longest)
+
+    async def _follow(self) -> None:
+        consumer = AIOKafkaConsumer(
+            group_id=None,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",  # a position retention has just deleted: go on from what is left
+            fetch_max_wait_ms=_FETCH_WAIT_MS,
+            client_id="scalekit-bridge-receipts",
+            **connection_options(self._settings),
+        )
+        admin = AIOKafkaAdminClient(client_id="scalekit-bridge-receipts", **connection_options(self._settings))
+        await consumer.start()
+        try:
+            await admin.start()
+            try:
+                partitions = await self._partitions(consumer, admin)
+            finally:
+                await admin.close()
+            consumer.assign(partitions)
+            ends = await consumer.end_offsets(partitions)
+            await self._position(consumer, partitions, ends)
+            started = time.monotonic()
+            while True:
+                batches = await consumer.getmany(*partitions, timeout_ms=_POLL_MS)
+                for records in batches.values():
+                    for record in records:
+                        self._apply(record.key, record.value, record.timestamp)
+                    self.read += len(records)
+                # The consumer's own positions: past records retention deleted under it, too.
+                for partition in partitions:
+                    self._positions[partition] = await consumer.position(partition)
+                if all(self._positions[p] >= ends[p] for p in partitions) and not self.caught_up:
+                    self._caught_up.set()
+                    log.info(
+                        "receipts read",
+                        extra={"receipts": self.read, "seconds": round(time.monotonic() - started, 3)},
+                    )
+                if self.caught_up and all(self._positions[p] >= (consumer.highwater(p) or 0) for p in partitions):
+                    self._held_all_at = time.monotonic()
+        finally:
+            with contextlib.suppress(Exception):  # closing must finish even when the broker is gone
+                await consumer.stop()
+
+    async def _partitions(self, consumer: AIOKafkaConsumer, admin: AIOKafkaAdminClient) -> list[TopicPartition]:
+        """The topic's partitions, once it exists (the publisher creates it, or the chart's KafkaTopic does)."""
+        while True:
+            # Described only once listed: asking for a missing topic may have the broker auto-create it.
+            if self._topic in await consumer.topics():
+                (described,) = await admin.describe_topics([self._topic])
+                found = sorted(partition["partition"] for partition in described["partitions"])
+                if not described["error_code"] and found:
+                    return [TopicPartition(self._topic, partition) for partition in found]
+            await asyncio.sleep(1.0)
+
+    async def _position(
+        self, consumer: AIOKafkaConsumer, partitions: list[TopicPartition], ends: dict[TopicPartition, int]
+    ) -> None:
+        """Where a partition is read from: where this process left it, else the window's first receipt."""
+        fresh = [partition for partition in partitions if partition not in self._positions]
+        if fresh:
+            since = time.time_ns() // 1_000_000 - self._window_ms
+            starts = await consumer.offsets_for_times(dict.fromkeys(fresh, since))
+            for partition in fresh:
+                start = starts.get(partition)
+                self._positions[partition] = ends[partition] if start is None else start.offset
+        for partition in partitions:
+            consumer.seek(partition, self._positions[partition])
