@@ -367,6 +367,9 @@ def kafka() -> Iterator[str]:
         yield local.bootstrap_servers
 
 
+# Work done for one record per event, wherever in the stack (the receipt's hand-over, the tail, the memory);
+# the producer's sending of receipt batches stays under the producer.
+DEDUP = ("bridge/dedup.py", "bridge/kafka/receipts.py", "bridge/remembered.py", "note_written (", "_written_by (")
 # Where a stack's time goes: the innermost frame from one of these files decides (first match wins).
 CATEGORIES = (
     ("compression", ("gzip.py", "zlib", "lz4", "zstd", "snappy")),
@@ -400,6 +403,8 @@ def profile(bootstrap: str, rate: int, seconds: int, vegeta: Path, workdir: Path
             (name for frame in reversed(frames) for name, marks in CATEGORIES if any(m in frame for m in marks)),
             "other",
         )
+        if any(mark in frame for frame in frames for mark in DEDUP):
+            category = "one record per event (receipts, memory)"
         if "(idle)" in frames[-1] or "select (selectors.py" in frames[-1]:
             category = "idle (waiting for I/O)"
         totals[category] = totals.get(category, 0) + int(count)

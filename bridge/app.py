@@ -325,7 +325,7 @@ def _readiness(bridge: Bridge) -> dict[str, bool | str | list[str]]:
         body["missing_topics"] = sorted(bridge.publisher.missing_topics)
     if bridge.receipts is not None:
         # One record per event: a replica takes deliveries once it knows what the release wrote in the window.
-        body["receipts"] = "read" if bridge.receipts.caught_up else "reading"
+        body["receipts"] = "read" if bridge.receipts.ready else "reading"
     return body
 
 

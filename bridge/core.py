@@ -96,7 +96,11 @@ class Memory(Protocol):
         ...
 
 
-class Sender(Publisher, Protocol):
-    """A publisher that can also hand records over in order and wait for their acks later (backfill)."""
+class Outbox(Protocol):
+    """Hands records over in order, their acks to be waited for later (or only heard of when they fail)."""
 
     async def send(self, message: KafkaMessage) -> Pending: ...
+
+
+class Sender(Publisher, Outbox, Protocol):
+    """A publisher that can also hand records over in order and wait for their acks later (backfill)."""

@@ -18,7 +18,7 @@ from bridge.config import Secret, Settings, parse_signing_keys
 from bridge.core import Memory, Publisher, Source
 from bridge.errors import PublishFailed, where
 from bridge.kafka.producer import KafkaPublisher
-from bridge.kafka.receipts import ReceiptTail
+from bridge.kafka.receipts import ReceiptLog, ReceiptTail, ReceiptWriter
 from bridge.pipeline import Pipeline, Writer
 from bridge.redelivery import RedeliveryCache
 from bridge.remembered import RememberedIds
@@ -89,8 +89,8 @@ class Bridge:
     lifecycle: Lifecycle
     verifier: Verifier
     tracing: Tracing = OFF
-    # The receipts this process follows (BRIDGE_DEDUP): not ready before it has read the window's.
-    receipts: ReceiptTail | None = None
+    # The receipts this process writes and follows (BRIDGE_DEDUP): not ready before it has read the window's.
+    receipts: ReceiptLog | None = None
 
     @classmethod
     def assemble(
@@ -101,7 +101,7 @@ class Bridge:
         tracing: Tracing = OFF,
         *,
         memory: Memory | None = None,
-        receipts: ReceiptTail | None = None,
+        receipts: ReceiptLog | None = None,
     ) -> Bridge:
         metrics = metrics if metrics is not None else m.Metrics()
         cache = RedeliveryCache(settings.redelivery_cache_size, settings.redelivery_cache_ttl)
@@ -125,7 +125,7 @@ class Bridge:
 
     @property
     def ready(self) -> bool:
-        receipts_read = self.receipts is None or self.receipts.caught_up
+        receipts_read = self.receipts is None or self.receipts.ready
         return self.lifecycle.accepting and self.publisher.ready and not self.publisher.missing_topics and receipts_read
 
 
@@ -162,7 +162,10 @@ def _secret_files(settings: Settings, bridge: Bridge, publisher: KafkaPublisher)
             username = read.get("KAFKA_SASL_USERNAME_FILE", kafka.sasl_username)
             password = read.get("KAFKA_SASL_PASSWORD_FILE")
             secret = Secret(password) if password is not None else kafka.sasl_password
-            await publisher.use_settings(replace(kafka, sasl_username=username, sasl_password=secret))
+            rotated = replace(kafka, sasl_username=username, sasl_password=secret)
+            await publisher.use_settings(rotated)
+            if bridge.receipts is not None:
+                await bridge.receipts.use_settings(rotated)
 
         secrets.follow("Kafka credentials", tuple(files.items()), use_kafka_credentials)
     return secrets
@@ -179,21 +182,21 @@ def _note_a_dead_connect_loop(task: asyncio.Task[None], lifecycle: Lifecycle) ->
     )
 
 
-def _fleet_memory(
-    settings: Settings, publisher: KafkaPublisher, metrics: m.Metrics
-) -> tuple[Memory | None, ReceiptTail | None]:
+def _fleet_memory(settings: Settings, metrics: m.Metrics) -> tuple[Memory | None, ReceiptLog | None]:
     """BRIDGE_DEDUP: the release's memory of what it wrote, fed by this process and the receipts topic."""
     if not settings.dedup:
         return None, None
     remembered = RememberedIds(int(settings.dedup_window * 1000), settings.dedup_max_ids)
+    writer = ReceiptWriter(settings.kafka, settings.receipts_topic, timeout=settings.publish_timeout)
     memory = dedup.FleetMemory(
-        sender=publisher,
+        sender=writer,
         receipts_topic=settings.receipts_topic,
         source=Source.WEBHOOK,
         metrics=metrics,
         remembered=remembered,
     )
-    receipts = ReceiptTail(settings.kafka, settings.receipts_topic, settings.dedup_window, memory.apply)
+    tail = ReceiptTail(settings.kafka, settings.receipts_topic, settings.dedup_window, memory.apply)
+    receipts = ReceiptLog(writer, tail)
 
     def remembered_now() -> float:
         remembered.forget(dedup.now_ms())  # also when no receipt arrives to push the old ones out
@@ -201,7 +204,7 @@ def _fleet_memory(
 
     metrics.dedup_remembered.set_function(remembered_now)
     metrics.dedup_reach.set_function(lambda: remembered.reach_ms(dedup.now_ms()) / 1000)
-    metrics.dedup_receipts_lag.set_function(receipts.lag_seconds)
+    metrics.dedup_receipts_lag.set_function(receipts.tail.lag_seconds)
     return memory, receipts
 
 
@@ -235,7 +238,7 @@ async def running(
         )
     metrics = metrics if metrics is not None else m.Metrics()
     tracing = start_tracing(settings.tracing, metrics.drop_spans, metrics.ignore_trace_header)
-    memory, receipts = _fleet_memory(settings, publisher, metrics)
+    memory, receipts = _fleet_memory(settings, metrics)
     bridge = Bridge.assemble(settings, publisher, metrics, tracing, memory=memory, receipts=receipts)
     connecting = asyncio.create_task(publisher.start_when_reachable(), name="kafka-connect")
     connecting.add_done_callback(lambda task: _note_a_dead_connect_loop(task, bridge.lifecycle))
@@ -248,7 +251,7 @@ async def running(
                 async with asyncio.timeout(connect_within):
                     await asyncio.shield(connecting)
                     if receipts is not None:
-                        await receipts.wait_caught_up()
+                        await receipts.wait_ready()
             except TimeoutError:
                 where = settings.kafka.bootstrap_servers
                 raise PublishFailed(f"Kafka at {where} did not answer within {connect_within:g}s") from None
@@ -261,6 +264,8 @@ async def running(
         try:
             async with asyncio.timeout(max(0.1, bridge.lifecycle.remaining(settings.drain_seconds))):
                 await publisher.stop()
+                if receipts is not None:  # the receipts of the last records written, so a retry elsewhere knows
+                    await receipts.stop()
         except TimeoutError:
             log.warning("the producer did not close within the shutdown grace")
         bridge.tracing.shutdown(min(TRACE_FLUSH_SECONDS, bridge.lifecycle.remaining(settings.drain_seconds)))

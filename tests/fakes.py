@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from bridge.contract import Contract
-from bridge.core import Ack, Pending
+from bridge.core import Ack, Memory, Pending
 from bridge.envelope import KafkaMessage
 from bridge.errors import PublishFailed, RecordRejected
 from bridge.metrics import Metrics
@@ -86,6 +86,7 @@ def writer_for(
     *,
     max_unknown_types: int = 100,
     tracing: Tracing = OFF,
+    memory: Memory | None = None,
 ) -> Writer:
     return Writer(
         publisher=producer,
@@ -97,4 +98,5 @@ def writer_for(
         schema_validation="warn",
         max_unknown_types=max_unknown_types,
         tracing=tracing,
+        memory=memory,
     )

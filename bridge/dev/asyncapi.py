@@ -97,7 +97,7 @@ def document(contract: Contract | None = None) -> dict[str, Any]:
     messages: dict[str, Any] = {}
     for event_type in contract.event_types:
         channels[event_type] = _channel(
-            topic_for(prefix, event_type), event_type, f"Every `{event_type}` delivery, as a CloudEvent."
+            topic_for(prefix, event_type), event_type, f"Every `{event_type}` delivery, as a CloudEvent. {ONCE}"
         )
         operations[f"send.{event_type}"] = _operation(event_type)
         messages[event_type] = _event_message(event_type, contract)
@@ -106,7 +106,8 @@ def document(contract: Contract | None = None) -> dict[str, Any]:
         DEADLETTER,
         "Verified deliveries that could not be published as events (not JSON, no id or type, a type that is "
         "not a legal topic name, or, with BRIDGE_SCHEMA_VALIDATION=enforce, data that breaks its schema). "
-        "Set by BRIDGE_DEADLETTER_TOPIC.",
+        "Set by BRIDGE_DEADLETTER_TOPIC. Not deduplicated: a delivery Scalekit retries after its dead letter "
+        "was written is dead-lettered again, each with its own `deadletter-reason`.",
     )
     operations[f"send.{DEADLETTER}"] = _operation(DEADLETTER)
     messages[DEADLETTER] = _deadletter_message()
@@ -120,8 +121,8 @@ def document(contract: Contract | None = None) -> dict[str, Any]:
                 f"default `{prefix}`, plus the type) and a dead-letter topic. Records are CloudEvents in binary "
                 "content mode: the value is the delivery's `data` as JSON and the attributes are `ce_*` headers "
                 "(BRIDGE_CLOUDEVENTS_MODE=structured puts the whole CloudEvent in the value instead). "
-                "Each record was acknowledged by all in-sync replicas before Scalekit got its 201. Delivery is "
-                "at least once: deduplicate on `ce_id`. Event types not documented when this bridge was built "
+                "Each record was acknowledged by all in-sync replicas before Scalekit got its 201. "
+                f"{ONCE} Event types not documented when this bridge was built "
                 "are published to their own topic too, without `ce_dataschema`. Events that Scalekit stopped "
                 "retrying can be recovered from its Events API by `scalekit-bridge backfill`: such a record is "
                 "the one the webhook would have written, with `ce_backfilledat` in place of `ce_webhookid`. "
@@ -147,6 +148,16 @@ def document(contract: Contract | None = None) -> dict[str, Any]:
         "operations": operations,
         "components": {"messages": messages, "schemas": schemas},
     }
+
+
+# What "one record per event" covers, said on every event channel (docs/guarantees.md has the whole of it).
+ONCE = (
+    "One record per Scalekit event id (BRIDGE_DEDUP, on by default): a retry, a redelivery from Scalekit's "
+    "dashboard, a backfill or a replay of an event the release wrote within BRIDGE_DEDUP_WINDOW (a day) writes "
+    "nothing, whichever replica takes it. Not covered: the same event reaching two replicas within a fraction "
+    "of a second, a pod killed between a record and its receipt, events older than the window, and a release "
+    "run with BRIDGE_DEDUP=off. A consumer that must never see an event twice still deduplicates on `ce_id`."
+)
 
 
 def _channel(topic: str, message: str, description: str) -> dict[str, Any]:

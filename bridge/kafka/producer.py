@@ -81,7 +81,7 @@ def _partition_index(key: bytes, partitions: int) -> int:
     return int((murmur2(key) & 0x7FFFFFFF) % partitions)
 
 
-class _Translated(AbstractContextManager[None]):
+class Translated(AbstractContextManager[None]):
     """aiokafka's errors (and a timeout) as PublishFailed or RecordRejected: the one translation.
 
     A class rather than a generator-based context manager: it is entered for every record.
@@ -104,11 +104,11 @@ class _Translated(AbstractContextManager[None]):
         raise PublishFailed(f"unexpected error from the Kafka client: {type(exc).__name__}") from exc
 
 
-class _KafkaPending:
+class KafkaPending:
     """A record handed to the producer; `ack()` waits for the broker until the publish timeout after the
     hand-over."""
 
-    def __init__(self, delivered: asyncio.Future[Any], timeout: float, translated: _Translated) -> None:
+    def __init__(self, delivered: asyncio.Future[Any], timeout: float, translated: Translated) -> None:
         self._delivered = delivered
         self._deadline = asyncio.get_running_loop().time() + timeout
         self._translated = translated
@@ -149,7 +149,7 @@ class KafkaPublisher:
         self._said_missing: frozenset[str] = frozenset()  # what the log last said was missing
         self._timeout = timeout
         self._max_record_bytes = max_record_bytes + _RECORD_OVERHEAD_BYTES
-        self._translated = _Translated(timeout)
+        self._translated = Translated(timeout)
         self._producer: AIOKafkaProducer | None = None
         self._admin: AIOKafkaAdminClient | None = None
         self._known_topics: dict[str, asyncio.Task[int]] = {}
@@ -331,7 +331,7 @@ class KafkaPublisher:
                 metadata = await delivered
         return _ack(metadata)
 
-    async def send(self, message: KafkaMessage) -> _KafkaPending:
+    async def send(self, message: KafkaMessage) -> KafkaPending:
         """Hand one record to the producer and return without waiting for its acknowledgement.
 
         Records sent one after another reach each partition in that order (one batch in flight per
@@ -340,7 +340,7 @@ class KafkaPublisher:
         with self._translated:
             async with asyncio.timeout(self._timeout):
                 delivered = await self._enqueue(message)
-        return _KafkaPending(delivered, self._timeout, self._translated)
+        return KafkaPending(delivered, self._timeout, self._translated)
 
     async def _enqueue(self, message: KafkaMessage) -> asyncio.Future[Any]:
         if self._producer is None:

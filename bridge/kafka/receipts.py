@@ -1,6 +1,10 @@
-"""Following the receipts topic: every receipt of the window, then each new one as it is written.
+"""The receipts topic: writing a receipt beside the records, and following every receipt of the window.
 
-Reads without a consumer group (every replica reads every partition; nothing is committed, no group
+`ReceiptWriter` has a producer of its own, so receipts never wait in (or hold up) the requests that carry
+the records whose acknowledgement a 201 waits for; it batches them for longer, and places each by a CRC of
+its key (the same partition for the same event id on every replica, without murmur2 in Python).
+
+`ReceiptTail` reads without a consumer group (every replica reads every partition; nothing is committed, no group
 ACL needed), from the first receipt written within the window, and says when it has read what the
 topic held when it began (`caught_up`; `serve` is not ready before). From then on it keeps
 following, and `lag_seconds` says how long ago it last held every receipt written.
@@ -12,14 +16,20 @@ import asyncio
 import contextlib
 import logging
 import time
+import zlib
 from collections.abc import Callable
+from typing import Any
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 
 from bridge.config import KafkaSettings
+from bridge.core import Pending
+from bridge.envelope import KafkaMessage
+from bridge.errors import PublishFailed
 from bridge.kafka.options import connection_options
+from bridge.kafka.producer import KafkaPending, Translated
 
 log = logging.getLogger(__name__)
 
@@ -27,8 +37,38 @@ log = logging.getLogger(__name__)
 _FETCH_WAIT_MS = 100
 _POLL_MS = 250
 _RETRY_SECONDS = (0.5, 10.0)
+# Receipts wait up to this long to share a request: a retry comes seconds later, a 201 does not wait for them.
+_RECEIPT_LINGER_MS = 50
 
 Apply = Callable[[bytes | None, bytes | None, int], bool]
+
+
+class ReceiptLog:
+    """The receipts topic for `serve`: a writer and a tail, ready once both are (connected, window read)."""
+
+    def __init__(self, writer: ReceiptWriter, tail: ReceiptTail) -> None:
+        self.writer = writer
+        self.tail = tail
+
+    @property
+    def ready(self) -> bool:
+        return self.writer.connected and self.tail.caught_up
+
+    async def wait_ready(self) -> None:
+        await self.writer.wait_connected()
+        await self.tail.wait_caught_up()
+
+    async def run(self) -> None:
+        """Connect the writer and follow the topic until cancelled."""
+        await asyncio.gather(self.writer.run(), self.tail.run())
+
+    async def use_settings(self, settings: KafkaSettings) -> None:
+        """Rotated credentials: the writer reconnects now, the tail at its next connection."""
+        self.tail.use_settings(settings)
+        await self.writer.use_settings(settings)
+
+    async def stop(self) -> None:
+        await self.writer.stop()
 
 
 class ReceiptTail:
@@ -44,6 +84,10 @@ class ReceiptTail:
         # Monotonic time this process last held every receipt (its start, until it has read them).
         self._held_all_at = time.monotonic()
         self.read = 0
+
+    def use_settings(self, settings: KafkaSettings) -> None:
+        """Rotated credentials, for the next connection (the current one stays authenticated)."""
+        self._settings = settings
 
     @property
     def caught_up(self) -> bool:
@@ -137,3 +181,97 @@ class ReceiptTail:
                 self._positions[partition] = ends[partition] if start is None else start.offset
         for partition in partitions:
             consumer.seek(partition, self._positions[partition])
+
+
+class ReceiptWriter:
+    """Hands receipts to a producer of their own (acks=all), without waiting for their acknowledgement."""
+
+    def __init__(self, settings: KafkaSettings, topic: str, *, timeout: float) -> None:
+        self._settings = settings
+        self._topic = topic
+        self._timeout = timeout
+        self._translated = Translated(timeout)
+        self._producer: AIOKafkaProducer | None = None
+        self._partitions = 0
+        self._connected = asyncio.Event()
+
+    @property
+    def connected(self) -> bool:
+        return self._connected.is_set()
+
+    async def wait_connected(self) -> None:
+        await self._connected.wait()
+
+    async def run(self) -> None:
+        """Connect, retrying (backing off) until Kafka answers; cancel to give up."""
+        delay, longest = _RETRY_SECONDS
+        while self._producer is None:
+            try:
+                await self._connect()
+            except (KafkaError, OSError, TimeoutError) as exc:
+                log.warning("the receipt writer cannot reach Kafka yet; retrying", extra={"error": type(exc).__name__})
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, longest)
+
+    async def use_settings(self, settings: KafkaSettings) -> None:
+        """Rotated credentials: a new producer on them, then the old one flushed and closed."""
+        self._settings = settings
+        old = self._producer
+        if old is None:
+            return  # not connected yet: `run` connects with them
+        await self._connect()
+        with contextlib.suppress(Exception):
+            async with asyncio.timeout(self._timeout):
+                await old.stop()
+
+    async def stop(self) -> None:
+        """Flush what is pending, then close."""
+        producer, self._producer = self._producer, None
+        if producer is not None:
+            with contextlib.suppress(Exception):  # closing must finish even when the broker is gone
+                await producer.stop()
+
+    async def send(self, message: KafkaMessage) -> Pending:
+        """Hand one receipt over; raises PublishFailed when there is no connection (yet)."""
+        producer = self._producer
+        if producer is None:
+            raise PublishFailed("the receipt writer is not connected to Kafka yet")
+        with self._translated:
+            partition = zlib.crc32(message.key or b"") % self._partitions
+            delivered: asyncio.Future[Any] = await producer.send(
+                message.topic, value=message.value, key=message.key, partition=partition
+            )
+        return KafkaPending(delivered, self._timeout, self._translated)
+
+    async def _connect(self) -> None:
+        self._partitions = await self._partition_count()
+        producer = AIOKafkaProducer(
+            acks="all",
+            linger_ms=_RECEIPT_LINGER_MS,
+            request_timeout_ms=int(self._timeout * 1000),
+            client_id="scalekit-bridge-receipts",
+            **connection_options(self._settings),
+        )
+        try:
+            await producer.start()
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await producer.stop()
+            raise
+        self._producer = producer
+        self._connected.set()
+
+    async def _partition_count(self) -> int:
+        """The topic's partitions, once it exists: looked up by name only once listed, since asking a broker
+        for a missing topic's metadata may have it created with the broker's defaults (not compacted)."""
+        admin = AIOKafkaAdminClient(client_id="scalekit-bridge-receipts", **connection_options(self._settings))
+        await admin.start()
+        try:
+            while True:
+                if self._topic in await admin.list_topics():
+                    (described,) = await admin.describe_topics([self._topic])
+                    if not described["error_code"] and described["partitions"]:
+                        return len(described["partitions"])
+                await asyncio.sleep(1.0)
+        finally:
+            await admin.close()

@@ -12,7 +12,7 @@ import pytest
 from bridge.backfill import Tally, _item, _publish
 from bridge.dev.samples import sample
 from bridge.errors import PublishFailed
-from bridge.kafka.producer import _KafkaPending, _Translated
+from bridge.kafka.producer import KafkaPending, Translated
 from bridge.progress import Progress
 from tests.fakes import RecordingProducer, writer_for
 
@@ -32,7 +32,7 @@ def events(count: int, organizations: list[str], event_type: str = "organization
 async def test_the_publish_timeout_of_a_handed_over_record_runs_from_the_hand_over_not_from_the_wait():
     """So waiting for 512 stalled records in turn takes one timeout, not 512 of them."""
     never: asyncio.Future[object] = asyncio.get_running_loop().create_future()
-    pending = _KafkaPending(never, 1.0, _Translated(1.0))
+    pending = KafkaPending(never, 1.0, Translated(1.0))
     await asyncio.sleep(1.1)  # the records before it took this long to settle
 
     started = time.monotonic()
