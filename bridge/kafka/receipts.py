@@ -14,9 +14,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 import zlib
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 
@@ -39,6 +41,8 @@ _POLL_MS = 250
 _RETRY_SECONDS = (0.5, 10.0)
 # Receipts wait up to this long to share a request: a retry comes seconds later, a 201 does not wait for them.
 _RECEIPT_LINGER_MS = 50
+# Receipts queued while Kafka does not take them; past it a receipt is refused (and counted) rather than kept.
+_MAX_QUEUED = 100_000
 
 Apply = Callable[[bytes | None, bytes | None, int], bool]
 
@@ -184,7 +188,8 @@ class ReceiptTail:
 
 
 class ReceiptWriter:
-    """Hands receipts to a producer of their own (acks=all), without waiting for their acknowledgement."""
+    """Hands receipts to a producer of their own (acks=all) from a queue, so the delivery that noted one never
+    waits on the producer; `send` only queues."""
 
     def __init__(self, settings: KafkaSettings, topic: str, *, timeout: float) -> None:
         self._settings = settings
@@ -194,6 +199,8 @@ class ReceiptWriter:
         self._producer: AIOKafkaProducer | None = None
         self._partitions = 0
         self._connected = asyncio.Event()
+        self._queue: deque[tuple[KafkaMessage, asyncio.Future[Any]]] = deque()
+        self._queued = asyncio.Event()
 
     @property
     def connected(self) -> bool:
@@ -203,7 +210,7 @@ class ReceiptWriter:
         await self._connected.wait()
 
     async def run(self) -> None:
-        """Connect, retrying (backing off) until Kafka answers; cancel to give up."""
+        """Connect, retrying (backing off) until Kafka answers, then hand queued receipts over until cancelled."""
         delay, longest = _RETRY_SECONDS
         while self._producer is None:
             try:
@@ -212,6 +219,10 @@ class ReceiptWriter:
                 log.warning("the receipt writer cannot reach Kafka yet; retrying", extra={"error": type(exc).__name__})
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, longest)
+        while True:
+            await self._queued.wait()
+            self._queued.clear()
+            await self._hand_over()
 
     async def use_settings(self, settings: KafkaSettings) -> None:
         """Rotated credentials: a new producer on them, then the old one flushed and closed."""
@@ -225,23 +236,41 @@ class ReceiptWriter:
                 await old.stop()
 
     async def stop(self) -> None:
-        """Flush what is pending, then close."""
+        """Hand over what is queued, flush, then close."""
+        if self._producer is not None:
+            await self._hand_over()
         producer, self._producer = self._producer, None
         if producer is not None:
             with contextlib.suppress(Exception):  # closing must finish even when the broker is gone
                 await producer.stop()
+        for _message, delivered in self._queue:
+            delivered.set_exception(PublishFailed("the receipt writer stopped"))
+        self._queue.clear()
 
     async def send(self, message: KafkaMessage) -> Pending:
-        """Hand one receipt over; raises PublishFailed when there is no connection (yet)."""
-        producer = self._producer
-        if producer is None:
+        """Queue one receipt; raises PublishFailed while not connected or when the queue is full (Kafka is not
+        taking them)."""
+        if self._producer is None:
             raise PublishFailed("the receipt writer is not connected to Kafka yet")
-        with self._translated:
-            partition = zlib.crc32(message.key or b"") % self._partitions
-            delivered: asyncio.Future[Any] = await producer.send(
-                message.topic, value=message.value, key=message.key, partition=partition
-            )
+        if len(self._queue) >= _MAX_QUEUED:
+            raise PublishFailed(f"{_MAX_QUEUED} receipts are waiting for Kafka already")
+        delivered: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._queue.append((message, delivered))
+        self._queued.set()
         return KafkaPending(delivered, self._timeout, self._translated)
+
+    async def _hand_over(self) -> None:
+        while self._queue and self._producer is not None:
+            message, delivered = self._queue.popleft()
+            try:
+                with self._translated:
+                    partition = zlib.crc32(message.key or b"") % self._partitions
+                    sent = await self._producer.send(message.topic, value=message.value, key=message.key,
+                                                     partition=partition)
+            except PublishFailed as exc:
+                delivered.set_exception(exc)
+                continue
+            sent.add_done_callback(functools.partial(_settle, delivered))
 
     async def _connect(self) -> None:
         self._partitions = await self._partition_count()
@@ -275,3 +304,15 @@ class ReceiptWriter:
                 await asyncio.sleep(1.0)
         finally:
             await admin.close()
+
+
+def _settle(delivered: asyncio.Future[Any], sent: asyncio.Future[Any]) -> None:
+    """Pass the producer's answer on to the future the memory watches."""
+    if delivered.done():
+        return
+    if sent.cancelled():
+        delivered.set_exception(PublishFailed("the receipt was cancelled"))
+    elif sent.exception() is not None:
+        delivered.set_exception(sent.exception())  # type: ignore[arg-type]
+    else:
+        delivered.set_result(sent.result())
