@@ -214,8 +214,8 @@ async def _backfill(
         max_record_bytes=settings.max_body_bytes,
         topic_configs=dedup.topic_configs(settings),
     )
-    memory = dedup.writing_only(settings, publisher, Source.BACKFILL, writing.metrics)
-    writer = Writer.configured(settings, publisher, writing.metrics, writing.tracing, memory)
+    receipts = dedup.JobReceipts(settings, settings.kafka, Source.BACKFILL, writing.metrics)
+    writer = Writer.configured(settings, publisher, writing.metrics, writing.tracing, receipts.memory)
     if request.dry_run:
         for event in missing:
             origin = _recovered(event, backfilled_at)
@@ -225,12 +225,17 @@ async def _backfill(
         await publisher.start()
         progress.update("connected", 0, len(missing), final=True)
         stopping = asyncio.Event()
+
+        def grace() -> float:
+            return STOPPING_GRACE_SECONDS if stopping.is_set() else settings.publish_timeout
+
         with stopped_by_sigterm(stopping):
             try:
-                await _publish(writer, publisher, [_item(event, backfilled_at) for event in missing],
-                               progress, tally, stopping)
+                async with receipts.writing(publisher, grace):
+                    await _publish(writer, publisher, [_item(event, backfilled_at) for event in missing],
+                                   progress, tally, stopping)
             finally:
-                await stop_within(publisher, STOPPING_GRACE_SECONDS if stopping.is_set() else settings.publish_timeout)
+                await stop_within(publisher, grace())
     return tally
 
 

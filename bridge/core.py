@@ -91,16 +91,13 @@ class Memory(Protocol):
         """Who wrote `event_id`'s record within the window, or None."""
         ...
 
-    async def remember(self, event_id: str, ack: Ack) -> None:
-        """Note that `event_id`'s record is acknowledged at `ack`, for the whole release; never raises."""
+    def remember(self, event_id: str, ack: Ack) -> None:
+        """Note that `event_id`'s record is acknowledged at `ack`, for the whole release (its receipt is
+        written later, never waited for); never raises."""
         ...
 
 
-class Outbox(Protocol):
-    """Hands records over in order, their acks to be waited for later (or only heard of when they fail)."""
+class Sender(Publisher, Protocol):
+    """A publisher that can also hand records over in order and wait for their acks later (backfill)."""
 
     async def send(self, message: KafkaMessage) -> Pending: ...
-
-
-class Sender(Publisher, Outbox, Protocol):
-    """A publisher that can also hand records over in order and wait for their acks later (backfill)."""

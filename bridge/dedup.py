@@ -10,18 +10,23 @@ receipts too, so a Scalekit retry after them is stopped. The format is this modu
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import logging
 import time
+from collections.abc import AsyncIterator, Callable
 
 from bridge import metrics as m
-from bridge.config import RecordShaping
-from bridge.core import Ack, Outbox, Sender, Source
-from bridge.envelope import KafkaMessage
+from bridge.config import KafkaSettings, RecordShaping
+from bridge.core import Ack, Source
 from bridge.errors import PublishFailed, RecordRejected
+from bridge.kafka.producer import KafkaPublisher
+from bridge.kafka.receipts import ReceiptWriter
 from bridge.remembered import RememberedIds
 
 log = logging.getLogger(__name__)
+
 _SOURCE_FIRST = b'{"source":"'
 
 
@@ -31,7 +36,7 @@ class Forgetful:
     def written_by(self, event_id: str) -> Source | None:
         return None
 
-    async def remember(self, event_id: str, ack: Ack) -> None:
+    def remember(self, event_id: str, ack: Ack) -> None:
         return None
 
 
@@ -48,18 +53,15 @@ class FleetMemory:
     def __init__(
         self,
         *,
-        sender: Outbox,
-        receipts_topic: str,
+        write: Callable[[bytes, bytes], None],
         source: Source,
         metrics: m.Metrics,
         remembered: RememberedIds | None = None,
     ) -> None:
-        self._sender = sender
-        self._topic = receipts_topic
+        self._write = write  # queues a receipt (key, value); `bridge.kafka.receipts.ReceiptWriter.hand`
         self._source = source
         self._metrics = metrics
         self._remembered = remembered
-        self._said_failing: str | None = None
 
     def written_by(self, event_id: str) -> Source | None:
         if self._remembered is None:
@@ -69,19 +71,13 @@ class FleetMemory:
             self._metrics.dedup_stopped.labels(source=self._source, written_by=first).inc()
         return first
 
-    async def remember(self, event_id: str, ack: Ack) -> None:
-        """Remember at once, and hand the receipt to the producer without waiting for its acknowledgement."""
+    def remember(self, event_id: str, ack: Ack) -> None:
+        """Remember at once, and queue the receipt (written within about 50 ms, never waited for here)."""
         if self._remembered is not None:
             self._remembered.add(event_id, now_ms(), self._source)
         # JSON, with the source first so `apply` finds it without a parser (topics are [A-Za-z0-9._-]).
         where = f'"topic":"{ack.topic}","partition":{ack.partition},"offset":{ack.offset}}}'
-        value = f'{{"source":"{self._source}",{where}'.encode()
-        try:
-            pending = await self._sender.send(KafkaMessage(self._topic, event_id.encode(), value, ()))
-        except (PublishFailed, RecordRejected) as exc:
-            self._failed(type(exc).__name__)
-            return
-        pending.when_failed(lambda: self._failed("no acknowledgement"))
+        self._write(event_id.encode(), f'{{"source":"{self._source}",{where}'.encode())
 
     def apply(self, key: bytes | None, value: bytes | None, timestamp_ms: int) -> bool:
         """Take one receipt read from the topic; False (and nothing remembered) when it is not one of ours."""
@@ -98,11 +94,39 @@ class FleetMemory:
         self._remembered.add(event_id, timestamp_ms, source)
         return True
 
-    def _failed(self, why: str) -> None:
-        self._metrics.dedup_receipt_failures.inc()
-        if why != self._said_failing:  # one line per cause, not one per receipt
-            log.warning("a receipt was not written; a retry of its event may be written twice", extra={"error": why})
-            self._said_failing = why
+
+class JobReceipts:
+    """Receipts for what a recovery job (backfill, replay) writes: `memory` for its Writer, and `writing` around
+    the writing. The job finds what is already in Kafka by scanning the event topics (any window's length), so
+    it keeps no memory of its own."""
+
+    def __init__(self, settings: RecordShaping, kafka: KafkaSettings, source: Source, metrics: m.Metrics) -> None:
+        self._topic = settings.receipts_topic
+        self._writer = ReceiptWriter(
+            kafka, settings.receipts_topic, timeout=settings.publish_timeout, lost=metrics.dedup_receipt_failures.inc
+        )
+        self.memory = FleetMemory(write=self._writer.hand, source=source, metrics=metrics) if settings.dedup else None
+
+    @contextlib.asynccontextmanager
+    async def writing(self, publisher: KafkaPublisher, grace: Callable[[], float]) -> AsyncIterator[None]:
+        """Write receipts while the job writes records (on `publisher`, started), and flush them after, within
+        `grace()` seconds (shorter once SIGTERM asked the job to stop)."""
+        if self.memory is None:
+            yield
+            return
+        with contextlib.suppress(RecordRejected, PublishFailed):  # then the writer says how many were lost
+            await publisher.ensure_topic(self._topic)
+        task = asyncio.create_task(self._writer.run(), name="receipts")
+        try:
+            yield
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            try:
+                async with asyncio.timeout(grace()):
+                    await self._writer.stop()
+            except TimeoutError:
+                log.warning("the receipts of this run were not all acknowledged in time")
 
 
 def topic_configs(settings: RecordShaping) -> dict[str, dict[str, str]]:
@@ -117,13 +141,6 @@ def topic_configs(settings: RecordShaping) -> dict[str, dict[str, str]]:
         "segment.ms": str(max(60_000, window_ms // 24)),
     }
     return {settings.receipts_topic: configs}
-
-
-def writing_only(settings: RecordShaping, sender: Sender, source: Source, metrics: m.Metrics) -> FleetMemory | None:
-    """For backfill and replay: receipts for what they write, and no memory of their own."""
-    if not settings.dedup:
-        return None
-    return FleetMemory(sender=sender, receipts_topic=settings.receipts_topic, source=source, metrics=metrics)
 
 
 def now_ms() -> int:

@@ -207,7 +207,7 @@ class Writer:
             self.record(replace(planned.receipt, outcome=Outcome.FAILED), started, reason=_CANCELLED)
             raise
         written(span, planned, ack)
-        await self.note_written(planned, ack)
+        self.note_written(planned, ack)
         return self.record(planned.receipt.acknowledged(ack), started, reason=planned.reason)
 
     def _written_by(self, planned: Plan) -> Source | None:
@@ -217,13 +217,13 @@ class Writer:
             return None
         return self._memory.written_by(receipt.event_id)
 
-    async def note_written(self, planned: Plan, ack: Ack) -> None:
+    def note_written(self, planned: Plan, ack: Ack) -> None:
         """Tell the release's memory that an event's record is in its topic (after the ack, never before:
         a receipt for a record that failed would turn its retry into a loss). A dead letter is not noted,
         so a replay can still write the event."""
         receipt = planned.receipt
         if self._memory is not None and receipt.outcome == Outcome.PUBLISHED and receipt.event_id is not None:
-            await self._memory.remember(receipt.event_id, ack)
+            self._memory.remember(receipt.event_id, ack)
 
     def traced(self, origin: Origin, planned: Plan) -> tuple[Plan, Span]:
         """A record planned earlier (replay plans first, to choose what to write), under a producer span of
@@ -293,7 +293,7 @@ class Writer:
             self.record(replace(planned.receipt, outcome=Outcome.FAILED), sent.started, reason=exc.reason)
             raise
         written(span, planned, ack)
-        await self.note_written(planned, ack)
+        self.note_written(planned, ack)
         return self.record(planned.receipt.acknowledged(ack), sent.started, reason=planned.reason)
 
     def _letter(self, origin: Origin, planned: Plan, exc: RecordRejected) -> Plan:

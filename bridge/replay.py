@@ -169,8 +169,8 @@ async def _replay(
         max_record_bytes=settings.max_body_bytes,
         topic_configs=dedup.topic_configs(settings),
     )
-    memory = dedup.writing_only(settings, publisher, Source.REPLAY, writing.metrics)
-    writer = Writer.configured(settings, publisher, writing.metrics, writing.tracing, memory)
+    receipts = dedup.JobReceipts(settings, settings.kafka, Source.REPLAY, writing.metrics)
+    writer = Writer.configured(settings, publisher, writing.metrics, writing.tracing, receipts.memory)
 
     routable: list[_Planned] = []
     oldest_allowed = time.time() - selection.max_age.total_seconds()  # seconds: any --max-age is in range
@@ -209,7 +209,8 @@ async def _replay(
         stopping = asyncio.Event()
         with stopped_by_sigterm(stopping):
             try:
-                await _publish(writer, publisher, missing, tally, progress, stopping)
+                async with receipts.writing(publisher, lambda: settings.publish_timeout):
+                    await _publish(writer, publisher, missing, tally, progress, stopping)
             finally:
                 await stop_within(publisher, settings.publish_timeout)
     return tally
@@ -365,7 +366,7 @@ async def _publish(
                 failed(planned, exc)
             return
         written(span, planned.plan, ack)
-        await writer.note_written(planned.plan, ack)
+        writer.note_written(planned.plan, ack)
         writer.record(planned.plan.receipt.acknowledged(ack), started)
         settled.add(_event_id(planned))
         tally.replayed += 1

@@ -187,14 +187,11 @@ def _fleet_memory(settings: Settings, metrics: m.Metrics) -> tuple[Memory | None
     if not settings.dedup:
         return None, None
     remembered = RememberedIds(int(settings.dedup_window * 1000), settings.dedup_max_ids)
-    writer = ReceiptWriter(settings.kafka, settings.receipts_topic, timeout=settings.publish_timeout)
-    memory = dedup.FleetMemory(
-        sender=writer,
-        receipts_topic=settings.receipts_topic,
-        source=Source.WEBHOOK,
-        metrics=metrics,
-        remembered=remembered,
+    writer = ReceiptWriter(
+        settings.kafka, settings.receipts_topic, timeout=settings.publish_timeout,
+        lost=metrics.dedup_receipt_failures.inc,
     )
+    memory = dedup.FleetMemory(write=writer.hand, source=Source.WEBHOOK, metrics=metrics, remembered=remembered)
     tail = ReceiptTail(settings.kafka, settings.receipts_topic, settings.dedup_window, memory.apply)
     receipts = ReceiptLog(writer, tail)
 

@@ -342,6 +342,13 @@ class KafkaPublisher:
                 delivered = await self._enqueue(message)
         return KafkaPending(delivered, self._timeout, self._translated)
 
+    async def ensure_topic(self, topic: str) -> None:
+        """Make sure `topic` exists, creating it (with its own configs) where allowed; raises RecordRejected when
+        it does not and may not be created, PublishFailed when Kafka does not answer."""
+        with self._translated:
+            async with asyncio.timeout(self._timeout):
+                await self._topic_limit(topic)
+
     async def _enqueue(self, message: KafkaMessage) -> asyncio.Future[Any]:
         if self._producer is None:
             raise PublishFailed("not connected to Kafka yet")

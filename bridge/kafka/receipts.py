@@ -18,7 +18,6 @@ import functools
 import logging
 import time
 import zlib
-from collections import deque
 from collections.abc import Callable
 from typing import Any
 
@@ -27,11 +26,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 
 from bridge.config import KafkaSettings
-from bridge.core import Pending
-from bridge.envelope import KafkaMessage
-from bridge.errors import PublishFailed
 from bridge.kafka.options import connection_options
-from bridge.kafka.producer import KafkaPending, Translated
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +36,7 @@ _POLL_MS = 250
 _RETRY_SECONDS = (0.5, 10.0)
 # Receipts wait up to this long to share a request: a retry comes seconds later, a 201 does not wait for them.
 _RECEIPT_LINGER_MS = 50
-# Receipts queued while Kafka does not take them; past it a receipt is refused (and counted) rather than kept.
+# Receipts queued while Kafka does not take them; past it a receipt is dropped (and counted) rather than kept.
 _MAX_QUEUED = 100_000
 
 Apply = Callable[[bytes | None, bytes | None, int], bool]
@@ -188,19 +183,22 @@ class ReceiptTail:
 
 
 class ReceiptWriter:
-    """Hands receipts to a producer of their own (acks=all) from a queue, so the delivery that noted one never
-    waits on the producer; `send` only queues."""
+    """Writes receipts from a queue, in batches of its own producer (acks=all), so the delivery that noted one
+    never waits on a producer: `hand` only queues. Every `_RECEIPT_LINGER_MS` the queue goes out as one batch
+    per partition: one future per batch, not per receipt, which is what a receipt's cost comes down to."""
 
-    def __init__(self, settings: KafkaSettings, topic: str, *, timeout: float) -> None:
+    def __init__(self, settings: KafkaSettings, topic: str, *, timeout: float, lost: Callable[[int], None]) -> None:
         self._settings = settings
         self._topic = topic
         self._timeout = timeout
-        self._translated = Translated(timeout)
+        self._lost = lost  # told how many receipts were not written, each time some are not
+        self._said: str | None = None
         self._producer: AIOKafkaProducer | None = None
         self._partitions = 0
         self._connected = asyncio.Event()
-        self._queue: deque[tuple[KafkaMessage, asyncio.Future[Any]]] = deque()
+        self._queue: list[tuple[bytes, bytes]] = []
         self._queued = asyncio.Event()
+        self._in_flight: set[asyncio.Future[Any]] = set()
 
     @property
     def connected(self) -> bool:
@@ -210,7 +208,7 @@ class ReceiptWriter:
         await self._connected.wait()
 
     async def run(self) -> None:
-        """Connect, retrying (backing off) until Kafka answers, then hand queued receipts over until cancelled."""
+        """Connect, retrying (backing off) until Kafka answers, then write queued receipts until cancelled."""
         delay, longest = _RETRY_SECONDS
         while self._producer is None:
             try:
@@ -221,8 +219,9 @@ class ReceiptWriter:
                 delay = min(delay * 2, longest)
         while True:
             await self._queued.wait()
+            await asyncio.sleep(_RECEIPT_LINGER_MS / 1000)  # let the receipts of a burst share batches
             self._queued.clear()
-            await self._hand_over()
+            await self._write_queued()
 
     async def use_settings(self, settings: KafkaSettings) -> None:
         """Rotated credentials: a new producer on them, then the old one flushed and closed."""
@@ -236,41 +235,67 @@ class ReceiptWriter:
                 await old.stop()
 
     async def stop(self) -> None:
-        """Hand over what is queued, flush, then close."""
+        """Write what is queued and wait for it (within the caller's deadline), then close."""
         if self._producer is not None:
-            await self._hand_over()
+            await self._write_queued()
+            if self._in_flight:
+                await asyncio.wait(self._in_flight)
         producer, self._producer = self._producer, None
         if producer is not None:
             with contextlib.suppress(Exception):  # closing must finish even when the broker is gone
                 await producer.stop()
-        for _message, delivered in self._queue:
-            delivered.set_exception(PublishFailed("the receipt writer stopped"))
-        self._queue.clear()
+        if self._queue:
+            self._failed("not connected", len(self._queue))
+            self._queue.clear()
 
-    async def send(self, message: KafkaMessage) -> Pending:
-        """Queue one receipt; raises PublishFailed while not connected or when the queue is full (Kafka is not
-        taking them)."""
-        if self._producer is None:
-            raise PublishFailed("the receipt writer is not connected to Kafka yet")
+    def hand(self, key: bytes, value: bytes) -> None:
+        """Queue one receipt; past `_MAX_QUEUED` waiting (Kafka is not taking them) it is counted as failed."""
         if len(self._queue) >= _MAX_QUEUED:
-            raise PublishFailed(f"{_MAX_QUEUED} receipts are waiting for Kafka already")
-        delivered: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._queue.append((message, delivered))
+            self._failed("queue full", 1)
+            return
+        self._queue.append((key, value))
         self._queued.set()
-        return KafkaPending(delivered, self._timeout, self._translated)
 
-    async def _hand_over(self) -> None:
-        while self._queue and self._producer is not None:
-            message, delivered = self._queue.popleft()
-            try:
-                with self._translated:
-                    partition = zlib.crc32(message.key or b"") % self._partitions
-                    sent = await self._producer.send(message.topic, value=message.value, key=message.key,
-                                                     partition=partition)
-            except PublishFailed as exc:
-                delivered.set_exception(exc)
-                continue
-            sent.add_done_callback(functools.partial(_settle, delivered))
+    async def _write_queued(self) -> None:
+        producer = self._producer
+        if producer is None or not self._queue:
+            return
+        queued, self._queue = self._queue, []
+        by_partition: dict[int, list[tuple[bytes, bytes]]] = {}
+        for key, value in queued:
+            by_partition.setdefault(zlib.crc32(key) % self._partitions, []).append((key, value))
+        for partition, receipts in by_partition.items():
+            batch = producer.create_batch()
+            count = 0
+            for key, value in receipts:
+                if batch.append(key=key, value=value, timestamp=None) is None:  # full: send it, start another
+                    await self._send(producer, batch, partition, count)
+                    batch, count = producer.create_batch(), 0
+                    batch.append(key=key, value=value, timestamp=None)
+                count += 1
+            await self._send(producer, batch, partition, count)
+
+    async def _send(self, producer: AIOKafkaProducer, batch: Any, partition: int, count: int) -> None:
+        try:
+            sent: asyncio.Future[Any] = await producer.send_batch(batch, self._topic, partition=partition)
+        except (KafkaError, OSError, TimeoutError) as exc:
+            self._failed(type(exc).__name__, count)
+            return
+        self._in_flight.add(sent)
+        sent.add_done_callback(functools.partial(self._settled, count))
+
+    def _failed(self, why: str, count: int) -> None:
+        self._lost(count)
+        if why != self._said:  # one line per cause, not one per batch
+            log.warning("receipts were not written; a retry of their events may be written twice", extra={"error": why})
+            self._said = why
+
+    def _settled(self, count: int, sent: asyncio.Future[Any]) -> None:
+        self._in_flight.discard(sent)
+        if sent.cancelled():
+            self._failed("cancelled", count)
+        elif sent.exception() is not None:
+            self._failed(type(sent.exception()).__name__, count)
 
     async def _connect(self) -> None:
         self._partitions = await self._partition_count()
@@ -305,14 +330,3 @@ class ReceiptWriter:
         finally:
             await admin.close()
 
-
-def _settle(delivered: asyncio.Future[Any], sent: asyncio.Future[Any]) -> None:
-    """Pass the producer's answer on to the future the memory watches."""
-    if delivered.done():
-        return
-    if sent.cancelled():
-        delivered.set_exception(PublishFailed("the receipt was cancelled"))
-    elif sent.exception() is not None:
-        delivered.set_exception(sent.exception())  # type: ignore[arg-type]
-    else:
-        delivered.set_result(sent.result())
