@@ -183,9 +183,9 @@ class Settings(RecordShaping):
     max_lingering: int = 512
     redelivery_cache_size: int = 100_000
     redelivery_cache_ttl: float = 1800.0
-    # The most event ids remembered for one record per event (about 70 bytes each): past it the oldest go
-    # first and the window is shorter than BRIDGE_DEDUP_WINDOW (scalekit_bridge_dedup_reach_seconds says so).
-    dedup_max_ids: int = 3_000_000
+    # The most event ids remembered for one record per event (about 85 bytes each: ~120 MiB): past it the oldest
+    # go first and the window is shorter than BRIDGE_DEDUP_WINDOW (scalekit_bridge_dedup_reach_seconds says so).
+    dedup_max_ids: int = 1_500_000
     # None: publish timeout + 5 s, room for every in-flight publish to reach its own deadline.
     shutdown_grace: float | None = None
 

@@ -114,9 +114,13 @@ class JobReceipts:
         if self.memory is None:
             yield
             return
-        with contextlib.suppress(RecordRejected, PublishFailed):  # then the writer says how many were lost
-            await publisher.ensure_topic(self._topic)
-        task = asyncio.create_task(self._writer.run(), name="receipts")
+        async def write() -> None:
+            with contextlib.suppress(RecordRejected, PublishFailed):  # then the writer says how many were lost
+                await publisher.ensure_topic(self._topic)
+            await self._writer.run()
+
+        # In the background, so a Kafka that stops answering holds up neither the records nor a SIGTERM.
+        task = asyncio.create_task(write(), name="receipts")
         try:
             yield
         finally:
