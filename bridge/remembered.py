@@ -1,9 +1,9 @@
-"""The event ids a release wrote within a window: bounded by time and by count, compact enough for a day.
+"""The event ids a release wrote within a window: bounded by time and by count.
 
 Ids are kept as 64-bit keyed hashes (Python's `hash` of a `str`, seeded per process), in slices of
-a twenty-fourth of the window each; a slice is dropped whole when its newest id leaves the window,
-or early, oldest first, when the count passes `max_ids` (the effective window then shrinks, and
-says so). A lookup costs one set membership test per slice. Two different ids share a hash with
+at most a twenty-fourth of the window and of `max_ids` each; a slice is dropped whole when its newest
+id leaves the window, or early, oldest first, when the count passes `max_ids` (the effective window
+then shrinks, and says so). A lookup costs one set membership test per slice. Two different ids share a hash with
 probability about (ids remembered) / 2^64 per lookup, and the seed differs between processes, so a
 collision cannot be aimed at and does not repeat on another replica.
 """
@@ -21,6 +21,7 @@ SLICES = 24
 @dataclass
 class _Slice:
     start_ms: int
+    oldest_ms: int
     ids: dict[Source, set[int]] = field(default_factory=dict)
     count: int = 0
     newest_ms: int = 0
@@ -33,6 +34,7 @@ class RememberedIds:
         self._window_ms = window_ms
         self._slice_ms = max(1, window_ms // SLICES)
         self._max_ids = max_ids
+        self._slice_ids = max(1, max_ids // SLICES)
         self._slices: deque[_Slice] = deque()
         self._count = 0
         self._newest_ms = 0
@@ -47,9 +49,12 @@ class RememberedIds:
         if at_ms < self._newest_ms - self._window_ms:
             return  # already out of the window
         start = at_ms - at_ms % self._slice_ms
-        # Receipts arrive nearly in time order; one written late lands in the newest slice, kept a little longer.
-        if not self._slices or start > self._slices[-1].start_ms:
-            self._slices.append(_Slice(start))
+        # A new slice each twenty-fourth of the window, and each twenty-fourth of `max_ids`, so the cap always
+        # drops a small, old part and never the ids just written. Receipts arrive nearly in time order; one
+        # read late joins the slice of its time or a newer one, so it is kept as long as its window, or longer.
+        newest = self._slices[-1] if self._slices else None
+        if newest is None or start > newest.start_ms or newest.count >= self._slice_ids:
+            self._slices.append(_Slice(max(start, newest.start_ms) if newest is not None else start, at_ms))
         target = self._slices[-1] if start >= self._slices[-1].start_ms else self._slice_for(start)
         ids = target.ids.setdefault(source, set())
         before = len(ids)
@@ -58,6 +63,7 @@ class RememberedIds:
             target.count += 1
             self._count += 1
         target.newest_ms = max(target.newest_ms, at_ms)
+        target.oldest_ms = min(target.oldest_ms, at_ms)
         self.forget(self._newest_ms)
 
     def holds(self, event_id: str) -> Source | None:
@@ -81,7 +87,7 @@ class RememberedIds:
         """How far back from `now_ms` the memory reaches: the window, or less once `max_ids` cut it short."""
         if not self._cut_short:
             return self._window_ms
-        reach = now_ms - self._slices[0].start_ms if self._slices else 0
+        reach = now_ms - self._slices[0].oldest_ms if self._slices else 0
         if reach >= self._window_ms:
             self._cut_short = False
         return min(self._window_ms, reach)

@@ -26,7 +26,7 @@ import pytest
 import trustme
 import yaml
 
-from bridge import __version__, otel
+from bridge import __version__, dedup, otel
 from bridge.cli import command_line
 from bridge.config import BackfillSettings, ReplaySettings, Settings
 from bridge.contract import Contract
@@ -543,14 +543,19 @@ def release_digest(namespace: str, name: str) -> str:
     return hashlib.sha256(f"{namespace}/{name}".encode()).hexdigest()[:12]
 
 
+def is_receipts_topic(doc: dict[str, Any], config: dict[str, str]) -> bool:
+    return bool(doc["spec"]["topicName"] == config["BRIDGE_RECEIPTS_TOPIC"])
+
+
 def test_kafka_topics_cover_every_documented_type_and_the_dead_letter_topic(helm):
     docs = render(helm, "everything")
     (job,) = backfill_pod(docs)["spec"]["containers"]
     state_topic = next(v["value"] for v in job["env"] if v["name"] == "BRIDGE_BACKFILL_STATE_TOPIC")
     (kept,) = [doc for doc in docs if doc["kind"] == "KafkaTopic" and doc["spec"]["topicName"] == state_topic]
     assert kept["spec"]["config"]["cleanup.policy"] == "compact" and kept["spec"]["partitions"] == 1
-    topics = [doc for doc in docs if doc["kind"] == "KafkaTopic" and doc is not kept]
     config = bridge_config(docs)
+    (receipts,) = [doc for doc in docs if doc["kind"] == "KafkaTopic" and is_receipts_topic(doc, config)]
+    topics = [doc for doc in docs if doc["kind"] == "KafkaTopic" and doc not in (kept, receipts)]
     expected = {config["BRIDGE_TOPIC_PREFIX"] + t for t in Contract.load().event_types} | {
         config["BRIDGE_DEADLETTER_TOPIC"]
     }
@@ -562,6 +567,26 @@ def test_kafka_topics_cover_every_documented_type_and_the_dead_letter_topic(helm
         assert topic["spec"]["config"]["min.insync.replicas"] == "2"
         assert int(topic["spec"]["config"]["max.message.bytes"]) > int(config["BRIDGE_MAX_BODY_BYTES"])
     assert config["BRIDGE_CREATE_TOPICS"] == "false"  # Strimzi owns them now
+
+
+def test_the_receipts_topic_is_the_prefixs_compacted_and_kept_for_the_window(helm, tmp_path):
+    """Created as the bridge would create it: compacted and deleted after BRIDGE_DEDUP_WINDOW, in 24 segments."""
+    docs = render(helm, "everything", "--set", "dedup.windowSeconds=7200")
+    config = bridge_config(docs)
+    (receipts,) = [doc for doc in docs if doc["kind"] == "KafkaTopic" and is_receipts_topic(doc, config)]
+    assert config["BRIDGE_RECEIPTS_TOPIC"] == config["BRIDGE_TOPIC_PREFIX"] + "dedup-receipts"
+    assert config["BRIDGE_DEDUP"] == "true" and config["BRIDGE_DEDUP_WINDOW"] == "7200"
+    settings = {"cleanup.policy": "compact,delete", "retention.ms": "7200000", "segment.ms": "300000"}
+    assert settings.items() <= receipts["spec"]["config"].items()
+    bridge_settings = Settings.from_env(rendered_env(docs, tmp_path, OUTSIDE))
+    assert dedup.topic_configs(bridge_settings) == {config["BRIDGE_RECEIPTS_TOPIC"]: settings}
+
+
+def test_without_dedup_there_is_no_receipts_topic_and_the_bridge_is_told(helm):
+    docs = render(helm, "everything", "--set", "dedup.enabled=false")
+    config = bridge_config(docs)
+    assert config["BRIDGE_DEDUP"] == "false"
+    assert not [doc for doc in docs if doc["kind"] == "KafkaTopic" and "receipts" in doc["spec"]["topicName"]]
 
 
 def test_the_alerts_that_fire_on_absence_watch_this_release_by_name(helm):
@@ -751,7 +776,9 @@ def test_the_subscribed_types_narrow_the_backfill_and_the_topics(helm):
     args = command_line().parse_args(job["command"][1:])
     assert (args.command, args.types, args.organization, args.until) == ("backfill", types, "org_1", "25m")
     topics = {doc["spec"]["topicName"] for doc in docs if doc["kind"] == "KafkaTopic"}
-    assert topics == {"scalekit.deadletter", "scalekit.backfill-state", *(f"scalekit.{t}" for t in types)}
+    assert topics == {
+        "scalekit.deadletter", "scalekit.backfill-state", "scalekit.dedup-receipts", *(f"scalekit.{t}" for t in types)
+    }
 
 
 def test_without_event_types_every_documented_type_gets_its_kafka_topic(helm):
@@ -759,7 +786,7 @@ def test_without_event_types_every_documented_type_gets_its_kafka_topic(helm):
     docs = render(helm, "existing-secret-sasl")
     topics = {doc["spec"]["topicName"] for doc in docs if doc["kind"] == "KafkaTopic"}
     documented = {f"scalekit.{t}" for t in Contract.load().event_types}
-    assert topics - {"scalekit.backfill-state"} == {"scalekit.deadletter", *documented}
+    assert topics - {"scalekit.backfill-state", "scalekit.dedup-receipts"} == {"scalekit.deadletter", *documented}
 
 
 def test_event_types_name_the_newest_families_and_a_type_this_release_does_not_know_yet(helm):
@@ -768,7 +795,8 @@ def test_event_types_name_the_newest_families_and_a_type_this_release_does_not_k
     sets = [arg for n, t in enumerate(types) for arg in ("--set", f"eventTypes[{n}]={t}")]
     docs = render(helm, "existing-secret-sasl", *sets)
     topics = {doc["spec"]["topicName"] for doc in docs if doc["kind"] == "KafkaTopic"}
-    assert topics - {"scalekit.backfill-state"} == {"scalekit.deadletter", *(f"scalekit.{t}" for t in types)}
+    own = {"scalekit.backfill-state", "scalekit.dedup-receipts"}
+    assert topics - own == {"scalekit.deadletter", *(f"scalekit.{t}" for t in types)}
     names = {doc["metadata"]["name"] for doc in docs if doc["kind"] == "KafkaTopic"}
     assert "scalekit.connected-account.token-refresh-failed" in names  # Kubernetes names have no '_'
 

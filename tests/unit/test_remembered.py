@@ -73,3 +73,15 @@ def test_past_max_ids_the_oldest_go_first_and_the_reach_says_the_window_is_short
     assert remembered.holds("evt_9_19") == Source.WEBHOOK
     assert remembered.reach_ms(now) == 4 * HOUR_MS  # the ids of hours 5 to 9 kept (100), the oldest 4 h old
     assert RememberedIds(DAY_MS, max_ids=100).reach_ms(now) == DAY_MS
+
+
+def test_at_a_rate_past_the_cap_the_ids_just_written_are_always_held():
+    """A thousand ids a second against a cap of 2,400: the oldest go, a retry of a recent one is still stopped."""
+    remembered = RememberedIds(DAY_MS, max_ids=2400)
+    for n in range(20_000):
+        remembered.add(f"evt_{n}", T0 + n, Source.WEBHOOK)
+
+    assert 2300 <= len(remembered) <= 2400
+    assert all(remembered.holds(f"evt_{n}") == Source.WEBHOOK for n in range(20_000 - 2300, 20_000))
+    assert remembered.holds("evt_0") is None
+    assert 2300 <= remembered.reach_ms(T0 + 20_000) <= 2400  # a millisecond per id
