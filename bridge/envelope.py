@@ -201,6 +201,12 @@ def topic_for(prefix: str, event_type: str, *, deadletter_topic: str | None = No
     return topic
 
 
+def is_event_topic(prefix: str, topic: str) -> bool:
+    """Whether `topic` is one of the event topics under `prefix`: the release's own topics (`<prefix>deadletter`
+    aside) have a '-' in their names, which no event type has."""
+    return topic.startswith(prefix) and _EVENT_TYPE.fullmatch(topic[len(prefix) :]) is not None
+
+
 def topics_collide(first: str, second: str) -> bool:
     """Kafka refuses two topics whose names differ only in '.' against '_' (metric names clash)."""
     return first.replace(".", "_") == second.replace(".", "_")

@@ -20,7 +20,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
 from bridge.config import KafkaSettings
-from bridge.envelope import rebuild_delivery
+from bridge.envelope import is_event_topic, rebuild_delivery
 from bridge.kafka.options import connection_options
 
 _DISCOVERY_SECONDS = 2.0
@@ -42,7 +42,7 @@ class Tail:
     def follows(self, topic: str) -> bool:
         if topic == self.deadletter_topic:
             return True
-        return topic.startswith(self.topic_prefix) and fnmatch.fnmatchcase(
+        return is_event_topic(self.topic_prefix, topic) and fnmatch.fnmatchcase(
             topic.removeprefix(self.topic_prefix), self.type_pattern
         )
 

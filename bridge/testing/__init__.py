@@ -40,7 +40,7 @@ from cloudevents.core.formats.json import JSONFormat
 from bridge.dev.kafka import LocalKafka, free_port, terminate
 from bridge.dev.samples import sample, sample_types
 from bridge.dev.sendtest import signed_request
-from bridge.envelope import ORGANIZATION_PATHS
+from bridge.envelope import ORGANIZATION_PATHS, is_event_topic
 from bridge.verify import SigningKey
 
 __all__ = [
@@ -187,7 +187,7 @@ class _Endpoint:
         from bridge.dev.topics import read_topics
 
         def wanted(topic: str) -> bool:
-            if not topic.startswith(self.topic_prefix) or topic == self.deadletter_topic:
+            if not is_event_topic(self.topic_prefix, topic) or topic == self.deadletter_topic:
                 return False
             return fnmatch.fnmatchcase(topic[len(self.topic_prefix) :], type_or_pattern)
 

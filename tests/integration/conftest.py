@@ -20,8 +20,10 @@ import pytest
 
 from bridge.app import listen
 from bridge.config import Settings
+from bridge.dedup import topic_configs
 from bridge.metrics import Metrics
 from bridge.service import Bridge, running
+from tests.conftest import KafkaTool
 from tests.helpers import body_of, free_port, loopback, serving, signed_headers
 
 SECRET = "whsec_" + base64.b64encode(b"integration-secret-bytes-32-long").decode()
@@ -88,12 +90,19 @@ def settings_for(kafka_bootstrap: str, prefix: str, **env: str) -> Settings:
 
 @pytest.fixture
 async def start_bridge(kafka_bootstrap, unique) -> AsyncIterator[BridgeFactory]:
-    """Start a bridge whose topics are `t<unique>.<type>`, listening on loopback; env overrides the defaults."""
+    """Start a bridge whose topics are `t<unique>.<type>`, listening on loopback; env overrides the defaults.
+
+    With topic creation off, its receipts topic is made first, as the chart's KafkaTopic makes it: the tests
+    that turn creation off are about other topics.
+    """
     async with contextlib.AsyncExitStack() as parts:
 
         async def start(**env: str) -> RunningBridge:
             prefix = f"t{unique}."
             settings = settings_for(kafka_bootstrap, prefix, **(loopback() | env))
+            if settings.dedup and not settings.kafka.create_topics:
+                receipts = settings.receipts_topic
+                await KafkaTool(kafka_bootstrap).create_topic(receipts, configs=topic_configs(settings)[receipts])
             bridge = await parts.enter_async_context(running(settings, metrics=Metrics(), connect_within=30))
             client, admin = await parts.enter_async_context(serving(bridge))
             return RunningBridge(bridge, client, admin, prefix)

@@ -175,7 +175,7 @@ async def test_every_request_gets_a_defined_answer_and_only_signed_ones_reach_ka
 
     written: set[str] = set()
     for topic in await kafka.topics():
-        if topic.startswith(bridge_topics):
+        if topic.startswith(bridge_topics) and topic != bridge_topics + "dedup-receipts":  # receipts: no webhook id
             for record in await kafka.read_all(topic, timeout=60):
                 written.add((record.header("ce_webhookid") or record.header("webhook-id")).decode())
     assert written == acknowledged, "Kafka holds exactly the validly signed, acknowledged deliveries"

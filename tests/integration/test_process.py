@@ -133,9 +133,10 @@ async def test_the_helm_test_probe_proves_a_ready_bridge_behind_its_url_and_writ
     assert passed.returncode == 0, passed.stdout + passed.stderr
     assert passed.stdout.startswith("ok   ready: 200\nok   a delivery signed with another key: 401 ")
     assert elsewhere.returncode == 1 and "FAIL a delivery signed with another key: 404" in elsewhere.stdout
-    mine = [topic for topic in await kafka.topics() if topic.startswith(bridge.prefix)]
-    assert mine == [bridge.prefix + "deadletter"]  # made at start-up; no event topic
+    mine = sorted(topic for topic in await kafka.topics() if topic.startswith(bridge.prefix))
+    assert mine == [bridge.prefix + "deadletter", bridge.prefix + "dedup-receipts"]  # made at start-up; no event topic
     assert await kafka.read_all(bridge.prefix + "deadletter") == []  # nothing was written anywhere
+    assert await kafka.read_all(bridge.prefix + "dedup-receipts") == []
 
 
 async def test_dev_brings_up_kafka_and_the_bridge_and_ctrl_c_stops_both(bridge_process):

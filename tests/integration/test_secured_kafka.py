@@ -22,6 +22,8 @@ from tests.fake_scalekit import FakeScalekit, sample_events
 
 pytestmark = pytest.mark.integration
 
+PUBLISHED = (201, {"received": True, "outcome": "published"})  # a new record, not a duplicate
+
 
 @pytest.fixture(scope="module")
 def secured_kafka() -> Iterator[LocalKafka]:
@@ -152,7 +154,7 @@ async def test_rotated_kafka_credentials_in_a_file_take_effect_without_a_restart
     env |= {"KAFKA_SASL_PASSWORD": "", "KAFKA_SASL_PASSWORD_FILE": str(password_file)}
     bridge = bridge_process("serve", **env)
     await bridge.wait_for_readiness(200, timeout=60)
-    assert (await bridge.deliver(sample("role.created"), webhook_id="msg_before"))[0] == 201
+    assert await bridge.deliver(sample("role.created") | {"id": "evt_before"}, webhook_id="msg_before") == PUBLISHED
 
     rotated = "rotated-" + security.password[::-1]
     await asyncio.to_thread(secured_kafka.set_scram_password, rotated)
@@ -161,7 +163,7 @@ async def test_rotated_kafka_credentials_in_a_file_take_effect_without_a_restart
         staged.write_text(rotated + "\n")
         staged.replace(password_file)  # atomically, as the kubelet swaps a Secret's files
         await asyncio.sleep(8)  # the bridge looks every 5 s
-        assert (await bridge.deliver(sample("role.created"), webhook_id="msg_after"))[0] == 201
+        assert await bridge.deliver(sample("role.created") | {"id": "evt_after"}, webhook_id="msg_after") == PUBLISHED
         assert await bridge.readiness() == 200
     finally:
         await asyncio.to_thread(secured_kafka.set_scram_password, security.password)
@@ -213,14 +215,14 @@ async def test_a_renewed_client_certificate_is_taken_up_without_a_restart(secure
     env = mtls_env(security) | {"KAFKA_SSL_CERTFILE": str(paths["tls.crt"]), "KAFKA_SSL_KEYFILE": str(paths["tls.key"])}
     bridge = bridge_process("serve", **env)
     await bridge.wait_for_readiness(200, timeout=60)
-    assert (await bridge.deliver(sample("role.created"), webhook_id="msg_before"))[0] == 201
+    assert await bridge.deliver(sample("role.created") | {"id": "evt_before"}, webhook_id="msg_before") == PUBLISHED
 
     renewed = tmp_path / "renewed"
     renewed.mkdir()
     await asyncio.to_thread(secured_kafka.issue_client_certificate, renewed / "tls.crt", renewed / "tls.key")
     mounted_like_a_secret(mount, {"tls.crt": renewed / "tls.crt", "tls.key": renewed / "tls.key"})
     await asyncio.sleep(8)  # the bridge looks every 5 s
-    assert (await bridge.deliver(sample("role.created"), webhook_id="msg_after"))[0] == 201
+    assert await bridge.deliver(sample("role.created") | {"id": "evt_after"}, webhook_id="msg_after") == PUBLISHED
 
     records = await KafkaTool(secured_kafka.bootstrap_servers).read_all(bridge.prefix + "role.created")
     assert [record.header("ce_webhookid") for record in records] == [b"msg_before", b"msg_after"]
@@ -238,7 +240,7 @@ async def test_a_renewed_ca_bundle_is_taken_up_without_a_restart(secured_kafka, 
     paths = mounted_like_a_secret(mount, {"ca.crt": security.cafile})
     bridge = bridge_process("serve", **(mtls_env(security) | {"KAFKA_SSL_CAFILE": str(paths["ca.crt"])}))
     await bridge.wait_for_readiness(200, timeout=60)
-    assert (await bridge.deliver(sample("role.created"), webhook_id="msg_before"))[0] == 201
+    assert await bridge.deliver(sample("role.created") | {"id": "evt_before"}, webhook_id="msg_before") == PUBLISHED
 
     bundle = tmp_path / "renewed-ca.crt"
     bundle.write_text(Path(security.cafile).read_text() + trustme.CA().cert_pem.bytes().decode())
@@ -247,7 +249,7 @@ async def test_a_renewed_ca_bundle_is_taken_up_without_a_restart(secured_kafka, 
     while "kafka clients reconnected with rotated credentials" not in bridge.output():
         assert asyncio.get_running_loop().time() < deadline, bridge.output()
         await asyncio.sleep(0.2)
-    assert (await bridge.deliver(sample("role.created"), webhook_id="msg_after"))[0] == 201
+    assert await bridge.deliver(sample("role.created") | {"id": "evt_after"}, webhook_id="msg_after") == PUBLISHED
 
     records = await KafkaTool(secured_kafka.bootstrap_servers).read_all(bridge.prefix + "role.created")
     assert [record.header("ce_webhookid") for record in records] == [b"msg_before", b"msg_after"]
