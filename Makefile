@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: run test unit lint docs docs-serve chart-docs bench bench-cpu bench-backfill bench-replay bench-tracing kafka asyncapi clean fuzz soak
+.PHONY: run test unit lint docs docs-serve chart-docs bench bench-cpu bench-backfill bench-replay bench-dedup bench-tracing kafka asyncapi clean fuzz soak
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -62,6 +62,10 @@ bench-backfill: $(VENV)/.installed
 # Two replay runs over 5,000 signed dead letters: everything to publish, then nothing left.
 bench-replay: $(VENV)/.installed
 	$(BIN)/python bench/replay.py
+
+# One record per event: bytes per event id remembered, and serve's start-up with a full window of receipts.
+bench-dedup: $(VENV)/.installed
+	$(BIN)/python bench/dedup.py
 
 # CPU per delivery with tracing off, and on at 0, 10 and 100 % sampling (OTLP to a local sink).
 bench-tracing: $(VENV)/.installed

@@ -125,9 +125,9 @@ class JobReceipts:
             yield
         finally:
             task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
             try:
-                async with asyncio.timeout(grace()):
+                async with asyncio.timeout(grace()):  # the whole of it: the job's own deadline comes first
+                    await asyncio.gather(task, return_exceptions=True)
                     await self._writer.stop()
             except TimeoutError:
                 log.warning("the receipts of this run were not all acknowledged in time")

@@ -57,10 +57,13 @@ class BackfillCommand:
         }
 
     def __call__(self, *args: str, **env: str) -> Run:
-        done = subprocess.run(
-            [sys.executable, "-m", "bridge", "backfill", *args],
-            env=self._env | env, capture_output=True, text=True, timeout=120,
-        )
+        try:
+            done = subprocess.run(
+                [sys.executable, "-m", "bridge", "backfill", *args],
+                env=self._env | env, capture_output=True, text=True, timeout=120,
+            )
+        except subprocess.TimeoutExpired as exc:  # what it said before it was stopped is the diagnosis
+            raise AssertionError(f"backfill {args} ran past 120 s; it said: {exc.stderr!r}") from None
         return Run(done.returncode, done.stdout, done.stderr)
 
     def start(self, *args: str, **env: str) -> subprocess.Popen[str]:

@@ -133,7 +133,8 @@ async def test_every_request_gets_a_defined_answer_and_only_signed_ones_reach_ka
     bridge_topics = bridge.prefix  # its dead-letter topic too (see BridgeProcess)
     await bridge.wait_for_readiness(200, timeout=30)
     statuses: collections.Counter[int] = collections.Counter()
-    acknowledged: set[str] = set()
+    acknowledged: set[str] = set()  # webhook ids answered 201 with a record of their own
+    repeated: set[str] = set()  # event ids answered 201 "duplicate": one record per event
     connection = http.client.HTTPConnection("127.0.0.1", bridge.port, timeout=30)
 
     @settings(
@@ -149,7 +150,7 @@ async def test_every_request_gets_a_defined_answer_and_only_signed_ones_reach_ka
             try:
                 connection.request(request["method"], request["path"], body=request["body"], headers=request["headers"])
                 response = connection.getresponse()
-                response.read()
+                answer = response.read()
                 break
             except (http.client.HTTPException, OSError):
                 # The server may close a connection (it refused the last request unread): reconnect once.
@@ -164,7 +165,10 @@ async def test_every_request_gets_a_defined_answer_and_only_signed_ones_reach_ka
         assert response.status < 500, f"{response.status} for {request!r}"
         if validly_signed(request):
             assert response.status == 201, f"{response.status} for a validly signed {request!r}"
-            acknowledged.add(request["headers"]["webhook-id"])
+            if json.loads(answer)["outcome"] == "duplicate":  # its event's record is already in Kafka
+                repeated.add(json.loads(request["body"])["id"])
+            else:
+                acknowledged.add(request["headers"]["webhook-id"])
         else:
             assert response.status in (400, 401, 404, 405, 413, 415), f"{response.status} for {request!r}"
 
@@ -174,11 +178,15 @@ async def test_every_request_gets_a_defined_answer_and_only_signed_ones_reach_ka
     connection.close()
 
     written: set[str] = set()
+    events: set[str] = set()
     for topic in await kafka.topics():
         if topic.startswith(bridge_topics) and topic != bridge_topics + "dedup-receipts":  # receipts: no webhook id
             for record in await kafka.read_all(topic, timeout=60):
                 written.add((record.header("ce_webhookid") or record.header("webhook-id")).decode())
+                if record.header("ce_id") is not None:
+                    events.add(record.header("ce_id").decode())
     assert written == acknowledged, "Kafka holds exactly the validly signed, acknowledged deliveries"
+    assert repeated <= events, "every delivery answered as a duplicate has its event's record"
     assert await bridge.readiness() == 200
     assert (await bridge.deliver(sample("role.created")))[0] == 201
     metrics = await bridge.metrics()

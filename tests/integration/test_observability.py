@@ -72,7 +72,8 @@ async def driven(start_bridge, kafka, caplog):
     off_contract = sample("role.updated")
     off_contract["data"]["name"] = None
     assert (await running.deliver(off_contract))[0] == 201  # schema violation
-    assert (await running.deliver(sample("role.created") | {"type": "role.archived"}))[0] == 201  # unknown type
+    unknown = sample("role.created") | {"type": "role.archived", "id": "evt_of_an_unknown_type"}
+    assert (await running.deliver(unknown))[0] == 201  # unknown type
 
     exposition = await (await running.admin.get("/metrics")).text()
     return exposition, list(caplog.records)

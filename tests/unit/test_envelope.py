@@ -15,6 +15,7 @@ from bridge.envelope import (
     Replayed,
     build_record,
     deadletter_message,
+    is_event_topic,
     partition_key,
     rebuild_delivery,
 )
@@ -255,3 +256,17 @@ def test_every_real_rfc3339_time_becomes_ce_time_as_sent(occurred_at):
     envelope = sample("organization.created") | {"occurred_at": occurred_at}
     record = build_record(delivery(envelope), topic_prefix="scalekit.", mode="binary")
     assert dict(record.message.headers)["ce_time"] == occurred_at.encode()
+
+
+@pytest.mark.parametrize(
+    ("topic", "is_one"),
+    [
+        ("scalekit.user.created", True),
+        ("scalekit.organization.directory.user_created", True),
+        ("scalekit.dedup-receipts", False),  # the release's own topics have a '-'
+        ("scalekit.backfill-state", False),
+        ("other.user.created", False),
+    ],
+)
+def test_event_topics_are_told_from_the_releases_own(topic, is_one):
+    assert is_event_topic("scalekit.", topic) is is_one
