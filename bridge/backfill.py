@@ -28,7 +28,6 @@ from bridge.core import Outcome, Sender, Source, StoredRecord
 from bridge.envelope import Recovered, event_id_of_record, organization_of, topic_for
 from bridge.errors import ApiError, MalformedDelivery, PublishFailed, VerificationFailed
 from bridge.eventsapi import EventQuery, EventsApi, Page, occurred_at
-from bridge.kafka.producer import KafkaPublisher
 from bridge.kafka.scan import event_ids_since, latest_value, put_value, records_since
 from bridge.pipeline import Plan, Sent, Writer
 from bridge.progress import Progress, Writing, stop_within, stopped_by_sigterm, traced_run
@@ -208,13 +207,7 @@ async def _backfill(
     progress.update("scanned", read, final=True)
     missing = await _fetch_missing(api, request.query, present, progress, tally, dead)
 
-    publisher = KafkaPublisher(
-        settings.kafka,
-        timeout=settings.publish_timeout,
-        max_record_bytes=settings.max_body_bytes,
-        topic_configs=dedup.topic_configs(settings),
-    )
-    receipts = dedup.JobReceipts(settings, settings.kafka, Source.BACKFILL, writing.metrics)
+    publisher, receipts = dedup.recovery_job(settings, settings.kafka, Source.BACKFILL, writing.metrics)
     writer = Writer.configured(settings, publisher, writing.metrics, writing.tracing, receipts.memory)
     if request.dry_run:
         for event in missing:

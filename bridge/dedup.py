@@ -133,6 +133,19 @@ class JobReceipts:
                 log.warning("the receipts of this run were not all acknowledged in time")
 
 
+def recovery_job(
+    settings: RecordShaping, kafka: KafkaSettings, source: Source, metrics: m.Metrics
+) -> tuple[KafkaPublisher, JobReceipts]:
+    """A recovery job's producer (which may create the receipts topic as `serve` would) and its receipts."""
+    publisher = KafkaPublisher(
+        kafka,
+        timeout=settings.publish_timeout,
+        max_record_bytes=settings.max_body_bytes,
+        topic_configs=topic_configs(settings),
+    )
+    return publisher, JobReceipts(settings, kafka, source, metrics)
+
+
 def topic_configs(settings: RecordShaping) -> dict[str, dict[str, str]]:
     """The receipts topic's configs, for a writer that may create it: compacted (one receipt per event
     id) and deleted past the window, in segments of a twenty-fourth of it so the deletion keeps pace."""

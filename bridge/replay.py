@@ -36,7 +36,6 @@ from bridge.envelope import (
     parse_envelope,
 )
 from bridge.errors import MalformedDelivery, PublishFailed, RecordRejected, VerificationFailed
-from bridge.kafka.producer import KafkaPublisher
 from bridge.kafka.scan import event_ids_since, records_since
 from bridge.pipeline import Plan, Writer, with_trace, written
 from bridge.progress import Progress, Writing, stop_within, stopped_by_sigterm, traced_run
@@ -163,13 +162,7 @@ async def _replay(
     letters = await _read_letters(settings, selection, tally)
     progress.update("read", tally.read, final=True)
     verifier = Verifier(settings.signing_keys, settings.timestamp_tolerance)
-    publisher = KafkaPublisher(
-        settings.kafka,
-        timeout=settings.publish_timeout,
-        max_record_bytes=settings.max_body_bytes,
-        topic_configs=dedup.topic_configs(settings),
-    )
-    receipts = dedup.JobReceipts(settings, settings.kafka, Source.REPLAY, writing.metrics)
+    publisher, receipts = dedup.recovery_job(settings, settings.kafka, Source.REPLAY, writing.metrics)
     writer = Writer.configured(settings, publisher, writing.metrics, writing.tracing, receipts.memory)
 
     routable: list[_Planned] = []
