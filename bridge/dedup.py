@@ -30,19 +30,6 @@ log = logging.getLogger(__name__)
 _SOURCE_FIRST = b'{"source":"'
 
 
-class Forgetful:
-    """BRIDGE_DEDUP=off: nothing is remembered and no receipt is written."""
-
-    def written_by(self, event_id: str) -> Source | None:
-        return None
-
-    def remember(self, event_id: str, ack: Ack) -> None:
-        return None
-
-
-FORGETFUL = Forgetful()
-
-
 class FleetMemory:
     """Writes a receipt for each record a writer wrote, and answers from the receipts remembered.
 

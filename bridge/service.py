@@ -171,15 +171,14 @@ def _secret_files(settings: Settings, bridge: Bridge, publisher: KafkaPublisher)
     return secrets
 
 
-def _note_a_dead_connect_loop(task: asyncio.Task[None], lifecycle: Lifecycle) -> None:
+def _note_a_dead_loop(task: asyncio.Task[None], lifecycle: Lifecycle, what: str) -> None:
+    """A loop that should run until cancelled has stopped (a bug): liveness fails, so the pod is restarted."""
     if task.cancelled() or task.exception() is None:
         return
     exc = task.exception()
     assert exc is not None
-    lifecycle.broken = f"the Kafka connection loop stopped: {type(exc).__name__} at {where(exc)}"
-    log.error(
-        "the Kafka connection loop stopped; liveness now fails", extra={"error": type(exc).__name__, "at": where(exc)}
-    )
+    lifecycle.broken = f"{what} stopped: {type(exc).__name__} at {where(exc)}"
+    log.error(f"{what} stopped; liveness now fails", extra={"error": type(exc).__name__, "at": where(exc)})
 
 
 def _fleet_memory(settings: Settings, metrics: m.Metrics) -> tuple[Memory | None, ReceiptLog | None]:
@@ -238,10 +237,12 @@ async def running(
     memory, receipts = _fleet_memory(settings, metrics)
     bridge = Bridge.assemble(settings, publisher, metrics, tracing, memory=memory, receipts=receipts)
     connecting = asyncio.create_task(publisher.start_when_reachable(), name="kafka-connect")
-    connecting.add_done_callback(lambda task: _note_a_dead_connect_loop(task, bridge.lifecycle))
+    connecting.add_done_callback(lambda task: _note_a_dead_loop(task, bridge.lifecycle, "the Kafka connection loop"))
     secrets = _secret_files(settings, bridge, publisher)
     following = asyncio.create_task(secrets.run(), name="secret-files") if secrets else None
     tailing = asyncio.create_task(receipts.run(), name="receipts") if receipts is not None else None
+    if tailing is not None:
+        tailing.add_done_callback(lambda task: _note_a_dead_loop(task, bridge.lifecycle, "the receipts loop"))
     try:
         if connect_within is not None:
             try:
