@@ -46,7 +46,9 @@ def consumer_of(bridge, store: DirectoryStore, group: str) -> DirectorySync:
 
 async def test_a_provisioning_story_ends_as_the_same_directory_in_sqlite(start_scalekit_bridge, tmp_path):
     org = f"org_{secrets.token_hex(4)}"
-    bridge = start_scalekit_bridge()
+    # With BRIDGE_DEDUP off, as a release may run, the retry below lands a second time. With it on, a copy
+    # still reaches Kafka in the narrow cases docs/guarantees.md names, so the consumer must not care.
+    bridge = start_scalekit_bridge(BRIDGE_DEDUP="false")
     story = provisioning_story(org)
     for delivery in story:
         assert bridge.send(delivery).status == 201, delivery["type"]
@@ -57,8 +59,8 @@ async def test_a_provisioning_story_ends_as_the_same_directory_in_sqlite(start_s
         await until(lambda: len(store.processed()) == len(story))
         assert store.snapshot(org) == expected_directory()
 
-        # Scalekit sends an event the bridge already wrote again (a retry after a bridge restart, when its
-        # redelivery memory is gone): the kit signs each send afresh, so the same event lands a second time.
+        # Scalekit sends an event the bridge already wrote again (a retry whose first 201 it did not see): the
+        # kit signs each send afresh, and with dedup off the same event lands a second time.
         jane_created = story[3]
         assert bridge.send(jane_created).status == 201
         await until(lambda: sync.outcomes["duplicate"] == 1)
@@ -72,7 +74,9 @@ async def test_a_provisioning_story_ends_as_the_same_directory_in_sqlite(start_s
 
 async def test_the_consumer_group_resumes_after_its_committed_offsets(start_scalekit_bridge, tmp_path):
     org = f"org_{secrets.token_hex(4)}"
-    bridge = start_scalekit_bridge()
+    # With BRIDGE_DEDUP off, as a release may run, the retry below lands a second time. With it on, a copy
+    # still reaches Kafka in the narrow cases docs/guarantees.md names, so the consumer must not care.
+    bridge = start_scalekit_bridge(BRIDGE_DEDUP="false")
     first, *rest = provisioning_story(org)
     assert bridge.send(first).status == 201
 
