@@ -103,6 +103,16 @@ async def _post(session: aiohttp.ClientSession, replica: BridgeProcess, envelope
         return 0, "unreachable"
 
 
+async def receipts_once_written(kafka: KafkaTool, topic: str) -> list[Any]:
+    """The receipts topic once it holds something: a receipt is written within about 50 ms of its 201."""
+    for _ in range(300):
+        found = await kafka.read_all(topic)
+        if found:
+            return found
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"no receipt reached {topic}")
+
+
 def sample_value(exposition: str, series: str, labels: dict[str, str] | None = None) -> float:
     """The value of one series in a Prometheus text exposition (0 when absent)."""
     wanted = series + ("{" + ",".join(f'{k}="{v}"' for k, v in sorted(labels.items())) + "}" if labels else "")
@@ -220,7 +230,7 @@ async def test_a_replica_killed_after_its_201_is_replaced_by_one_that_knows_the_
     await fleet.scale_to(1)
     async with aiohttp.ClientSession() as session:
         assert await _post(session, fleet.replicas[0], envelope) == (201, "published")
-        receipts = await kafka.read_all(f"{prefix}dedup-receipts")
+        receipts = await receipts_once_written(kafka, f"{prefix}dedup-receipts")
         assert [(record.key, json.loads(record.value)["source"]) for record in receipts] == [
             (envelope["id"].encode(), "webhook")
         ]
