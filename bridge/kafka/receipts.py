@@ -264,16 +264,24 @@ class ReceiptWriter:
         by_partition: dict[int, list[tuple[bytes, bytes]]] = {}
         for key, value in queued:
             by_partition.setdefault(zlib.crc32(key) % self._partitions, []).append((key, value))
-        for partition, receipts in by_partition.items():
-            batch = producer.create_batch()
-            count = 0
-            for key, value in receipts:
-                if batch.append(key=key, value=value, timestamp=None) is None:  # full: send it, start another
-                    await self._send(producer, batch, partition, count)
-                    batch, count = producer.create_batch(), 0
-                    batch.append(key=key, value=value, timestamp=None)
-                count += 1
-            await self._send(producer, batch, partition, count)
+        left = list(by_partition.items())
+        try:
+            while left:
+                partition, receipts = left[0]
+                batch, count = producer.create_batch(), 0
+                for key, value in receipts:
+                    if batch.append(key=key, value=value, timestamp=None) is None:  # full: send it, start another
+                        await self._send(producer, batch, partition, count)
+                        batch, count = producer.create_batch(), 0
+                        batch.append(key=key, value=value, timestamp=None)
+                    count += 1
+                await self._send(producer, batch, partition, count)
+                left.pop(0)
+        except BaseException:
+            # Cancelled (a shutdown) part way: what was not handed over goes back for `stop` to write. A receipt
+            # written twice is harmless; one never written is a duplicate waiting to happen.
+            self._queue[:0] = [receipt for _, receipts in left for receipt in receipts]
+            raise
 
     async def _send(self, producer: AIOKafkaProducer, batch: Any, partition: int, count: int) -> None:
         try:
