@@ -72,6 +72,17 @@ class RunningBridge:
         return response.status, await response.json()
 
 
+def run_command(command: str, args: Sequence[str], env: dict[str, str], timeout: float = 120) -> Run:
+    """`python -m bridge COMMAND ARGS` to its end; past `timeout`, an assertion quoting what it said by then."""
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "bridge", command, *args], env=env, capture_output=True, text=True, timeout=timeout
+        )
+    except subprocess.TimeoutExpired as exc:  # what it said before it was stopped is the diagnosis
+        raise AssertionError(f"{command} {list(args)} ran past {timeout:g} s; it said: {exc.stderr!r}") from None
+    return Run(done.returncode, done.stdout, done.stderr)
+
+
 BridgeFactory = Callable[..., Awaitable[RunningBridge]]
 
 

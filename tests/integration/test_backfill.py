@@ -29,7 +29,7 @@ from bridge.envelope import event_id_of_record, organization_of
 from tests.conftest import KafkaTool, Record
 from tests.fake_scalekit import FakeScalekit, sample_events
 from tests.helpers import free_port
-from tests.integration.conftest import Run
+from tests.integration.conftest import Run, run_command
 
 NOW = datetime.now(UTC)
 SUMMARY_PREFIX = "fetched "
@@ -57,14 +57,7 @@ class BackfillCommand:
         }
 
     def __call__(self, *args: str, **env: str) -> Run:
-        try:
-            done = subprocess.run(
-                [sys.executable, "-m", "bridge", "backfill", *args],
-                env=self._env | env, capture_output=True, text=True, timeout=120,
-            )
-        except subprocess.TimeoutExpired as exc:  # what it said before it was stopped is the diagnosis
-            raise AssertionError(f"backfill {args} ran past 120 s; it said: {exc.stderr!r}") from None
-        return Run(done.returncode, done.stdout, done.stderr)
+        return run_command("backfill", args, self._env | env)
 
     def start(self, *args: str, **env: str) -> subprocess.Popen[str]:
         return subprocess.Popen(

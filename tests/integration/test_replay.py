@@ -19,7 +19,7 @@ from bridge.envelope import organization_of
 from tests.conftest import Record
 from tests.fake_scalekit import sample_events
 from tests.helpers import body_of, signed_headers
-from tests.integration.conftest import SECRET, Run
+from tests.integration.conftest import SECRET, Run, run_command
 
 NOW = datetime.now(UTC)
 # The story's type: a release without its schema dead-letters it (enforce, undocumented types refused).
@@ -43,14 +43,7 @@ class ReplayCommand:
         }
 
     def __call__(self, *args: str, **env: str) -> Run:
-        try:
-            done = subprocess.run(
-                [sys.executable, "-m", "bridge", "replay", *args],
-                env=self._env | env, capture_output=True, text=True, timeout=120,
-            )
-        except subprocess.TimeoutExpired as exc:  # what it said before it was stopped is the diagnosis
-            raise AssertionError(f"replay {args} ran past 120 s; it said: {exc.stderr!r}") from None
-        return Run(done.returncode, done.stdout, done.stderr)
+        return run_command("replay", args, self._env | env)
 
 
 async def dead_lettered_by_a_release_without_the_schema(bridge_process, kafka, events: list[dict]):
