@@ -14,7 +14,7 @@ import logging
 import ssl
 from collections.abc import Callable, Coroutine, Mapping
 from contextlib import AbstractContextManager
-from typing import Any
+from typing import Any, Literal
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
@@ -390,15 +390,34 @@ class KafkaPublisher:
 
     async def _prepare_topic(self, topic: str) -> int:
         assert self._admin is not None  # only reached from publish(), after start()
-        if self._settings.create_topics and await self._create_topic(topic):
+        if not self._settings.create_topics:
+            return await self._read_limit(topic)
+        created = await self._create_topic(topic)
+        if created == "created":
             return self._max_record_bytes
-        return await self._read_limit(topic)
+        if created == "not allowed":
+            return await self._read_limit(topic)
+        return await self._served_limit(topic)
+
+    async def _served_limit(self, topic: str) -> int:
+        """The limit of a topic the controller says exists. Another replica may have created it a moment ago:
+        until the broker's metadata catches up, it answers that the topic is unknown. That is waited for (as a
+        new topic's leaders are) and, past the wait, is a reason to retry, never to dead-letter."""
+        try:
+            async with asyncio.timeout(min(_LEADER_WAIT_SECONDS, self._timeout / 2)):
+                while True:
+                    try:
+                        return await self._read_limit(topic)
+                    except _UnknownTopic:
+                        await asyncio.sleep(0.05)
+        except TimeoutError:
+            raise PublishFailed(f"topic {topic} exists but Kafka does not serve it yet") from None
 
     async def _read_limit(self, topic: str) -> int:
         return min(await self._configured_limit(topic), self._max_record_bytes)
 
-    async def _create_topic(self, topic: str) -> bool:
-        """Create `topic`; False when it already existed (its own settings then apply)."""
+    async def _create_topic(self, topic: str) -> Literal["created", "exists", "not allowed"]:
+        """Create `topic`; when it already exists, its own settings apply."""
         assert self._admin is not None
         replication, min_insync = await self._replication_factor()
         response = await self._admin.create_topics(
@@ -418,18 +437,18 @@ class KafkaPublisher:
         for _name, code, *_rest in response.topic_errors:
             error = for_code(code)
             if error is TopicAlreadyExistsError:
-                return False
+                return "exists"
             if error is InvalidTopicError:
                 # Kafka's word for a name that collides with an existing one ('.' against '_').
                 raise RecordRejected(f"Kafka will not create topic {topic}: it collides with an existing name")
             if error in _NOT_ALLOWED:
                 log.warning("not allowed to create topics; using %s if it exists", topic, extra={"topic": topic})
-                return False
+                return "not allowed"
             if code:
                 raise error(f"creating topic {topic}")
         await self._leaders_elected(topic)
         log.info("topic created", extra={"topic": topic, "replication": replication, "min_insync": min_insync})
-        return True
+        return "created"
 
     async def _leaders_elected(self, topic: str) -> None:
         """Wait (a few seconds at most) until every partition of a new topic has a leader that serves it.
@@ -473,7 +492,7 @@ class KafkaPublisher:
         (response,) = await self._admin.describe_configs([resource])
         for code, _message, _type, _name, entries, *_rest in response.resources:
             if for_code(code) is UnknownTopicOrPartitionError:
-                raise RecordRejected(f"topic {topic} does not exist and the bridge may not create it")
+                raise _UnknownTopic(f"topic {topic} does not exist and the bridge may not create it")
             if code:
                 # Not allowed to read topic configs (a tight ACL): the broker's own size check still
                 # refuses an oversized record, and that refusal is dead-lettered too.
@@ -554,6 +573,10 @@ class KafkaPublisher:
                 await (client.stop() if isinstance(client, AIOKafkaProducer) else client.close())
             except Exception:  # closing must finish even when the broker is gone
                 log.debug("error while closing a Kafka client", exc_info=True)
+
+
+class _UnknownTopic(RecordRejected):
+    """The broker does not know the topic: for good where the bridge may not create it."""
 
 
 def _lookup(work: Coroutine[Any, Any, int], name: str) -> asyncio.Task[int]:

@@ -59,6 +59,23 @@ async def test_a_topic_is_created_on_first_use_with_the_configured_partitions(st
     assert await kafka.partitions(running.topic("role.created")) == [0, 1, 2, 3]
 
 
+async def test_replicas_creating_the_same_new_topics_at_once_all_publish(start_bridge, kafka):
+    """Every replica of a new release meets each topic for the first time together: the ones whose creation
+    lost the race (the topic exists, the broker does not serve it yet) still publish, never dead-letter."""
+    replicas = [await start_bridge() for _ in range(4)]
+    types = sample_types()
+
+    answers = await asyncio.gather(*(
+        replica.deliver(envelope(event_type, id=f"evt_{n}_{event_type}"))
+        for n, replica in enumerate(replicas)
+        for event_type in types
+    ))
+
+    assert [answer for _, answer in answers] == [{"received": True, "outcome": "published"}] * len(answers)
+    for event_type in types:
+        assert len(await kafka.read_all(replicas[0].topic(event_type))) == len(replicas)
+
+
 async def test_replication_above_the_broker_count_is_clamped_with_a_warning(start_bridge, kafka, caplog):
     running = await start_bridge(BRIDGE_TOPIC_REPLICATION="3")
     with caplog.at_level(logging.WARNING, logger="bridge.kafka.producer"):
