@@ -56,10 +56,10 @@ class RememberedIds:
         if newest is None or start > newest.start_ms or newest.count >= self._slice_ids:
             self._slices.append(_Slice(max(start, newest.start_ms) if newest is not None else start, at_ms))
         target = self._slices[-1] if start >= self._slices[-1].start_ms else self._slice_for(start)
+        key = hash(event_id)
         ids = target.ids.setdefault(source, set())
-        before = len(ids)
-        ids.add(hash(event_id))
-        if len(ids) != before:
+        if key not in ids and not self._just_before(target, key):  # a replica reads its own ids back a moment later
+            ids.add(key)
             target.count += 1
             self._count += 1
         target.newest_ms = max(target.newest_ms, at_ms)
@@ -91,6 +91,12 @@ class RememberedIds:
         if reach >= self._window_ms:
             self._cut_short = False
         return min(self._window_ms, reach)
+
+    def _just_before(self, target: _Slice, key: int) -> bool:
+        """Whether the slice before the newest holds `key`: its id read back after a slice boundary."""
+        if target is not self._slices[-1] or len(self._slices) < 2:
+            return False
+        return any(key in ids for ids in self._slices[-2].ids.values())
 
     def _slice_for(self, start_ms: int) -> _Slice:
         for candidate in reversed(self._slices):

@@ -29,6 +29,23 @@ def test_the_same_id_twice_is_one_id():
     assert len(remembered) == 1
 
 
+def test_an_id_read_back_across_a_slice_boundary_is_still_one_id():
+    """A replica remembers its own id at once and reads its receipt back ~100 ms later, stamped by the broker:
+    when an hour's slice (or a cap's) ends between the two, the id is still counted once."""
+    boundary = T0 - T0 % HOUR_MS + HOUR_MS
+    remembered = RememberedIds(DAY_MS, max_ids=1000)
+    remembered.add("evt_1", boundary - 30, Source.WEBHOOK)
+    remembered.add("evt_1", boundary + 70, Source.WEBHOOK)
+
+    assert len(remembered) == 1
+    capped = RememberedIds(DAY_MS, max_ids=48)  # a slice holds two ids: the third begins the next
+    capped.add("evt_1", T0, Source.WEBHOOK)
+    capped.add("evt_2", T0 + 1, Source.WEBHOOK)
+    capped.add("evt_1", T0 + 100, Source.WEBHOOK)
+
+    assert len(capped) == 2
+
+
 def test_an_id_is_forgotten_once_its_whole_slice_has_left_the_window():
     remembered = RememberedIds(DAY_MS, max_ids=1000)
     remembered.add("evt_old", T0, Source.WEBHOOK)
