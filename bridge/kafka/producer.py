@@ -390,14 +390,13 @@ class KafkaPublisher:
 
     async def _prepare_topic(self, topic: str) -> int:
         assert self._admin is not None  # only reached from publish(), after start()
-        if not self._settings.create_topics:
-            return await self._read_limit(topic)
-        created = await self._create_topic(topic)
-        if created == "created":
-            return self._max_record_bytes
-        if created == "not allowed":
-            return await self._read_limit(topic)
-        return await self._served_limit(topic)
+        if self._settings.create_topics:
+            created = await self._create_topic(topic)
+            if created == "created":
+                return self._max_record_bytes
+            if created == "exists":
+                return await self._served_limit(topic)
+        return await self._read_limit(topic)
 
     async def _served_limit(self, topic: str) -> int:
         """The limit of a topic the controller says exists. Another replica may have created it a moment ago:
@@ -541,7 +540,8 @@ class KafkaPublisher:
         it is said at once, at ERROR, and again when it is resolved.
         """
         for topic in self._required_topics:
-            with contextlib.suppress(RecordRejected):
+            # Missing (RecordRejected) is said below; not served yet (PublishFailed) is asked again when used.
+            with contextlib.suppress(RecordRejected, PublishFailed):
                 await self._topic_limit(topic)
         missing = self.missing_topics
         for topic in sorted(missing - self._said_missing):

@@ -43,9 +43,12 @@ class BrokerBehind:
         return [SimpleNamespace(resources=[(0, None, 2, "t", entries)])]
 
 
-def publisher_on(admin: BrokerBehind, *, create_topics: bool = True) -> KafkaPublisher:
+def publisher_on(admin: BrokerBehind, *, create_topics: bool = True, required: tuple[str, ...] = ()) -> KafkaPublisher:
     publisher = KafkaPublisher(
-        KafkaSettings("127.0.0.1:9", create_topics=create_topics), timeout=2.0, max_record_bytes=1 << 20
+        KafkaSettings("127.0.0.1:9", create_topics=create_topics),
+        timeout=2.0,
+        max_record_bytes=1 << 20,
+        required_topics=required,
     )
     publisher._admin = admin  # type: ignore[assignment]
     return publisher
@@ -73,3 +76,12 @@ async def test_a_missing_topic_the_bridge_may_not_create_is_refused_for_good():
 
     with pytest.raises(RecordRejected, match="does not exist and the bridge may not create it"):
         await publisher.ensure_topic("t")
+
+
+async def test_a_required_topic_not_served_yet_at_start_is_neither_fatal_nor_called_missing(monkeypatch):
+    monkeypatch.setattr(publish, "_LEADER_WAIT_SECONDS", 0.2)
+    publisher = publisher_on(BrokerBehind(unknown_for=10_000), required=("t",))
+
+    await publisher._check_required_topics()  # at start: raising here would fail the connection
+
+    assert publisher.missing_topics == frozenset()  # it exists; the next write asks again
