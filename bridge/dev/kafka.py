@@ -327,8 +327,18 @@ class LocalKafka:
             raise LocalKafkaError(f"changing the SCRAM password failed:\n{done.stderr[-2000:]}")
 
     def stop(self, timeout: float = 30.0) -> None:
-        """Stop every node (SIGTERM, then SIGKILL after `timeout`) and remove the data."""
-        for node in self._nodes.values():
+        """Stop every node (SIGTERM, then SIGKILL after `timeout`) and remove the data.
+
+        The brokers first, all at once, and the controller after them: a broker's controlled shutdown asks
+        the controller, and without one it waits out the whole `timeout` (90 s for three brokers)."""
+        brokers = [node for node in self._nodes.values() if "controller" not in node.roles]
+        controllers = [node for node in self._nodes.values() if "controller" in node.roles]
+        for node in brokers:
+            if node.running:
+                assert node.process is not None
+                node.process.send_signal(signal.SIGCONT)  # a paused broker cannot act on SIGTERM
+                node.process.terminate()
+        for node in (*brokers, *controllers):
             self._terminate(node, timeout)
         self._nodes = {}
         if self._workdir is not None and self._given_workdir is None:
