@@ -30,8 +30,6 @@ from bridge.verify import Verifier
 log = logging.getLogger(__name__)
 # At shutdown, queued spans get this long (within the drain) to reach the collector.
 TRACE_FLUSH_SECONDS = 1.0
-# At shutdown, the receipts still queued get at least this long to be written.
-RECEIPTS_FLUSH_SECONDS = 2.0
 
 
 @dataclass
@@ -262,10 +260,9 @@ async def running(
                 task.cancel()
                 await asyncio.gather(task, return_exceptions=True)
         if receipts is not None:
-            # The receipts of the last records written, so a retry reaching another pod knows of them: given a
-            # moment of their own even when the drain used up its grace (they take milliseconds).
+            # The receipts of the last records written, so a retry reaching another pod knows of them (milliseconds).
             try:
-                async with asyncio.timeout(max(RECEIPTS_FLUSH_SECONDS, bridge.lifecycle.remaining(0.0))):
+                async with asyncio.timeout(max(0.1, bridge.lifecycle.remaining(settings.drain_seconds))):
                     await receipts.stop()
             except TimeoutError:
                 log.warning("the last receipts were not written within the shutdown grace")
